@@ -1,0 +1,160 @@
+//! `migrate`, `local`, `token`.
+
+use crate::auth::{mint, MintRequest};
+use crate::config::DatabaseConfig;
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+use crate::{local, migrate};
+use clap::{Args, Subcommand};
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    /// List applied and pending migrations instead of applying them.
+    #[arg(long)]
+    pub status: bool,
+    #[command(flatten)]
+    pub db: DatabaseConfig,
+}
+
+pub async fn migrate(args: MigrateArgs, json: bool) -> Result<()> {
+    let config = args.db.pg_config()?;
+    let mut client = migrate::connect(&config).await?;
+    if args.status {
+        let states = migrate::status(&mut client).await?;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&states).unwrap_or_default()
+            );
+        } else {
+            for m in states {
+                let state = if m.applied { "applied" } else { "pending" };
+                println!("V{:<4} {:<45} {state}", m.version, m.name);
+            }
+        }
+        return Ok(());
+    }
+    let applied = migrate::run(&mut client).await?;
+    let _ = client.batch_execute("NOTIFY pgrst, 'reload schema'").await;
+    if json {
+        println!("{}", serde_json::json!({ "applied": applied }));
+    } else if applied.is_empty() {
+        println!(
+            "database is up to date ({})",
+            migrate::describe_host(&config)
+        );
+    } else {
+        for m in applied {
+            println!("applied V{} {}", m.version, m.name);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct LocalArgs {
+    #[command(subcommand)]
+    pub action: LocalAction,
+    /// Port for the local PostgREST.
+    #[arg(
+        long,
+        env = "BOOKENGINE_POSTGREST_PORT",
+        default_value_t = 54330,
+        global = true
+    )]
+    pub port: u16,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LocalAction {
+    /// Start Postgres (if needed) and PostgREST, apply baseline and migrations,
+    /// and print the environment as `export` lines: eval "$(bookengine local up)".
+    Up {
+        #[command(flatten)]
+        db: DatabaseConfig,
+    },
+    /// Stop what `local up` started.
+    Down,
+    /// Say what runs.
+    Status,
+}
+
+pub async fn local(args: LocalArgs, json: bool) -> Result<()> {
+    match args.action {
+        LocalAction::Up { db } => {
+            let config = db.pg_config()?;
+            let env = local::up(&db.database_url, &config, args.port).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "DATABASE_URL": env.database_url.expose(),
+                        "POSTGREST_URL": env.postgrest_url,
+                        "SUPABASE_JWT_SECRET": env.jwt_secret.expose(),
+                        "SUPABASE_ANON_KEY": env.anon_key.expose(),
+                        "SUPABASE_SERVICE_ROLE_KEY": env.service_role_key.expose(),
+                    })
+                );
+            } else {
+                eprintln!("# local stack ready; these are LOCAL DEVELOPMENT credentials");
+                print!("{}", env.exports());
+            }
+        }
+        LocalAction::Down => {
+            let done = local::down()?;
+            if done.is_empty() {
+                println!("nothing was running");
+            }
+            for line in done {
+                println!("{line}");
+            }
+        }
+        LocalAction::Status => println!("{}", local::status(args.port).await),
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// The user id (`sub`) to put in the token.
+    #[arg(long)]
+    pub user: Option<Uuid>,
+    /// The PostgREST role to claim.
+    #[arg(long, default_value = "authenticated", value_parser = ["authenticated", "service_role", "anon"])]
+    pub role: String,
+    /// Lifetime: 30s, 15m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = crate::auth::parse_ttl)]
+    pub ttl: Duration,
+    /// Email claim, for display only.
+    #[arg(long)]
+    pub email: Option<String>,
+    /// The secret to sign with (local stack: printed by `bookengine local up`).
+    #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+}
+
+pub fn token(args: TokenArgs) -> Result<()> {
+    let secret = args.jwt_secret.ok_or_else(|| {
+        Error::config("SUPABASE_JWT_SECRET must be set (bookengine local up prints it)")
+    })?;
+    if args.role == "authenticated" && args.user.is_none() {
+        return Err(Error::invalid(
+            crate::error::codes::INVALID_REQUEST,
+            "--user is required for an authenticated token",
+        ));
+    }
+    let token = mint(
+        &secret,
+        &MintRequest {
+            user: args.user,
+            role: args.role,
+            ttl: args.ttl,
+            email: args.email,
+        },
+    )?;
+    eprintln!("# LOCAL DEVELOPMENT token (HS256, SUPABASE_JWT_SECRET); not for production");
+    println!("{}", token.expose());
+    Ok(())
+}

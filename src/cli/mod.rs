@@ -1,0 +1,87 @@
+//! The `bookengine` command line: admin commands over the same library the HTTP
+//! API uses, plus the local stack, migrations and the long-running processes.
+
+mod foundation;
+
+use crate::error::Error;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bookengine",
+    version,
+    about = "Engine workflow service for a Supabase book-generation app: flows -> engines -> assignments -> generation",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Apply the migrations in sql/ to DATABASE_URL (a no-op when up to date).
+    Migrate(foundation::MigrateArgs),
+    /// Run a local Supabase-shaped stack (Postgres + PostgREST 12) for development.
+    Local(foundation::LocalArgs),
+    /// Mint a LOCAL DEVELOPMENT JWT signed with SUPABASE_JWT_SECRET.
+    Token(foundation::TokenArgs),
+}
+
+/// Run the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    crate::telemetry::init_cli();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let json = cli.json;
+    match runtime.block_on(run(cli)) {
+        Ok(()) => 0,
+        Err(e) => report(&e, json),
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Error> {
+    let json = cli.json;
+    match cli.command {
+        Command::Migrate(args) => foundation::migrate(args, json).await,
+        Command::Local(args) => foundation::local(args, json).await,
+        Command::Token(args) => foundation::token(args),
+    }
+}
+
+/// Print an error the way scripts and people both can read, and pick the exit code.
+fn report(e: &Error, json: bool) -> i32 {
+    if let Some(internal) = &e.internal {
+        tracing::debug!(code = e.code, detail = %internal, "command failed");
+    }
+    if json {
+        let body = serde_json::json!({"error": {"code": e.code, "message": e.message, "details": e.details}});
+        eprintln!("{body}");
+    } else {
+        eprintln!("error[{}]: {}", e.code, e.message);
+        if let Some(details) = &e.details {
+            if let Ok(pretty) = serde_json::to_string_pretty(details) {
+                eprintln!("{pretty}");
+            }
+        }
+        if e.kind == crate::error::Kind::Internal {
+            if let Some(internal) = &e.internal {
+                eprintln!("  ({internal})");
+            }
+        }
+    }
+    e.exit_code()
+}

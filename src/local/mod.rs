@@ -1,0 +1,98 @@
+//! The local Supabase-shaped stack for development, the demo and the tests:
+//! Postgres (the one DATABASE_URL names, or a private cluster), the baseline in
+//! `supabase/baseline.sql`, the migrations, and a real PostgREST 12 process.
+
+mod postgres;
+mod postgrest;
+
+pub use postgres::{
+    apply_baseline, create_database, drop_database, ensure_server, stop_private_cluster,
+    BASELINE_SQL,
+};
+pub use postgrest::{
+    find_or_install_postgrest, free_port, spawn_postgrest, wait_ready, PostgrestOptions,
+};
+
+use crate::auth::{mint, MintRequest};
+use crate::error::{Error, Result};
+use crate::secret::Secret;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the local stack keeps its state: `$BOOKENGINE_HOME`, else `./.bookengine`.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("BOOKENGINE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".bookengine"))
+}
+
+/// The local JWT secret, created once and kept so earlier tokens stay valid.
+pub fn local_jwt_secret(dir: &Path) -> Result<Secret> {
+    let path = dir.join("jwt_secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_owned();
+        if s.len() >= 32 {
+            return Ok(Secret::new(s));
+        }
+    }
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
+    let secret = random_secret(48);
+    write_private(&path, secret.expose())?;
+    Ok(secret)
+}
+
+pub fn random_secret(len: usize) -> Secret {
+    Secret::new(
+        rand::thread_rng()
+            .sample_iter(&Alphanumeric)
+            .take(len)
+            .map(char::from)
+            .collect::<String>(),
+    )
+}
+
+/// Write a file only its owner can read.
+pub fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::internal(format!("writing {}: {e}", path.display())))?;
+    f.write_all(contents.as_bytes())
+        .map_err(|e| Error::internal(format!("writing {}: {e}", path.display())))
+}
+
+/// The keys a local client needs, as Supabase names them.
+pub struct LocalKeys {
+    pub anon_key: Secret,
+    pub service_role_key: Secret,
+}
+
+/// Long-lived anon and service role keys, like `supabase start` prints.
+pub fn local_keys(secret: &Secret) -> Result<LocalKeys> {
+    let ten_years = Duration::from_secs(10 * 365 * 86_400);
+    let key = |role: &str| {
+        mint(
+            secret,
+            &MintRequest {
+                user: None,
+                role: role.into(),
+                ttl: ten_years,
+                email: None,
+            },
+        )
+    };
+    Ok(LocalKeys {
+        anon_key: key("anon")?,
+        service_role_key: key("service_role")?,
+    })
+}
+mod stack;
+pub use stack::{down, prepare_database, status, up, StackEnv};
