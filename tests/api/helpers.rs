@@ -1,0 +1,247 @@
+//! The test harness: each test gets its own database (baseline + migrations) and
+//! its own real PostgREST 12 process on a free port. Nothing is mocked.
+
+use bookengine::auth::{mint, MintRequest};
+use bookengine::config::SupabaseConfig;
+use bookengine::local::{self, PostgrestOptions};
+use bookengine::secret::Secret;
+use reqwest::Url;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::Duration;
+use tokio_postgres::Config;
+use uuid::Uuid;
+
+pub struct TestStack {
+    pub db: Config,
+    pub pg: tokio_postgres::Client,
+    pub rest_url: String,
+    pub jwt_secret: Secret,
+    pub anon_key: Secret,
+    pub service_key: Secret,
+    pub http: reqwest::Client,
+    postgrest: Child,
+}
+
+/// A user of the test project, with a valid access token.
+#[derive(Clone, Debug)]
+pub struct TestUser {
+    pub id: Uuid,
+    #[allow(dead_code)]
+    pub email: String,
+    pub token: String,
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn server_config() -> Config {
+    let url = std::env::var("BOOKENGINE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    url.parse()
+        .expect("BOOKENGINE_TEST_DATABASE_URL must be a valid connection string")
+}
+
+impl TestStack {
+    pub async fn start() -> TestStack {
+        let mut db = server_config();
+        let name = format!("bookengine_test_{}", Uuid::new_v4().simple());
+        db.dbname(&name);
+        local::prepare_database(&db)
+            .await
+            .expect("prepare test database");
+        let pg = bookengine::migrate::connect(&db)
+            .await
+            .expect("connect to test database");
+
+        let state = repo_root().join(".bookengine");
+        let bin = local::find_or_install_postgrest(&state).expect("PostgREST binary");
+        let jwt_secret = local::random_secret(40);
+        let keys = local::local_keys(&jwt_secret).expect("keys");
+        let port = local::free_port().expect("port");
+        let logs = std::env::temp_dir().join("bookengine-test-logs");
+        let _ = std::fs::create_dir_all(&logs);
+        let postgrest = local::spawn_postgrest(&PostgrestOptions {
+            bin: &bin,
+            db: &db,
+            port,
+            jwt_secret: &jwt_secret,
+            pool: 4,
+            log: &logs.join(format!("{name}.log")),
+        })
+        .expect("spawn PostgREST");
+        let rest_url = format!("http://127.0.0.1:{port}");
+        local::wait_ready(&rest_url, Duration::from_secs(20))
+            .await
+            .expect("PostgREST ready");
+        TestStack {
+            db,
+            pg,
+            rest_url,
+            jwt_secret,
+            anon_key: keys.anon_key,
+            service_key: keys.service_role_key,
+            http: reqwest::Client::new(),
+            postgrest,
+        }
+    }
+
+    #[allow(dead_code)]
+    pub fn supabase_config(&self) -> SupabaseConfig {
+        SupabaseConfig {
+            supabase_url: None,
+            postgrest_url: Some(Url::parse(&self.rest_url).expect("url")),
+            anon_key: Some(self.anon_key.clone()),
+            service_role_key: Some(self.service_key.clone()),
+        }
+    }
+
+    pub fn token_for(&self, user: Uuid) -> String {
+        mint(
+            &self.jwt_secret,
+            &MintRequest {
+                user: Some(user),
+                role: "authenticated".into(),
+                ttl: Duration::from_secs(3600),
+                email: None,
+            },
+        )
+        .expect("mint")
+        .expose()
+        .to_owned()
+    }
+
+    /// A user with a profile (`role`) and, when `tier` is given, a user_credits row.
+    pub async fn user(&self, tier: Option<&str>, admin: bool) -> TestUser {
+        let id = Uuid::new_v4();
+        let email = format!("{}@example.test", id.simple());
+        self.pg
+            .execute(
+                "INSERT INTO auth.users (id, email) VALUES ($1, $2)",
+                &[&id, &email],
+            )
+            .await
+            .expect("insert user");
+        let role = if admin { "admin" } else { "user" };
+        self.pg
+            .execute(
+                "INSERT INTO public.profiles (id, email, role) VALUES ($1, $2, $3)",
+                &[&id, &email, &role],
+            )
+            .await
+            .expect("insert profile");
+        if let Some(tier) = tier {
+            self.pg
+                .execute(
+                    "INSERT INTO public.user_credits (user_id, tier) VALUES ($1, $2)",
+                    &[&id, &tier],
+                )
+                .await
+                .expect("insert credits");
+        }
+        TestUser {
+            id,
+            email,
+            token: self.token_for(id),
+        }
+    }
+
+    pub async fn admin(&self) -> TestUser {
+        self.user(Some("enterprise"), true).await
+    }
+
+    pub async fn set_tier(&self, user: Uuid, tier: &str) {
+        self.pg
+            .execute(
+                "UPDATE public.user_credits SET tier = $2 WHERE user_id = $1",
+                &[&user, &tier],
+            )
+            .await
+            .expect("update tier");
+    }
+
+    /// A raw PostgREST request with a bearer token; returns (status, JSON body).
+    pub async fn rest(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(
+                method,
+                format!("{}/{}", self.rest_url, path.trim_start_matches('/')),
+            )
+            .header("Prefer", "return=representation");
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("PostgREST request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Insert an engine straight into the database (bypassing RLS) for fixtures.
+    pub async fn engine_fixture(&self, name: &str, active: bool) -> Uuid {
+        let row = self
+            .pg
+            .query_one(
+                "INSERT INTO public.ai_engines (name, flow_config, models, active) \
+                 VALUES ($1, '{\"type\":\"full\",\"steps\":[]}', '[]', $2) RETURNING id",
+                &[&name, &active],
+            )
+            .await
+            .expect("insert engine");
+        row.get(0)
+    }
+
+    pub async fn assign_fixture(
+        &self,
+        engine: Uuid,
+        tier: Option<&str>,
+        user: Option<Uuid>,
+        priority: i32,
+        active: bool,
+    ) -> Uuid {
+        let kind = if tier.is_some() { "tier" } else { "user" };
+        let row = self
+            .pg
+            .query_one(
+                "INSERT INTO public.engine_assignments (engine_id, assignment_type, tier, user_id, priority, active) \
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                &[&engine, &kind, &tier, &user, &priority, &active],
+            )
+            .await
+            .expect("insert assignment");
+        row.get(0)
+    }
+}
+
+impl Drop for TestStack {
+    fn drop(&mut self) {
+        let _ = self.postgrest.kill();
+        let _ = self.postgrest.wait();
+        let db = self.db.clone();
+        // Drop the database from a fresh runtime: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _ = rt.block_on(local::drop_database(&db));
+            }
+        })
+        .join();
+    }
+}

@@ -1,0 +1,6 @@
+//! One integration-test binary: a module per feature, all against a real
+//! PostgREST 12 and Postgres (see helpers.rs).
+
+mod helpers;
+
+mod foundation;
