@@ -28,6 +28,20 @@ REVOKE ALL ON FUNCTION public.bookengine_touch_updated_at() FROM PUBLIC, anon, a
 CREATE TRIGGER ai_engines_touch_updated_at BEFORE UPDATE ON public.ai_engines
   FOR EACH ROW EXECUTE FUNCTION public.bookengine_touch_updated_at();
 
+-- created_by is the deploying person, whatever the client sent (the seed's React
+-- code sends it; a direct PostgREST insert might not, or might lie).
+CREATE FUNCTION public.bookengine_set_created_by() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, public AS $$
+BEGIN
+  NEW.created_by := coalesce(auth.uid(), NEW.created_by);
+  RETURN NEW;
+END
+$$;
+REVOKE ALL ON FUNCTION public.bookengine_set_created_by() FROM PUBLIC, anon, authenticated, service_role;
+
+CREATE TRIGGER ai_engines_set_created_by BEFORE INSERT ON public.ai_engines
+  FOR EACH ROW EXECUTE FUNCTION public.bookengine_set_created_by();
+
 -- True when the caller's profile says admin, the same test the specified policies make.
 CREATE FUNCTION public.is_engine_admin() RETURNS boolean
 LANGUAGE sql STABLE SECURITY INVOKER SET search_path = pg_catalog, public AS $$

@@ -3,12 +3,21 @@
 //! flow document -> deployed engine (`ai_engines`) -> assignment to tiers and users
 //! (`engine_assignments`) -> generation jobs run by a worker through PostgREST.
 
+pub mod assignments;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod engines;
 pub mod error;
+pub mod flow;
+pub mod generations;
+pub mod http;
 pub mod local;
+pub mod metrics;
 pub mod migrate;
+pub mod providers;
+pub mod queue;
 pub mod rest;
 pub mod secret;
 pub mod telemetry;
+pub mod worker;

@@ -1,7 +1,9 @@
 //! The `bookengine` command line: admin commands over the same library the HTTP
 //! API uses, plus the local stack, migrations and the long-running processes.
 
+mod admin;
 mod foundation;
+mod serve;
 
 use crate::error::Error;
 use clap::{Parser, Subcommand};
@@ -30,6 +32,18 @@ pub enum Command {
     Local(foundation::LocalArgs),
     /// Mint a LOCAL DEVELOPMENT JWT signed with SUPABASE_JWT_SECRET.
     Token(foundation::TokenArgs),
+    /// Serve the HTTP API (and, unless --no-worker, run the generation worker).
+    Serve(serve::ServeArgs),
+    /// Run only the generation worker (scale these horizontally).
+    Worker(serve::WorkerArgs),
+    /// Deploy, list, show, update and delete engines.
+    Engines(admin::EnginesArgs),
+    /// Assign an engine to a tier or a user (assigning twice updates the assignment).
+    Assign(admin::AssignArgs),
+    /// List, update, remove and bulk-write assignments.
+    Assignments(admin::AssignmentsArgs),
+    /// Which engine the token's user gets (--all: every engine, best first).
+    Resolve(admin::ResolveArgs),
 }
 
 /// Run the CLI; returns the process exit code.
@@ -59,6 +73,12 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Migrate(args) => foundation::migrate(args, json).await,
         Command::Local(args) => foundation::local(args, json).await,
         Command::Token(args) => foundation::token(args),
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Worker(args) => serve::worker(args).await,
+        Command::Engines(args) => admin::engines(args, json).await,
+        Command::Assign(args) => admin::assign(args, json).await,
+        Command::Assignments(args) => admin::assignments_cmd(args, json).await,
+        Command::Resolve(args) => admin::resolve(args, json).await,
     }
 }
 

@@ -45,7 +45,12 @@ impl Rest {
         let url = config.rest_url()?;
         let mut client = Postgrest::new(url.as_str().trim_end_matches('/'));
         if let Some(key) = config.anon_key.as_ref().filter(|k| !k.is_empty()) {
-            client = client.insert_header("apikey", key.expose());
+            if !header_safe(key.expose().trim()) {
+                return Err(Error::config(
+                    "SUPABASE_ANON_KEY contains characters a key cannot have",
+                ));
+            }
+            client = client.insert_header("apikey", key.expose().trim());
         }
         Ok(Self {
             client,
@@ -55,16 +60,24 @@ impl Rest {
     }
 
     fn bearer(&self, caller: &Caller) -> Result<String> {
-        match caller {
-            Caller::User(jwt) => Ok(jwt.expose().to_owned()),
+        let token = match caller {
+            Caller::User(jwt) => jwt.expose().trim().to_owned(),
             Caller::Service => self
                 .service_key
                 .as_ref()
-                .map(|k| k.expose().to_owned())
+                .map(|k| k.expose().trim().to_owned())
                 .ok_or_else(|| {
                     Error::config("SUPABASE_SERVICE_ROLE_KEY must be set for the worker")
-                }),
+                })?,
+        };
+        // postgrest-rs panics on a header value it cannot encode; refuse it here instead.
+        if !header_safe(&token) {
+            return Err(Error::unauthenticated(
+                codes::INVALID_TOKEN,
+                "the access token contains characters a token cannot have",
+            ));
         }
+        Ok(token)
     }
 
     /// A request on a table or view.
@@ -122,6 +135,11 @@ impl Rest {
     }
 }
 
+/// Visible ASCII only: what an HTTP header value (and so a JWT) may hold.
+fn header_safe(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| (0x21..0x7f).contains(&b))
+}
+
 /// A stable code set by our SQL (`RAISE ... USING DETAIL = 'snake_code'`).
 fn sql_code(details: Option<&str>) -> Option<&'static str> {
     let d = details?;
@@ -176,10 +194,22 @@ fn map_error(status: u16, err: PgrstError) -> Error {
         (401, "42501") | (403, _) => Error::forbidden("not allowed for this account"),
         (401, _) => Error::unauthenticated(codes::INVALID_TOKEN, "not authenticated"),
         (_, "23505") => Error::conflict(codes::CONFLICT, "that already exists"),
-        (_, "23503") => Error::invalid(
-            codes::UNKNOWN_REFERENCE,
-            "a referenced engine or user does not exist",
-        ),
+        (_, "23503") => {
+            // Name the field from the foreign key the database reported.
+            let field = ["engine_id", "user_id"]
+                .into_iter()
+                .find(|f| message.contains(&format!("_{f}_fkey")));
+            let what = match field {
+                Some("engine_id") => "the engine does not exist",
+                Some("user_id") => "the user does not exist",
+                _ => "a referenced engine or user does not exist",
+            };
+            let e = Error::invalid(codes::UNKNOWN_REFERENCE, what);
+            match field {
+                Some(f) => e.with_details(serde_json::json!({ "path": f })),
+                None => e,
+            }
+        }
         (_, "23514") | (_, "23502") | (_, "22P02") | (_, "22023") | (_, "22007") => {
             Error::invalid(codes::INVALID_REQUEST, message)
         }

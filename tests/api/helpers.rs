@@ -88,7 +88,6 @@ impl TestStack {
         }
     }
 
-    #[allow(dead_code)]
     pub fn supabase_config(&self) -> SupabaseConfig {
         SupabaseConfig {
             supabase_url: None,
@@ -244,4 +243,132 @@ impl Drop for TestStack {
         })
         .join();
     }
+}
+
+/// The service under test, bound to a free port, in front of its own stack.
+pub struct TestApp {
+    pub stack: TestStack,
+    pub address: String,
+    pub http: reqwest::Client,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789";
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(None).await
+}
+
+/// With `worker`, a worker runs in the app's process with those providers.
+pub async fn spawn_app_with(
+    worker: Option<(
+        bookengine::worker::WorkerConfig,
+        bookengine::providers::ProvidersConfig,
+    )>,
+) -> TestApp {
+    let stack = TestStack::start().await;
+    let config = bookengine::http::ServeConfig {
+        addr: "127.0.0.1:0".into(),
+        webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
+        supabase: stack.supabase_config(),
+        auth: bookengine::config::AuthConfig {
+            jwt_secret: Some(stack.jwt_secret.clone()),
+            jwks_url: None,
+        },
+        no_worker: worker.is_none(),
+        worker: Default::default(),
+        providers: Default::default(),
+    };
+    let app = bookengine::http::Application::build(&config)
+        .await
+        .expect("build app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    if let Some((worker_config, providers)) = worker {
+        bookengine::worker::spawn(
+            &config.supabase,
+            &worker_config,
+            &providers,
+            app.state.wake.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("spawn worker");
+    }
+    let stop = shutdown.clone();
+    tokio::spawn(app.run_until(async move { stop.cancelled().await }));
+    TestApp {
+        stack,
+        address,
+        http: reqwest::Client::new(),
+        shutdown,
+    }
+}
+
+impl TestApp {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.address, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, Some(token), None)
+            .await
+    }
+
+    /// Deploy the repository's example book flow as `admin`; returns the engine id.
+    pub async fn deploy_example(&self, admin: &TestUser) -> Uuid {
+        let (s, body) = self.post("/v1/engines", &admin.token, example_flow()).await;
+        assert_eq!(s, 201, "deploy example flow: {body}");
+        body["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .expect("engine id")
+    }
+}
+
+pub fn example_flow() -> Value {
+    serde_json::from_str(include_str!("../../examples/book-flow.json"))
+        .expect("example flow is JSON")
 }

@@ -3,4 +3,6 @@
 
 mod helpers;
 
+mod assignments;
+mod engines;
 mod foundation;

@@ -1,0 +1,304 @@
+//! Engine assignments (to a tier or to a user) and resolution: which engines a
+//! person may use, and the one a generation uses when none is named. Resolution is
+//! written once, in SQL (`my_engines`, `resolve_engine`), so the React app and this
+//! service always agree.
+
+use crate::error::{codes, Error, Kind, Result};
+use crate::flow::Tier;
+use crate::rest::{Caller, Rest};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+/// An `engine_assignments` row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Assignment {
+    pub id: Uuid,
+    pub engine_id: Option<Uuid>,
+    pub assignment_type: String,
+    pub tier: Option<String>,
+    pub user_id: Option<Uuid>,
+    pub priority: Option<i32>,
+    pub active: Option<bool>,
+    pub created_at: Option<String>,
+}
+
+/// What resolution returns: the engine and the assignment that gave it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EngineChoice {
+    pub id: Uuid,
+    pub name: String,
+    pub description: Option<String>,
+    pub flow_config: Value,
+    pub models: Value,
+    pub execution_mode: Option<String>,
+    pub tier: Option<String>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    pub assignment_id: Uuid,
+    pub assignment_type: String,
+    pub assignment_priority: Option<i32>,
+    pub assigned_at: Option<String>,
+    pub rank: i32,
+}
+
+/// Who an assignment is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Tier(Tier),
+    User(Uuid),
+}
+
+/// The request body for one assignment: exactly one of `tier` and `user_id`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAssignment {
+    pub engine_id: Uuid,
+    #[serde(default)]
+    pub tier: Option<Tier>,
+    #[serde(default)]
+    pub user_id: Option<Uuid>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub active: Option<bool>,
+}
+
+impl NewAssignment {
+    pub fn target(&self) -> Result<Target> {
+        match (self.tier, self.user_id) {
+            (Some(t), None) => Ok(Target::Tier(t)),
+            (None, Some(u)) => Ok(Target::User(u)),
+            _ => Err(Error::invalid(
+                codes::INVALID_ASSIGNMENT,
+                "give exactly one of tier and user_id",
+            )
+            .with_details(json!({"path": "tier"}))),
+        }
+    }
+
+    fn rpc_params(&self) -> Result<Value> {
+        let target = self.target()?;
+        Ok(match target {
+            Target::Tier(t) => json!({
+                "engine_id": self.engine_id, "assignment_type": "tier", "tier": t.as_str(),
+                "user_id": null, "priority": self.priority.unwrap_or(0), "active": self.active.unwrap_or(true),
+            }),
+            Target::User(u) => json!({
+                "engine_id": self.engine_id, "assignment_type": "user", "tier": null,
+                "user_id": u, "priority": self.priority.unwrap_or(0), "active": self.active.unwrap_or(true),
+            }),
+        })
+    }
+}
+
+/// Many engines x many targets, all-or-nothing.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkAssignment {
+    pub engine_ids: Vec<Uuid>,
+    #[serde(default)]
+    pub tiers: Vec<Tier>,
+    #[serde(default)]
+    pub user_ids: Vec<Uuid>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    #[serde(default)]
+    pub active: Option<bool>,
+}
+
+/// The most rows one bulk call may write.
+pub const BULK_LIMIT: usize = 10_000;
+
+impl BulkAssignment {
+    /// The cartesian product, as single assignments.
+    pub fn expand(&self) -> Result<Vec<NewAssignment>> {
+        if self.engine_ids.is_empty() {
+            return Err(
+                Error::invalid(codes::INVALID_ASSIGNMENT, "engine_ids must not be empty")
+                    .with_details(json!({"path": "engine_ids"})),
+            );
+        }
+        if self.tiers.is_empty() && self.user_ids.is_empty() {
+            return Err(Error::invalid(
+                codes::INVALID_ASSIGNMENT,
+                "give at least one tier or user id",
+            )
+            .with_details(json!({"path": "tiers"})));
+        }
+        let n = self.engine_ids.len() * (self.tiers.len() + self.user_ids.len());
+        if n > BULK_LIMIT {
+            return Err(Error::invalid(
+                codes::INVALID_ASSIGNMENT,
+                format!("{n} assignments in one call; the limit is {BULK_LIMIT}"),
+            ));
+        }
+        let mut out = Vec::with_capacity(n);
+        for &engine_id in &self.engine_ids {
+            for &tier in &self.tiers {
+                out.push(NewAssignment {
+                    engine_id,
+                    tier: Some(tier),
+                    user_id: None,
+                    priority: self.priority,
+                    active: self.active,
+                });
+            }
+            for &user in &self.user_ids {
+                out.push(NewAssignment {
+                    engine_id,
+                    tier: None,
+                    user_id: Some(user),
+                    priority: self.priority,
+                    active: self.active,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssignmentPatch {
+    pub priority: Option<i32>,
+    pub active: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct AssignmentFilter {
+    pub engine_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    pub tier: Option<Tier>,
+}
+
+fn not_found(id: Uuid) -> Error {
+    Error::not_found(
+        codes::ASSIGNMENT_NOT_FOUND,
+        format!("assignment {id} not found"),
+    )
+}
+
+fn admin_only(e: Error) -> Error {
+    if matches!(e.kind, Kind::Forbidden) {
+        Error::forbidden("only admins can manage assignments")
+    } else {
+        e
+    }
+}
+
+/// Assign one engine to one target; assigning twice updates the existing row.
+#[tracing::instrument(skip_all, fields(engine_id = %new.engine_id))]
+pub async fn assign(rest: &Rest, caller: &Caller, new: &NewAssignment) -> Result<Assignment> {
+    let builder = rest.rpc(caller, "assign_engine", &new.rpc_params()?)?;
+    rest.send(builder).await.map_err(admin_only)
+}
+
+/// Write every assignment or none (one transaction).
+#[tracing::instrument(skip_all, fields(rows = items.len()))]
+pub async fn bulk(
+    rest: &Rest,
+    caller: &Caller,
+    items: &[NewAssignment],
+) -> Result<Vec<Assignment>> {
+    let params: Vec<Value> = items
+        .iter()
+        .map(NewAssignment::rpc_params)
+        .collect::<Result<_>>()?;
+    let builder = rest.rpc(caller, "assign_engines_bulk", &json!({ "items": params }))?;
+    rest.send(builder).await.map_err(admin_only)
+}
+
+/// Admins: every assignment; anyone else: their own and their tier's (RLS).
+pub async fn list(
+    rest: &Rest,
+    caller: &Caller,
+    filter: &AssignmentFilter,
+) -> Result<Vec<Assignment>> {
+    let mut builder = rest
+        .table(caller, "engine_assignments")?
+        .select("*")
+        .order("engine_id,priority.desc,created_at.desc");
+    if let Some(e) = filter.engine_id {
+        builder = builder.eq("engine_id", e.to_string());
+    }
+    if let Some(u) = filter.user_id {
+        builder = builder.eq("user_id", u.to_string());
+    }
+    if let Some(t) = filter.tier {
+        builder = builder.eq("tier", t.as_str());
+    }
+    rest.send(builder).await
+}
+
+async fn get(rest: &Rest, caller: &Caller, id: Uuid) -> Result<Assignment> {
+    let builder = rest
+        .table(caller, "engine_assignments")?
+        .select("*")
+        .eq("id", id.to_string());
+    let rows: Vec<Assignment> = rest.send(builder).await?;
+    rows.into_iter().next().ok_or_else(|| not_found(id))
+}
+
+async fn explain_no_rows(rest: &Rest, caller: &Caller, id: Uuid) -> Error {
+    match get(rest, caller, id).await {
+        Ok(_) => Error::forbidden("only admins can manage assignments"),
+        Err(e) => e,
+    }
+}
+
+#[tracing::instrument(skip_all, fields(assignment_id = %id))]
+pub async fn update(
+    rest: &Rest,
+    caller: &Caller,
+    id: Uuid,
+    patch: &AssignmentPatch,
+) -> Result<Assignment> {
+    let mut body = Map::new();
+    if let Some(p) = patch.priority {
+        body.insert("priority".into(), json!(p));
+    }
+    if let Some(a) = patch.active {
+        body.insert("active".into(), json!(a));
+    }
+    if body.is_empty() {
+        return Err(Error::invalid(
+            codes::INVALID_REQUEST,
+            "nothing to update: give priority or active",
+        ));
+    }
+    let builder = rest
+        .table(caller, "engine_assignments")?
+        .eq("id", id.to_string())
+        .update(Value::Object(body).to_string());
+    let rows: Vec<Assignment> = rest.send(builder).await.map_err(admin_only)?;
+    match rows.into_iter().next() {
+        Some(a) => Ok(a),
+        None => Err(explain_no_rows(rest, caller, id).await),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(assignment_id = %id))]
+pub async fn remove(rest: &Rest, caller: &Caller, id: Uuid) -> Result<()> {
+    let builder = rest
+        .table(caller, "engine_assignments")?
+        .eq("id", id.to_string())
+        .delete();
+    let rows: Vec<Value> = rest.send(builder).await.map_err(admin_only)?;
+    if rows.is_empty() {
+        return Err(explain_no_rows(rest, caller, id).await);
+    }
+    Ok(())
+}
+
+/// The engines the caller may use, best first.
+pub async fn my_engines(rest: &Rest, caller: &Caller) -> Result<Vec<EngineChoice>> {
+    let builder = rest.rpc(caller, "my_engines", &json!({}))?;
+    rest.send(builder).await
+}
+
+/// The engine a generation uses when none is named (`no_engine_assigned` if none).
+pub async fn resolve(rest: &Rest, caller: &Caller) -> Result<EngineChoice> {
+    let builder = rest.rpc(caller, "resolve_engine", &json!({}))?;
+    rest.send(builder).await
+}

@@ -1,0 +1,129 @@
+//! The HTTP API (axum) for the React app and the Edge Function. Each module owns
+//! its routes; `Application::build` binds the listener and returns the port, so
+//! tests can bind port 0.
+
+mod assignments;
+mod engines;
+pub mod error;
+pub mod extract;
+mod generations;
+mod health;
+mod webhooks;
+
+use crate::auth::{JwksSource, JwtVerifier};
+use crate::config::{AuthConfig, SupabaseConfig};
+use crate::error::{Error, Result};
+use crate::rest::Rest;
+use crate::secret::Secret;
+use axum::Router;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub rest: Rest,
+    pub verifier: JwtVerifier,
+    /// Wakes the worker (webhook deliveries).
+    pub wake: Arc<Notify>,
+    pub webhook_secret: Option<Secret>,
+}
+
+/// Settings for `bookengine serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "BOOKENGINE_ADDR", default_value = "127.0.0.1:8787")]
+    pub addr: String,
+
+    /// Shared secret the Supabase Database Webhook sends as `Authorization: Bearer ...`.
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+
+    #[command(flatten)]
+    pub supabase: SupabaseConfig,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    /// Serve the API only; run workers separately with `bookengine worker`.
+    #[arg(long, env = "BOOKENGINE_NO_WORKER")]
+    pub no_worker: bool,
+
+    #[command(flatten)]
+    pub worker: crate::worker::WorkerConfig,
+
+    #[command(flatten)]
+    pub providers: crate::providers::ProvidersConfig,
+}
+
+/// Largest request body accepted anywhere (flow documents included).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(engines::router())
+        .merge(assignments::router())
+        .merge(generations::router())
+        .merge(webhooks::router())
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(error::log_errors))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+pub struct Application {
+    port: u16,
+    listener: TcpListener,
+    router: Router,
+    pub state: AppState,
+}
+
+impl Application {
+    pub async fn build(config: &ServeConfig) -> Result<Self> {
+        let rest = Rest::new(&config.supabase)?;
+        let jwks = config.auth.jwks_url.as_deref().map(JwksSource::parse);
+        let verifier = JwtVerifier::new(config.auth.jwt_secret.as_ref(), jwks).await?;
+        let state = AppState {
+            rest,
+            verifier,
+            wake: Arc::new(Notify::new()),
+            webhook_secret: config.webhook_secret.clone().filter(|s| !s.is_empty()),
+        };
+        let listener = TcpListener::bind(&config.addr).await.map_err(|e| {
+            Error::config(format!(
+                "BOOKENGINE_ADDR: cannot listen on {}: {e}",
+                config.addr
+            ))
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| Error::internal(format!("listener address: {e}")))?
+            .port();
+        Ok(Self {
+            port,
+            listener,
+            router: router(state.clone()),
+            state,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serve until the future `shutdown` completes.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| Error::internal(format!("server: {e}")))
+    }
+}

@@ -1,0 +1,197 @@
+//! LLM providers behind one small trait. Each speaks its provider's real wire
+//! format over HTTP; tests and the offline provider change only the base URL.
+
+mod anthropic;
+mod config;
+mod gemini;
+pub mod offline;
+mod openai;
+mod policy;
+
+pub use config::ProvidersConfig;
+pub use policy::{call_with_fallbacks, AttemptLog, CallFailure, CallOutcome, CallPolicy};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// One chat completion request, provider-neutral.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub model: String,
+    pub system: Option<String>,
+    pub prompt: String,
+    pub temperature: Option<f64>,
+    pub max_tokens: Option<u32>,
+    /// Ask for a JSON answer (OpenAI `response_format`, Gemini `responseMimeType`).
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChatResponse {
+    pub text: String,
+    pub usage: Usage,
+}
+
+/// Why a call failed, and whether trying the same model again can help.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// 429, 5xx, timeouts, dropped connections, malformed or truncated bodies.
+    #[error("{message}")]
+    Transient {
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// 400, 401, 403, 404, or no credentials: go straight to the next fallback.
+    #[error("{message}")]
+    Permanent {
+        status: Option<u16>,
+        message: String,
+    },
+}
+
+impl ProviderError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Transient { status, .. } | Self::Permanent { status, .. } => *status,
+        }
+    }
+
+    /// Classify an HTTP error status the way every provider documents it.
+    pub fn from_status(status: u16, retry_after: Option<Duration>, body: &str) -> Self {
+        let message = format!("HTTP {status}: {}", summarize(body));
+        if status == 408 || status == 409 || status == 429 || status >= 500 {
+            Self::Transient {
+                status: Some(status),
+                retry_after,
+                message,
+            }
+        } else {
+            Self::Permanent {
+                status: Some(status),
+                message,
+            }
+        }
+    }
+
+    pub fn transport(e: &reqwest::Error) -> Self {
+        let what = if e.is_timeout() {
+            "timed out"
+        } else if e.is_connect() {
+            "connection failed"
+        } else if e.is_decode() || e.is_body() {
+            "response body was cut short or unreadable"
+        } else {
+            "request failed"
+        };
+        Self::Transient {
+            status: None,
+            retry_after: None,
+            message: what.into(),
+        }
+    }
+
+    pub fn malformed(what: &str) -> Self {
+        Self::Transient {
+            status: None,
+            retry_after: None,
+            message: format!("malformed response: {what}"),
+        }
+    }
+}
+
+/// The first 200 characters of an error body, on one line: enough to diagnose,
+/// never a whole echo of a prompt.
+fn summarize(body: &str) -> String {
+    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    one_line.chars().take(200).collect()
+}
+
+/// Seconds or an HTTP date in `Retry-After`; only the seconds form is honoured.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(300.0)))
+}
+
+#[async_trait]
+pub trait ChatProvider: Send + Sync {
+    async fn chat(
+        &self,
+        req: &ChatRequest,
+        timeout: Duration,
+    ) -> Result<ChatResponse, ProviderError>;
+}
+
+/// A configured provider and the cap on its concurrent calls.
+#[derive(Clone)]
+pub struct Provider {
+    /// What actually answers (e.g. `offline` standing in for `openai`).
+    pub label: String,
+    pub client: Arc<dyn ChatProvider>,
+    pub limit: Arc<Semaphore>,
+}
+
+/// Provider name (as flows write it) -> provider.
+#[derive(Clone, Default)]
+pub struct ProviderRegistry {
+    providers: HashMap<String, Provider>,
+}
+
+impl ProviderRegistry {
+    pub fn insert(
+        &mut self,
+        name: &str,
+        label: &str,
+        client: Arc<dyn ChatProvider>,
+        concurrency: usize,
+    ) {
+        self.providers.insert(
+            name.to_owned(),
+            Provider {
+                label: label.to_owned(),
+                client,
+                limit: Arc::new(Semaphore::new(concurrency.max(1))),
+            },
+        );
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Provider> {
+        self.providers.get(name)
+    }
+
+    /// name -> label, for reports ("openai" -> "offline").
+    pub fn labels(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .providers
+            .iter()
+            .map(|(k, p)| (k.clone(), p.label.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+pub(crate) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}

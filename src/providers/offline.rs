@@ -1,0 +1,196 @@
+//! The built-in offline provider: an OpenAI-compatible endpoint served in-process
+//! on loopback and reached through the same HTTP client as the real providers.
+//! It writes deterministic text shaped by the prompt: a JSON outline when JSON is
+//! asked for, prose otherwise. It is placeholder text, never model output, and
+//! says so in what it writes.
+
+use crate::error::{Error, Result};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::OnceCell;
+
+static SERVER: OnceCell<String> = OnceCell::const_new();
+
+/// Start the server once per process; returns its base URL (`http://127.0.0.1:PORT/v1`).
+pub async fn start() -> Result<String> {
+    SERVER
+        .get_or_try_init(|| async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| Error::internal(format!("offline provider: {e}")))?;
+            let port = listener
+                .local_addr()
+                .map_err(|e| Error::internal(format!("offline provider: {e}")))?
+                .port();
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, router()).await;
+            });
+            Ok(format!("http://127.0.0.1:{port}/v1"))
+        })
+        .await
+        .cloned()
+}
+
+pub fn router() -> Router {
+    Router::new().route("/v1/chat/completions", post(complete))
+}
+
+async fn complete(Json(body): Json<Value>) -> Json<Value> {
+    let model = body["model"].as_str().unwrap_or("offline").to_owned();
+    let prompt: String = body["messages"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter(|m| m["role"] == "user")
+                .filter_map(|m| m["content"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    let wants_json = body["response_format"]["type"] == "json_object";
+    let text = if wants_json {
+        outline(&prompt)
+    } else {
+        prose(&prompt)
+    };
+    let input_tokens = prompt.split_whitespace().count() as u64;
+    let output_tokens = text.split_whitespace().count() as u64;
+    Json(json!({
+        "id": "offline-1",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens, "total_tokens": input_tokens + output_tokens},
+    }))
+}
+
+/// A stable 64-bit hash (FNV-1a): the same prompt always gives the same text.
+fn hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The subject: the text after "about", "on" or "topic:", else the prompt's first words.
+fn subject(prompt: &str) -> String {
+    let lower = prompt.to_lowercase();
+    for marker in ["topic:", "about ", " on "] {
+        if let Some(i) = lower.find(marker) {
+            let rest = &prompt[i + marker.len()..];
+            let s: String = rest
+                .split(['\n', '.', '"'])
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(8)
+                .collect::<Vec<_>>()
+                .join(" ");
+            if !s.is_empty() {
+                return s;
+            }
+        }
+    }
+    prompt
+        .split_whitespace()
+        .take(6)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// "N chapters" in the prompt, else 3 (at most 24).
+fn chapter_count(prompt: &str) -> usize {
+    let words: Vec<&str> = prompt.split_whitespace().collect();
+    words
+        .windows(2)
+        .find_map(|w| {
+            let n = w[0]
+                .trim_matches(|c: char| !c.is_ascii_digit())
+                .parse::<usize>()
+                .ok()?;
+            w[1].to_lowercase().starts_with("chapter").then_some(n)
+        })
+        .unwrap_or(3)
+        .clamp(1, 24)
+}
+
+const THEMES: &[&str] = &[
+    "Beginnings",
+    "The First Question",
+    "Patterns",
+    "Turning Points",
+    "Hidden Costs",
+    "Practice",
+    "Voices",
+    "The Long View",
+    "Tools of the Trade",
+    "Mistakes Worth Making",
+    "Crossroads",
+    "What Remains",
+];
+
+fn outline(prompt: &str) -> String {
+    let topic = subject(prompt);
+    let n = chapter_count(prompt);
+    let h = hash(prompt) as usize;
+    let chapters: Vec<Value> = (0..n)
+        .map(|i| {
+            let theme = THEMES[(h + i) % THEMES.len()];
+            json!({
+                "title": format!("{theme}"),
+                "summary": format!("Chapter {} looks at {topic} through the lens of {}.", i + 1, theme.to_lowercase()),
+            })
+        })
+        .collect();
+    json!({"title": format!("A Book About {topic}"), "chapters": chapters}).to_string()
+}
+
+const SENTENCES: &[&str] = &[
+    "Every subject has a shape, and this one reveals it slowly.",
+    "The details matter more than the headlines suggest.",
+    "What looks simple from a distance turns out to have many moving parts.",
+    "Practitioners learn this by doing, long before they can explain it.",
+    "There is a quiet pleasure in seeing the pieces fit together.",
+    "Each choice made early echoes through everything that follows.",
+    "The best examples come from ordinary days, not grand occasions.",
+    "It helps to name the trade-offs out loud.",
+];
+
+fn prose(prompt: &str) -> String {
+    let topic = subject(prompt);
+    let h = hash(prompt) as usize;
+    let paragraph = |k: usize| -> String {
+        (0..4)
+            .map(|j| SENTENCES[(h / (k + 1) + j * 3 + k) % SENTENCES.len()])
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    format!(
+        "_[offline provider: deterministic placeholder text, not model output]_\n\n\
+         This section is about {topic}. {}\n\n{}\n\n{}",
+        paragraph(0),
+        paragraph(1),
+        paragraph(2)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outline_is_json_with_the_asked_number_of_chapters() {
+        let o: Value = serde_json::from_str(&outline(
+            "Write an outline with 5 chapters about sea otters.",
+        ))
+        .unwrap();
+        assert_eq!(o["chapters"].as_array().map(Vec::len), Some(5));
+        assert!(o["title"].as_str().unwrap().contains("sea otters"));
+    }
+
+    #[test]
+    fn prose_is_deterministic_and_labelled() {
+        assert_eq!(prose("about bees"), prose("about bees"));
+        assert!(prose("about bees").contains("not model output"));
+    }
+}

@@ -1,0 +1,570 @@
+//! Running one claimed job: resume from the persisted steps, run the flow
+//! (in order, or as a dependency graph with fan-out), record every call, and
+//! finish the job. A heartbeat keeps the lease and notices cancellation.
+
+use super::output::{assemble, navigate, parse_json_output};
+use super::Worker;
+use crate::error::{codes, Error};
+use crate::flow::{ExecutionMode, Flow, ModelRef, OutputKind, Step};
+use crate::generations::StepRecord;
+use crate::providers::{call_with_fallbacks, CallPolicy, ChatRequest, Usage};
+use crate::queue::{ClaimedJob, StepWrite};
+use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+/// Fan-out items one step may produce.
+const MAX_ITEMS: usize = 200;
+
+/// Why a run stopped early.
+#[derive(Debug)]
+enum Stop {
+    /// The flow cannot succeed (template error, every model failed): fail the job.
+    Fatal(String),
+    /// Infrastructure trouble (PostgREST down): retry the job later.
+    Transient(String),
+    /// Another worker holds the job now: touch nothing.
+    LeaseLost,
+    /// The user cancelled.
+    Cancelled,
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        if e.code == codes::LEASE_LOST {
+            Stop::LeaseLost
+        } else {
+            Stop::Transient(format!("{}: {}", e.code, e.internal.unwrap_or(e.message)))
+        }
+    }
+}
+
+/// What the running flow shares between its concurrent steps.
+struct Run<'a> {
+    worker: &'a Worker,
+    job: &'a ClaimedJob,
+    flow: &'a Flow,
+    existing: HashMap<(String, i32), StepRecord>,
+    outputs: Mutex<Map<String, Value>>,
+    calls_total: AtomicU64,
+    calls_done: AtomicU64,
+}
+
+impl Worker {
+    pub(super) async fn execute(self: Arc<Self>, job: ClaimedJob) {
+        let span = tracing::info_span!("job", job_id = %job.id, attempt = job.attempt, engine = %job.engine_name);
+        async move {
+            let cancel = CancellationToken::new();
+            let cancelled = Arc::new(AtomicBool::new(job.cancel_requested));
+            let lease_lost = Arc::new(AtomicBool::new(false));
+            let heartbeat = tokio::spawn(self.clone().heartbeat(
+                job.id,
+                job.lease_token,
+                cancel.clone(),
+                cancelled.clone(),
+                lease_lost.clone(),
+            ));
+            if job.cancel_requested {
+                cancel.cancel();
+            }
+            let outcome = tokio::select! {
+                r = self.run_flow(&job) => r,
+                _ = cancel.cancelled() => Err(if lease_lost.load(Ordering::SeqCst) { Stop::LeaseLost } else { Stop::Cancelled }),
+            };
+            heartbeat.abort();
+            self.finish(&job, outcome).await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn heartbeat(
+        self: Arc<Self>,
+        job: uuid::Uuid,
+        lease: uuid::Uuid,
+        cancel: CancellationToken,
+        cancelled: Arc<AtomicBool>,
+        lease_lost: Arc<AtomicBool>,
+    ) {
+        // Often enough to notice a cancel within seconds, and well inside the lease.
+        let every =
+            Duration::from_secs_f64((self.config.lease_seconds as f64 / 3.0).clamp(0.2, 2.0));
+        loop {
+            tokio::time::sleep(every).await;
+            match self
+                .queue
+                .heartbeat(job, lease, self.config.lease_seconds)
+                .await
+            {
+                Ok(state) if state.cancel_requested => {
+                    cancelled.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) if e.code == codes::LEASE_LOST => {
+                    lease_lost.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                    return;
+                }
+                Err(e) => tracing::warn!(code = e.code, "heartbeat failed; will retry"),
+            }
+        }
+    }
+
+    async fn finish(&self, job: &ClaimedJob, outcome: Result<(Value, Value), Stop>) {
+        let m = &self.metrics;
+        let result = match outcome {
+            Ok((result, progress)) => {
+                let r = self
+                    .queue
+                    .complete(job.id, job.lease_token, &result, Some(&progress))
+                    .await;
+                if r.is_ok() {
+                    m.jobs_finished.with_label_values(&["succeeded"]).inc();
+                    tracing::info!("job succeeded");
+                }
+                r
+            }
+            Err(Stop::Cancelled) => {
+                let r = self.queue.cancelled(job.id, job.lease_token).await;
+                if r.is_ok() {
+                    m.jobs_finished.with_label_values(&["cancelled"]).inc();
+                    tracing::info!("job cancelled");
+                }
+                r
+            }
+            Err(Stop::LeaseLost) => {
+                tracing::warn!("lease lost: another worker owns this job now");
+                Ok(())
+            }
+            Err(Stop::Fatal(reason)) => {
+                tracing::warn!(%reason, "job failed");
+                m.jobs_finished.with_label_values(&["failed"]).inc();
+                self.queue
+                    .fail(job.id, job.lease_token, &reason, false, 0)
+                    .await
+            }
+            Err(Stop::Transient(reason)) => {
+                tracing::warn!(%reason, "job interrupted; will retry");
+                let wait = 2u64.saturating_pow(job.attempt.clamp(0, 6) as u32);
+                self.queue
+                    .fail(job.id, job.lease_token, &reason, true, wait)
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            // The lease will expire and the job will be claimed again.
+            tracing::warn!(code = e.code, "could not record the job's outcome");
+        }
+    }
+
+    async fn run_flow(&self, job: &ClaimedJob) -> Result<(Value, Value), Stop> {
+        let snapshot = &job.engine_snapshot;
+        let flow = Flow::from_engine(
+            &job.engine_name,
+            &snapshot["flow_config"],
+            snapshot["execution_mode"].as_str(),
+            snapshot["tier"].as_str(),
+        )
+        .map_err(|e| Stop::Fatal(format!("the engine's flow is invalid: {}", e.message)))?;
+        let existing = self
+            .queue
+            .steps(job.id)
+            .await?
+            .into_iter()
+            .map(|s| ((s.step_id.clone(), s.item_index), s))
+            .collect::<HashMap<_, _>>();
+        let run = Run {
+            worker: self,
+            job,
+            flow: &flow,
+            existing,
+            outputs: Mutex::new(Map::new()),
+            calls_total: AtomicU64::new(flow.steps.len() as u64),
+            calls_done: AtomicU64::new(0),
+        };
+        match flow.execution_mode {
+            ExecutionMode::Sequential => {
+                for i in 0..flow.steps.len() {
+                    run.step(i).await?;
+                }
+            }
+            ExecutionMode::Parallel => run.graph().await?,
+        }
+        let order: Vec<String> = flow.steps.iter().map(|s| s.id.clone()).collect();
+        let outputs = run.outputs.lock().map(|o| o.clone()).unwrap_or_default();
+        Ok((assemble(&job.input, &order, &outputs), run.progress(None)))
+    }
+}
+
+impl Run<'_> {
+    /// Run steps as soon as their dependencies are done; the first failure stops all.
+    async fn graph(&self) -> Result<(), Stop> {
+        let n = self.flow.steps.len();
+        let deps: Vec<Vec<usize>> = (0..n).map(|i| self.flow.dependencies(i)).collect();
+        let mut done = vec![false; n];
+        let mut started = vec![false; n];
+        let mut inflight = FuturesUnordered::new();
+        loop {
+            for i in 0..n {
+                if !started[i] && deps[i].iter().all(|&d| done[d]) {
+                    started[i] = true;
+                    inflight.push(async move { (i, self.step(i).await) });
+                }
+            }
+            match inflight.next().await {
+                Some((i, r)) => {
+                    r?;
+                    done[i] = true;
+                }
+                None => break,
+            }
+        }
+        if done.iter().all(|d| *d) {
+            Ok(())
+        } else {
+            Err(Stop::Fatal(
+                "the flow's dependency graph could not be completed".into(),
+            ))
+        }
+    }
+
+    fn progress(&self, current: Option<&str>) -> Value {
+        json!({
+            "done": self.calls_done.load(Ordering::SeqCst),
+            "total": self.calls_total.load(Ordering::SeqCst),
+            "current": current,
+        })
+    }
+
+    fn output_of(&self, id: &str) -> Option<Value> {
+        self.outputs.lock().ok().and_then(|o| o.get(id).cloned())
+    }
+
+    fn set_output(&self, id: &str, value: Value) {
+        if let Ok(mut o) = self.outputs.lock() {
+            o.insert(id.to_owned(), value);
+        }
+    }
+
+    /// The variables templates see.
+    fn context(&self, item: Option<(usize, &Value)>) -> Value {
+        let steps: Map<String, Value> = self
+            .outputs
+            .lock()
+            .map(|o| {
+                o.iter()
+                    .map(|(id, v)| {
+                        let outputs = if v.is_array() { v.clone() } else { json!([v]) };
+                        (id.clone(), json!({"output": v, "outputs": outputs}))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut ctx = json!({"input": self.job.input, "steps": steps});
+        if let Some((k, v)) = item {
+            ctx["item"] = v.clone();
+            ctx["item_index"] = json!(k);
+            ctx["item_number"] = json!(k + 1);
+        }
+        ctx
+    }
+
+    async fn step(&self, i: usize) -> Result<(), Stop> {
+        let step = &self.flow.steps[i];
+        // Resume: a finished step is never run again.
+        if let Some(done) = self
+            .existing
+            .get(&(step.id.clone(), -1))
+            .filter(|s| s.status == "succeeded")
+        {
+            self.set_output(&step.id, done.output.clone().unwrap_or(Value::Null));
+            let items = done
+                .output
+                .as_ref()
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                .unwrap_or(1);
+            if step.config.for_each.is_some() {
+                self.calls_total.fetch_add(items as u64, Ordering::SeqCst);
+                self.calls_done
+                    .fetch_add(items as u64 + 1, Ordering::SeqCst);
+            } else {
+                self.calls_done.fetch_add(1, Ordering::SeqCst);
+            }
+            return Ok(());
+        }
+        let Some(for_each) = &step.config.for_each else {
+            let (output, _) = self.call(step, None).await?;
+            self.set_output(&step.id, output);
+            return Ok(());
+        };
+
+        let source = self.output_of(&for_each.step).ok_or_else(|| {
+            Stop::Fatal(format!(
+                "step {}: for_each source {} has no output",
+                step.id, for_each.step
+            ))
+        })?;
+        let items = navigate(&source, &for_each.path)
+            .and_then(Value::as_array)
+            .cloned()
+            .ok_or_else(|| {
+                let path = std::iter::once(for_each.step.as_str())
+                    .chain(for_each.path.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(".");
+                Stop::Fatal(format!(
+                    "step {}: for_each {path} is not a JSON array in the model's answer",
+                    step.id
+                ))
+            })?;
+        if items.len() > MAX_ITEMS {
+            return Err(Stop::Fatal(format!(
+                "step {}: {} items; at most {MAX_ITEMS}",
+                step.id,
+                items.len()
+            )));
+        }
+        self.calls_total
+            .fetch_add(items.len() as u64, Ordering::SeqCst);
+        let width = self.worker.config.fanout_concurrency.max(1);
+        // `buffered` keeps the items' order while running `width` at once.
+        let calls = items
+            .into_iter()
+            .enumerate()
+            .map(|(k, item)| async move { self.call(step, Some((k, &item))).await });
+        let results: Vec<(Value, StepWrite)> = futures::stream::iter(calls)
+            .buffered(width)
+            .try_collect()
+            .await?;
+        let mut usage = Usage::default();
+        let mut attempts = 0;
+        let mut fallback_used = false;
+        let mut outputs = Vec::with_capacity(results.len());
+        let mut models: Vec<String> = Vec::new();
+        for (output, write) in results {
+            outputs.push(output);
+            usage.input_tokens += write.usage["input_tokens"].as_u64().unwrap_or(0);
+            usage.output_tokens += write.usage["output_tokens"].as_u64().unwrap_or(0);
+            attempts += write.attempts;
+            fallback_used |= write.fallback_used;
+            let m = format!(
+                "{}/{}",
+                write.provider.unwrap_or_default(),
+                write.model.unwrap_or_default()
+            );
+            if !models.contains(&m) {
+                models.push(m);
+            }
+        }
+        let output = Value::Array(outputs);
+        // The fan-out's own row: written once all items are, so resume can skip it whole.
+        let summary = StepWrite {
+            step_id: step.id.clone(),
+            item_index: -1,
+            status: "succeeded",
+            provider: Some(step.config.provider.clone()),
+            model: Some(models.join(", ")),
+            fallback_used,
+            attempts,
+            output: Some(output.clone()),
+            usage: json!(usage),
+            attempt_log: json!([]),
+            ..Default::default()
+        };
+        self.calls_done.fetch_add(1, Ordering::SeqCst);
+        self.worker
+            .queue
+            .save_step(
+                self.job.id,
+                self.job.lease_token,
+                &summary,
+                Some(&self.progress(Some(&step.id))),
+            )
+            .await?;
+        self.set_output(&step.id, output);
+        Ok(())
+    }
+
+    /// One model call (a step, or one item of a fan-out), recorded before and after.
+    async fn call(
+        &self,
+        step: &Step,
+        item: Option<(usize, &Value)>,
+    ) -> Result<(Value, StepWrite), Stop> {
+        let index = item.map(|(k, _)| k as i32).unwrap_or(-1);
+        let label = match item {
+            Some((k, _)) => format!("{}[{k}]", step.id),
+            None => step.id.clone(),
+        };
+        if let Some(done) = self
+            .existing
+            .get(&(step.id.clone(), index))
+            .filter(|s| s.status == "succeeded")
+        {
+            self.calls_done.fetch_add(1, Ordering::SeqCst);
+            let write = StepWrite {
+                step_id: step.id.clone(),
+                item_index: index,
+                status: "succeeded",
+                provider: done.provider.clone(),
+                model: done.model.clone(),
+                fallback_used: done.fallback_used,
+                attempts: done.attempts.max(0) as u32,
+                usage: done.usage.clone(),
+                ..Default::default()
+            };
+            return Ok((done.output.clone().unwrap_or(Value::Null), write));
+        }
+        let c = &step.config;
+        let ctx = self.context(item);
+        let prompt = crate::flow::render(&c.prompt, &ctx)
+            .map_err(|e| Stop::Fatal(format!("step {label}: prompt template: {e}")))?;
+        let system = c
+            .system
+            .as_deref()
+            .map(|s| crate::flow::render(s, &ctx))
+            .transpose()
+            .map_err(|e| Stop::Fatal(format!("step {label}: system template: {e}")))?;
+        let queue = &self.worker.queue;
+        let (job_id, lease) = (self.job.id, self.job.lease_token);
+        let running = StepWrite {
+            step_id: step.id.clone(),
+            item_index: index,
+            status: "running",
+            provider: Some(c.provider.clone()),
+            model: Some(c.model.clone()),
+            usage: json!(Usage::default()),
+            attempt_log: json!([]),
+            ..Default::default()
+        };
+        queue
+            .save_step(job_id, lease, &running, Some(&self.progress(Some(&label))))
+            .await?;
+
+        let mut chain = vec![ModelRef {
+            provider: c.provider.clone(),
+            model: c.model.clone(),
+        }];
+        chain.extend(c.fallbacks.iter().cloned());
+        let cfg = &self.worker.config;
+        let policy = CallPolicy {
+            retries: c.retries.unwrap_or(cfg.default_retries),
+            timeout: Duration::from_secs(c.timeout_s.unwrap_or(cfg.call_timeout_seconds).max(1)),
+            base_backoff: Duration::from_millis(cfg.backoff_ms),
+            max_backoff: Duration::from_millis(cfg.backoff_ms.saturating_mul(40).max(1)),
+        };
+        let request = ChatRequest {
+            model: c.model.clone(),
+            system,
+            prompt,
+            temperature: c.temperature,
+            max_tokens: c.max_tokens,
+            json: c.output == OutputKind::Json,
+        };
+        let wants_json = c.output == OutputKind::Json;
+        let started = std::time::Instant::now();
+        let outcome =
+            call_with_fallbacks(&self.worker.providers, &chain, &request, &policy, |text| {
+                if wants_json {
+                    parse_json_output(text)
+                } else if text.trim().is_empty() {
+                    Err("the model's answer was empty".into())
+                } else {
+                    Ok(Value::String(text.to_owned()))
+                }
+            })
+            .await;
+        let latency_ms = started.elapsed().as_millis() as u64;
+        let m = &self.worker.metrics;
+        match outcome {
+            Ok(o) => {
+                for a in o.log.iter().filter(|a| a.error.is_some()) {
+                    let status = a
+                        .status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "none".into());
+                    m.provider_errors
+                        .with_label_values(&[a.provider.as_str(), status.as_str()])
+                        .inc();
+                }
+                m.retries
+                    .with_label_values(&[o.provider.as_str()])
+                    .inc_by(u64::from(o.attempts.saturating_sub(1)));
+                if o.fallback_used {
+                    m.fallbacks.with_label_values(&[c.provider.as_str()]).inc();
+                }
+                m.step_latency
+                    .with_label_values(&[o.provider.as_str()])
+                    .observe(
+                        o.log.last().map(|a| a.latency_ms).unwrap_or(latency_ms) as f64 / 1000.0,
+                    );
+                m.tokens
+                    .with_label_values(&[o.provider.as_str(), "input"])
+                    .inc_by(o.usage.input_tokens);
+                m.tokens
+                    .with_label_values(&[o.provider.as_str(), "output"])
+                    .inc_by(o.usage.output_tokens);
+                let provider = if o.answered_by == o.provider {
+                    o.provider.clone()
+                } else {
+                    format!("{} (as {})", o.answered_by, o.provider)
+                };
+                let write = StepWrite {
+                    step_id: step.id.clone(),
+                    item_index: index,
+                    status: "succeeded",
+                    provider: Some(provider),
+                    model: Some(o.model.clone()),
+                    fallback_used: o.fallback_used,
+                    attempts: o.attempts,
+                    output: Some(o.value.clone()),
+                    error: None,
+                    usage: json!(o.usage),
+                    latency_ms: Some(latency_ms),
+                    attempt_log: json!(o.log),
+                };
+                self.calls_done.fetch_add(1, Ordering::SeqCst);
+                queue
+                    .save_step(job_id, lease, &write, Some(&self.progress(Some(&label))))
+                    .await?;
+                tracing::info!(step = %label, provider = %o.provider, model = %o.model, attempts = o.attempts, fallback = o.fallback_used, latency_ms, "step done");
+                Ok((o.value, write))
+            }
+            Err(f) => {
+                for a in &f.log {
+                    let status = a
+                        .status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "none".into());
+                    m.provider_errors
+                        .with_label_values(&[a.provider.as_str(), status.as_str()])
+                        .inc();
+                }
+                let reason = format!("step {label}: {}", f.message);
+                let write = StepWrite {
+                    step_id: step.id.clone(),
+                    item_index: index,
+                    status: "failed",
+                    provider: Some(c.provider.clone()),
+                    model: Some(c.model.clone()),
+                    attempts: f.attempts,
+                    error: Some(f.message.clone()),
+                    usage: json!(Usage::default()),
+                    latency_ms: Some(latency_ms),
+                    attempt_log: json!(f.log),
+                    ..Default::default()
+                };
+                queue.save_step(job_id, lease, &write, None).await?;
+                Err(Stop::Fatal(reason))
+            }
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The worker: claims generation jobs through PostgREST with the service role,
+//! runs each engine's flow, and records every step. Woken by the Supabase
+//! webhook, and polling, so a lost webhook delays a job but never loses it.
+
+mod execute;
+mod output;
+
+use crate::metrics::Metrics;
+use crate::providers::ProviderRegistry;
+use crate::queue::Queue;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Worker settings.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs run at once by this process.
+    #[arg(long, env = "BOOKENGINE_WORKER_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+
+    /// Calls of one fan-out step run at once, per job.
+    #[arg(long, env = "BOOKENGINE_FANOUT_CONCURRENCY", default_value_t = 4)]
+    pub fanout_concurrency: usize,
+
+    /// How often to look for jobs without a webhook, in milliseconds.
+    #[arg(long, env = "BOOKENGINE_POLL_INTERVAL_MS", default_value_t = 1000)]
+    pub poll_interval_ms: u64,
+
+    /// Lease length; a job whose worker stops renewing it is taken over after this.
+    #[arg(long, env = "BOOKENGINE_LEASE_SECONDS", default_value_t = 30)]
+    pub lease_seconds: u64,
+
+    /// Retries per model for a step that does not set `retries`.
+    #[arg(long, env = "BOOKENGINE_DEFAULT_RETRIES", default_value_t = 2)]
+    pub default_retries: u32,
+
+    /// Base of the exponential backoff between retries, in milliseconds.
+    #[arg(long, env = "BOOKENGINE_BACKOFF_MS", default_value_t = 500)]
+    pub backoff_ms: u64,
+
+    /// Per-call timeout for a step that does not set `timeout_s`, in seconds.
+    #[arg(long, env = "BOOKENGINE_CALL_TIMEOUT_SECONDS", default_value_t = 120)]
+    pub call_timeout_seconds: u64,
+
+    /// This worker's name in leases (default: host-pid).
+    #[arg(long, env = "BOOKENGINE_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            fanout_concurrency: 4,
+            poll_interval_ms: 1000,
+            lease_seconds: 30,
+            default_retries: 2,
+            backoff_ms: 500,
+            call_timeout_seconds: 120,
+            worker_id: None,
+        }
+    }
+}
+
+pub struct Worker {
+    queue: Queue,
+    providers: ProviderRegistry,
+    config: WorkerConfig,
+    id: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    pub fn new(queue: Queue, providers: ProviderRegistry, config: WorkerConfig) -> Arc<Self> {
+        let id = config.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "host".into());
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        Arc::new(Self {
+            queue,
+            providers,
+            config,
+            id,
+            metrics: Metrics::global(),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Claim and run jobs until `shutdown`; then stop claiming and give running
+    /// jobs `grace` to finish (the rest are resumed by another worker after their lease).
+    pub async fn run(
+        self: Arc<Self>,
+        wake: Arc<Notify>,
+        shutdown: CancellationToken,
+        grace: Duration,
+    ) {
+        let mut running: JoinSet<()> = JoinSet::new();
+        let poll = Duration::from_millis(self.config.poll_interval_ms.max(10));
+        let mut failures = 0u32;
+        tracing::info!(worker = %self.id, "worker started");
+        loop {
+            while running.try_join_next().is_some() {}
+            let free = self.config.concurrency.saturating_sub(running.len());
+            let mut claimed_all = false;
+            if free > 0 {
+                match self
+                    .queue
+                    .claim(&self.id, free, self.config.lease_seconds)
+                    .await
+                {
+                    Ok(jobs) => {
+                        failures = 0;
+                        claimed_all = jobs.len() == free;
+                        for job in jobs {
+                            self.metrics
+                                .jobs_claimed
+                                .with_label_values(&[self.id.as_str()])
+                                .inc();
+                            running.spawn(self.clone().execute(job));
+                        }
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(
+                            code = e.code,
+                            detail = e.internal.as_deref().unwrap_or(""),
+                            "claim failed"
+                        );
+                    }
+                }
+            }
+            // Back off while PostgREST is down; otherwise claim again at once when
+            // the batch was full (more may be waiting).
+            let pause = if failures > 0 {
+                poll.saturating_mul(failures.min(5))
+            } else if claimed_all {
+                Duration::ZERO
+            } else {
+                poll
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+            }
+        }
+        tracing::info!(worker = %self.id, jobs = running.len(), "worker stopping");
+        let _ = tokio::time::timeout(grace, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await;
+        running.abort_all();
+    }
+}
+
+/// Build a worker from configuration and run it in the background until `shutdown`.
+pub async fn spawn(
+    supabase: &crate::config::SupabaseConfig,
+    config: &WorkerConfig,
+    providers: &crate::providers::ProvidersConfig,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> crate::error::Result<(Arc<Worker>, tokio::task::JoinHandle<()>)> {
+    supabase.service_role_key()?;
+    let rest = crate::rest::Rest::new(supabase)?;
+    let registry = providers.registry().await?;
+    let labels = registry.labels();
+    tracing::info!(providers = ?labels, "providers");
+    let worker = Worker::new(Queue::new(rest), registry, config.clone());
+    let handle = tokio::spawn(worker.clone().run(wake, shutdown, Duration::from_secs(10)));
+    Ok((worker, handle))
+}
