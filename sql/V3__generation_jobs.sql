@@ -166,6 +166,7 @@ $$;
 -- SECURITY DEFINER because users have no UPDATE on jobs; the ownership test is explicit.
 CREATE FUNCTION public.cancel_generation(job_id uuid) RETURNS public.generation_jobs
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+#variable_conflict use_column
 DECLARE
   job public.generation_jobs;
 BEGIN
@@ -206,6 +207,7 @@ GRANT EXECUTE ON FUNCTION public.request_generation(jsonb, uuid), public.cancel_
 CREATE FUNCTION public.job_claim(worker text, max_jobs integer DEFAULT 1, lease_seconds integer DEFAULT 30)
 RETURNS SETOF public.generation_jobs
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public AS $$
+#variable_conflict use_column
 BEGIN
   UPDATE public.generation_jobs j
      SET status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'failed' END,
@@ -248,6 +250,7 @@ $$;
 -- Lock the job row and check the caller still holds its lease.
 CREATE FUNCTION public.job_lease_check(job_id uuid, lease_token uuid) RETURNS public.generation_jobs
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public AS $$
+#variable_conflict use_column
 DECLARE
   job public.generation_jobs;
 BEGIN
@@ -264,6 +267,7 @@ $$;
 CREATE FUNCTION public.job_heartbeat(job_id uuid, lease_token uuid, lease_seconds integer DEFAULT 30)
 RETURNS public.generation_jobs
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public AS $$
+#variable_conflict use_column
 DECLARE
   job public.generation_jobs;
 BEGIN
@@ -282,6 +286,7 @@ $$;
 CREATE FUNCTION public.step_save(job_id uuid, lease_token uuid, step jsonb, progress jsonb DEFAULT NULL)
 RETURNS public.generation_steps
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public AS $$
+#variable_conflict use_column
 DECLARE
   saved public.generation_steps;
 BEGIN
@@ -332,6 +337,7 @@ $$;
 CREATE FUNCTION public.job_complete(job_id uuid, lease_token uuid, result jsonb, progress jsonb DEFAULT NULL)
 RETURNS public.generation_jobs
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public AS $$
+#variable_conflict use_column
 DECLARE
   job public.generation_jobs;
 BEGIN
@@ -359,6 +365,7 @@ CREATE FUNCTION public.job_fail(job_id uuid, lease_token uuid, error text,
                                 retryable boolean DEFAULT false, retry_in_seconds integer DEFAULT 5)
 RETURNS public.generation_jobs
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public AS $$
+#variable_conflict use_column
 DECLARE
   job public.generation_jobs;
 BEGIN
@@ -386,6 +393,7 @@ $$;
 -- Acknowledge a cancellation the worker has acted on.
 CREATE FUNCTION public.job_cancelled(job_id uuid, lease_token uuid) RETURNS public.generation_jobs
 LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public AS $$
+#variable_conflict use_column
 DECLARE
   job public.generation_jobs;
 BEGIN

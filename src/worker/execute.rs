@@ -39,7 +39,9 @@ impl From<Error> for Stop {
         if e.code == codes::LEASE_LOST {
             Stop::LeaseLost
         } else {
-            Stop::Transient(format!("{}: {}", e.code, e.internal.unwrap_or(e.message)))
+            // The job's error is shown to its user: the public message only; detail goes to the log.
+            tracing::warn!(code = e.code, detail = e.internal.as_deref().unwrap_or(""), "infrastructure error");
+            Stop::Transient(format!("temporary failure ({}): {}", e.code, e.message))
         }
     }
 }
@@ -364,6 +366,7 @@ impl Run<'_> {
                 models.push(m);
             }
         }
+        let outputs_len = outputs.len();
         let output = Value::Array(outputs);
         // The fan-out's own row: written once all items are, so resume can skip it whole.
         let summary = StepWrite {
@@ -375,8 +378,9 @@ impl Run<'_> {
             fallback_used,
             attempts,
             output: Some(output.clone()),
-            usage: json!(usage),
-            attempt_log: json!([]),
+            // The items' rows carry the tokens; counting them here too would bill twice.
+            usage: json!(Usage::default()),
+            attempt_log: json!([{"items": outputs_len, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}]),
             ..Default::default()
         };
         self.calls_done.fetch_add(1, Ordering::SeqCst);

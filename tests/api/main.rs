@@ -6,3 +6,5 @@ mod helpers;
 mod assignments;
 mod engines;
 mod foundation;
+mod generations;
+mod mock_providers;

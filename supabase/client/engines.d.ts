@@ -1,0 +1,215 @@
+// Types for engines.js (the bookengine HTTP API client).
+
+export type Tier = "hobby" | "pro" | "enterprise";
+export type JobStatus = "queued" | "running" | "succeeded" | "failed" | "cancelled";
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+
+/** A flow document (see docs/flow.schema.json and examples/book-flow.json). */
+export interface FlowDocument {
+  name: string;
+  description?: string | null;
+  type: string;
+  execution_mode?: "sequential" | "parallel" | string;
+  tier?: Tier | null;
+  steps: Array<{ id: string; name?: string; configuration: Record<string, Json> }>;
+  [key: string]: unknown;
+}
+
+export interface Engine {
+  id: string;
+  name: string;
+  description: string | null;
+  flow_config: Record<string, Json>;
+  models: Json[];
+  execution_mode: string | null;
+  tier: Tier | null;
+  active: boolean;
+  created_by: string | null;
+  created_at: string | null;
+  updated_at: string | null;
+}
+
+export interface EngineFilter {
+  active?: boolean;
+  tier?: Tier;
+}
+
+export interface EngineUpdates {
+  name?: string;
+  /** null clears it. */
+  description?: string | null;
+  active?: boolean;
+  /** null clears it. */
+  tier?: Tier | null;
+  /** A new flow document: validated and redeployed. `flow_config`/`flowConfig` are accepted too. */
+  flow?: FlowDocument;
+  flow_config?: FlowDocument;
+  flowConfig?: FlowDocument;
+}
+
+export interface Assignment {
+  id: string;
+  engine_id: string;
+  assignment_type: "tier" | "user";
+  tier: Tier | null;
+  user_id: string | null;
+  priority: number | null;
+  active: boolean;
+  created_at: string | null;
+}
+
+/** Exactly one of tier / userId (user_id). */
+export interface NewAssignment {
+  engineId?: string;
+  engine_id?: string;
+  tier?: Tier;
+  userId?: string;
+  user_id?: string;
+  priority?: number;
+  active?: boolean;
+}
+
+export interface BulkAssignment {
+  engineIds?: string[];
+  engine_ids?: string[];
+  tiers?: Tier[];
+  userIds?: string[];
+  user_ids?: string[];
+  priority?: number;
+  active?: boolean;
+}
+
+export interface AssignmentFilter {
+  engineId?: string;
+  engine_id?: string;
+  userId?: string;
+  user_id?: string;
+  tier?: Tier;
+}
+
+export interface AssignmentPatch {
+  priority?: number;
+  active?: boolean;
+}
+
+/** An engine the caller may use, with the assignment that gives it; rank 1 is the one used by default. */
+export interface EngineChoice extends Omit<Engine, "active" | "created_by"> {
+  assignment_id: string;
+  assignment_type: "tier" | "user";
+  assignment_priority: number | null;
+  assigned_at: string | null;
+  rank: number;
+}
+
+export interface GenerationJob {
+  id: string;
+  user_id: string;
+  engine_id: string | null;
+  engine_name: string;
+  input: Record<string, Json>;
+  status: JobStatus;
+  progress: Record<string, Json>;
+  attempt: number;
+  max_attempts: number;
+  cancel_requested: boolean;
+  error: string | null;
+  errors: Json[];
+  result: Json | null;
+  usage: Record<string, Json>;
+  scheduled_at?: string | null;
+  created_at: string | null;
+  started_at: string | null;
+  finished_at: string | null;
+  updated_at: string | null;
+}
+
+export interface GenerationStep {
+  step_id: string;
+  item_index: number;
+  status: string;
+  provider: string | null;
+  model: string | null;
+  fallback_used: boolean;
+  attempts: number;
+  output: Json | null;
+  error: string | null;
+  usage: Record<string, Json>;
+  latency_ms: number | null;
+  attempt_log: Json[];
+  started_at: string | null;
+  finished_at: string | null;
+}
+
+export interface GenerationDetail extends GenerationJob {
+  steps: GenerationStep[];
+}
+
+export type GenerationEvent =
+  | { type: "progress"; data: GenerationDetail }
+  | { type: "done"; data: GenerationDetail }
+  | { type: "error"; data: { code: string; message: string } };
+
+export interface WatchOptions {
+  signal?: AbortSignal;
+  /** Reopen a dropped stream at most this many times in a row (default 5). */
+  maxReconnects?: number;
+  /** Wait before reopening (default 1000 ms). */
+  reconnectDelayMs?: number;
+}
+
+export interface EngineClientOptions {
+  /** The bookengine service, e.g. https://bookengine.example.com (no trailing /v1). */
+  baseUrl: string;
+  /** The signed-in user's Supabase access token, e.g. from supabase.auth.getSession(). */
+  getAccessToken: () => string | null | undefined | Promise<string | null | undefined>;
+  /** A fetch implementation (defaults to globalThis.fetch). */
+  fetch?: typeof fetch;
+}
+
+export interface EngineClient {
+  deployEngine(flow: FlowDocument): Promise<Engine>;
+  getEngines(filter?: EngineFilter): Promise<Engine[]>;
+  getEngine(id: string): Promise<Engine>;
+  updateEngine(id: string, updates: EngineUpdates): Promise<Engine>;
+  deleteEngine(id: string): Promise<true>;
+  assignEngine(assignment: NewAssignment): Promise<Assignment>;
+  bulkAssign(spec: BulkAssignment): Promise<Assignment[]>;
+  getAssignments(filter?: AssignmentFilter): Promise<Assignment[]>;
+  updateAssignment(id: string, patch: AssignmentPatch): Promise<Assignment>;
+  removeAssignment(id: string): Promise<true>;
+  getMyEngines(): Promise<EngineChoice[]>;
+  /** null when no engine is assigned (no_engine_assigned). */
+  getMyEngine(): Promise<EngineChoice | null>;
+  requestGeneration(
+    input: Record<string, unknown>,
+    options?: { engineId?: string | null; engine_id?: string | null },
+  ): Promise<GenerationJob>;
+  getGeneration(id: string): Promise<GenerationDetail>;
+  listGenerations(opts?: { limit?: number; status?: JobStatus }): Promise<GenerationJob[]>;
+  cancelGeneration(id: string): Promise<GenerationJob>;
+  /** Resolves with the finished job (succeeded, failed or cancelled). */
+  watchGeneration(
+    id: string,
+    onEvent?: ((event: GenerationEvent) => void) | null,
+    options?: WatchOptions,
+  ): Promise<GenerationDetail>;
+}
+
+export declare class EngineServiceError extends Error {
+  constructor(
+    message: string,
+    options?: { code?: string; status?: number; details?: unknown; cause?: unknown },
+  );
+  name: "EngineServiceError";
+  /** The service's snake_case code, e.g. permission_denied, engine_not_found, flow_not_ready;
+   *  or network_error / missing_token / unexpected_response / stream_closed from the client. */
+  code: string;
+  /** HTTP status; 0 when the service could not be reached. */
+  status: number;
+  /** e.g. { issues: [{ path, code, message }] } for flow errors. */
+  details?: any;
+}
+
+export declare function isFinished(job: { status: string } | null | undefined): boolean;
+export declare function createEngineClient(options: EngineClientOptions): EngineClient;
+export default createEngineClient;
