@@ -40,7 +40,11 @@ impl From<Error> for Stop {
             Stop::LeaseLost
         } else {
             // The job's error is shown to its user: the public message only; detail goes to the log.
-            tracing::warn!(code = e.code, detail = e.internal.as_deref().unwrap_or(""), "infrastructure error");
+            tracing::warn!(
+                code = e.code,
+                detail = e.internal.as_deref().unwrap_or(""),
+                "infrastructure error"
+            );
             Stop::Transient(format!("temporary failure ({}): {}", e.code, e.message))
         }
     }

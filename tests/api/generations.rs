@@ -10,7 +10,12 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 pub fn fast_worker() -> WorkerConfig {
-    WorkerConfig { poll_interval_ms: 100, backoff_ms: 20, lease_seconds: 30, ..Default::default() }
+    WorkerConfig {
+        poll_interval_ms: 100,
+        backoff_ms: 20,
+        lease_seconds: 30,
+        ..Default::default()
+    }
 }
 
 pub async fn app_with_mocks() -> (TestApp, Mocks) {
@@ -24,12 +29,24 @@ pub async fn book_setup(app: &TestApp) -> (TestUser, TestUser, Uuid) {
     let admin = app.stack.admin().await;
     let pro = app.stack.user(Some("pro"), false).await;
     let engine = app.deploy_example(&admin).await;
-    let (s, b) = app.post("/v1/assignments", &admin.token, json!({"engine_id": engine, "tier": "pro"})).await;
+    let (s, b) = app
+        .post(
+            "/v1/assignments",
+            &admin.token,
+            json!({"engine_id": engine, "tier": "pro"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     (admin, pro, engine)
 }
 
-pub async fn wait_until(app: &TestApp, token: &str, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+pub async fn wait_until(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let start = Instant::now();
     loop {
         let (s, job) = app.get(&format!("/v1/generations/{id}"), token).await;
@@ -37,20 +54,32 @@ pub async fn wait_until(app: &TestApp, token: &str, id: &str, limit: Duration, d
         if done(&job) {
             return job;
         }
-        assert!(start.elapsed() < limit, "timed out waiting; last state: {job}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out waiting; last state: {job}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 fn finished(job: &Value) -> bool {
-    matches!(job["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+    matches!(
+        job["status"].as_str(),
+        Some("succeeded" | "failed" | "cancelled")
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pro_user_generates_a_book_with_a_multi_step_multi_model_flow() {
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, engine) = book_setup(&app).await;
-    let (s, job) = app.post("/v1/generations", &pro.token, json!({"input": {"topic": "sea otters"}})).await;
+    let (s, job) = app
+        .post(
+            "/v1/generations",
+            &pro.token,
+            json!({"input": {"topic": "sea otters"}}),
+        )
+        .await;
     assert_eq!(s, 202, "{job}");
     assert_eq!(job["engine_id"], json!(engine));
     assert_eq!(job["status"], "queued");
@@ -61,8 +90,20 @@ async fn a_pro_user_generates_a_book_with_a_multi_step_multi_model_flow() {
     assert!(book.starts_with("# The Mock Book"), "{book}");
     // outline (openai) -> 3 chapters (anthropic) -> edit (gemini)
     let steps = job["steps"].as_array().unwrap();
-    let by = |id: &str, idx: i64| steps.iter().find(|s| s["step_id"] == id && s["item_index"] == idx).cloned().unwrap_or(Value::Null);
-    assert_eq!((by("outline", -1)["provider"].clone(), by("outline", -1)["model"].clone()), (json!("openai"), json!("gpt-4o-mini")));
+    let by = |id: &str, idx: i64| {
+        steps
+            .iter()
+            .find(|s| s["step_id"] == id && s["item_index"] == idx)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(
+        (
+            by("outline", -1)["provider"].clone(),
+            by("outline", -1)["model"].clone()
+        ),
+        (json!("openai"), json!("gpt-4o-mini"))
+    );
     for k in 0..3 {
         assert_eq!(by("chapters", k)["provider"], "anthropic", "{job}");
         assert_eq!(by("chapters", k)["status"], "succeeded");
@@ -70,27 +111,44 @@ async fn a_pro_user_generates_a_book_with_a_multi_step_multi_model_flow() {
     assert_eq!(by("edit", -1)["provider"], "gemini");
     assert_eq!(job["progress"]["done"], job["progress"]["total"], "{job}");
     // Token usage summed from every step: 11+7 (openai) + 3*(13+5) (anthropic) + 17+3 (gemini).
-    assert_eq!(job["usage"], json!({"input_tokens": 11 + 3 * 13 + 17, "output_tokens": 7 + 3 * 5 + 3}));
+    assert_eq!(
+        job["usage"],
+        json!({"input_tokens": 11 + 3 * 13 + 17, "output_tokens": 7 + 3 * 5 + 3})
+    );
 
     // What the clients sent: each provider's real request shape and auth header.
     let o = &mocks.openai.calls()[0];
     assert_eq!(o.path, "/v1/chat/completions");
-    assert_eq!(o.header("authorization"), Some(format!("Bearer {OPENAI_KEY}").as_str()));
+    assert_eq!(
+        o.header("authorization"),
+        Some(format!("Bearer {OPENAI_KEY}").as_str())
+    );
     assert_eq!(o.body["model"], "gpt-4o-mini");
     assert_eq!(o.body["messages"][0]["role"], "system");
     assert_eq!(o.body["response_format"]["type"], "json_object");
     assert_eq!(o.body["max_completion_tokens"], 2000);
-    assert!(o.body["messages"][1]["content"].as_str().unwrap().contains("sea otters"));
+    assert!(o.body["messages"][1]["content"]
+        .as_str()
+        .unwrap()
+        .contains("sea otters"));
     let a = mocks.anthropic.calls();
     assert_eq!(a.len(), 3);
     assert_eq!(a[0].path, "/v1/messages");
     assert_eq!(a[0].header("x-api-key"), Some(ANTHROPIC_KEY));
     assert_eq!(a[0].header("anthropic-version"), Some("2023-06-01"));
     assert_eq!(a[0].body["max_tokens"], 4000);
-    assert!(a[0].body["system"].as_str().unwrap().contains("The Mock Book"));
+    assert!(a[0].body["system"]
+        .as_str()
+        .unwrap()
+        .contains("The Mock Book"));
     let mut titles: Vec<String> = a.iter().map(|c| c.prompt()).collect();
     titles.sort();
-    assert!(titles[0].contains("\"Alpha\"") && titles[1].contains("\"Beta\"") && titles[2].contains("\"Gamma\""), "{titles:?}");
+    assert!(
+        titles[0].contains("\"Alpha\"")
+            && titles[1].contains("\"Beta\"")
+            && titles[2].contains("\"Gamma\""),
+        "{titles:?}"
+    );
     let g = &mocks.gemini.calls()[0];
     assert_eq!(g.path, "/v1beta/models/gemini-1.5-flash:generateContent");
     assert_eq!(g.header("x-goog-api-key"), Some(GEMINI_KEY));
@@ -98,14 +156,30 @@ async fn a_pro_user_generates_a_book_with_a_multi_step_multi_model_flow() {
     assert!(g.body["systemInstruction"]["parts"][0]["text"].is_string());
     // Chapters are joined in order into the edit prompt.
     let edit_prompt = g.prompt();
-    let (ia, ib) = (edit_prompt.find("Alpha").unwrap(), edit_prompt.find("Gamma").unwrap());
+    let (ia, ib) = (
+        edit_prompt.find("Alpha").unwrap(),
+        edit_prompt.find("Gamma").unwrap(),
+    );
     assert!(ia < ib);
 
     // Another user cannot see the job, directly or through PostgREST.
     let other = app.stack.user(Some("pro"), false).await;
-    let (s, b) = app.get(&format!("/v1/generations/{id}"), &other.token).await;
-    assert_eq!((s, b["error"]["code"].clone()), (404, json!("generation_not_found")));
-    let (_, rows) = app.stack.rest(Method::GET, &format!("generation_steps?job_id=eq.{id}"), Some(&other.token), None).await;
+    let (s, b) = app
+        .get(&format!("/v1/generations/{id}"), &other.token)
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].clone()),
+        (404, json!("generation_not_found"))
+    );
+    let (_, rows) = app
+        .stack
+        .rest(
+            Method::GET,
+            &format!("generation_steps?job_id=eq.{id}"),
+            Some(&other.token),
+            None,
+        )
+        .await;
     assert_eq!(rows, json!([]));
     let (_, mine) = app.get("/v1/generations", &other.token).await;
     assert_eq!(mine, json!([]));
@@ -116,14 +190,29 @@ async fn a_failing_primary_falls_back_and_is_recorded() {
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.always(Some(Fault::Status(500)));
-    let (_, job) = app.post("/v1/generations", &pro.token, json!({"input": {"topic": "bees"}})).await;
+    let (_, job) = app
+        .post(
+            "/v1/generations",
+            &pro.token,
+            json!({"input": {"topic": "bees"}}),
+        )
+        .await;
     let id = job["id"].as_str().unwrap().to_owned();
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(30), finished).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    let chapters: Vec<&Value> = job["steps"].as_array().unwrap().iter().filter(|s| s["step_id"] == "chapters" && s["item_index"] != -1).collect();
+    let chapters: Vec<&Value> = job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["step_id"] == "chapters" && s["item_index"] != -1)
+        .collect();
     assert_eq!(chapters.len(), 3);
     for c in chapters {
-        assert_eq!((c["provider"].clone(), c["fallback_used"].clone()), (json!("openai"), json!(true)), "{c}");
+        assert_eq!(
+            (c["provider"].clone(), c["fallback_used"].clone()),
+            (json!("openai"), json!(true)),
+            "{c}"
+        );
         // 1 try + 2 retries on anthropic, then openai.
         assert_eq!(c["attempts"], 4, "{c}");
         assert_eq!(c["attempt_log"][0]["status"], 500);
@@ -135,16 +224,38 @@ async fn a_failing_primary_falls_back_and_is_recorded() {
 async fn transient_faults_are_retried_honouring_retry_after() {
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, _) = book_setup(&app).await;
-    mocks.openai.script(vec![Fault::RateLimited(1), Fault::MalformedJson, Fault::Truncated]);
+    mocks.openai.script(vec![
+        Fault::RateLimited(1),
+        Fault::MalformedJson,
+        Fault::Truncated,
+    ]);
     let started = Instant::now();
-    let (_, job) = app.post("/v1/generations", &pro.token, json!({"input": {"topic": "clouds"}})).await;
+    let (_, job) = app
+        .post(
+            "/v1/generations",
+            &pro.token,
+            json!({"input": {"topic": "clouds"}}),
+        )
+        .await;
     let id = job["id"].as_str().unwrap().to_owned();
     // The outline has retries: 2, so three faults exhaust openai's tries: the outline has no fallback.
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(30), finished).await;
     assert_eq!(job["status"], "failed", "{job}");
-    assert!(job["error"].as_str().unwrap().contains("step outline"), "{job}");
-    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was not honoured");
-    let outline = job["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "outline").cloned().unwrap();
+    assert!(
+        job["error"].as_str().unwrap().contains("step outline"),
+        "{job}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After was not honoured"
+    );
+    let outline = job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_id"] == "outline")
+        .cloned()
+        .unwrap();
     let log = outline["attempt_log"].as_array().unwrap();
     assert_eq!(log.len(), 3);
     assert_eq!(log[0]["status"], 429);
@@ -152,8 +263,16 @@ async fn transient_faults_are_retried_honouring_retry_after() {
     assert!(!job.to_string().contains(OPENAI_KEY));
 
     // Two faults then success: the job succeeds.
-    mocks.openai.script(vec![Fault::Status(503), Fault::MalformedJson]);
-    let (_, job) = app.post("/v1/generations", &pro.token, json!({"input": {"topic": "rain"}})).await;
+    mocks
+        .openai
+        .script(vec![Fault::Status(503), Fault::MalformedJson]);
+    let (_, job) = app
+        .post(
+            "/v1/generations",
+            &pro.token,
+            json!({"input": {"topic": "rain"}}),
+        )
+        .await;
     let id = job["id"].as_str().unwrap().to_owned();
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(30), finished).await;
     assert_eq!(job["status"], "succeeded", "{job}");
@@ -166,19 +285,43 @@ async fn when_every_provider_fails_the_job_fails_with_a_reason_in_bounded_time()
     mocks.openai.always(Some(Fault::Status(500)));
     mocks.anthropic.always(Some(Fault::Status(401)));
     let started = Instant::now();
-    let (_, job) = app.post("/v1/generations", &pro.token, json!({"input": {"topic": "x"}})).await;
+    let (_, job) = app
+        .post(
+            "/v1/generations",
+            &pro.token,
+            json!({"input": {"topic": "x"}}),
+        )
+        .await;
     let id = job["id"].as_str().unwrap().to_owned();
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(20), finished).await;
     assert_eq!(job["status"], "failed");
-    assert!(job["error"].as_str().unwrap().contains("every model failed"), "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("every model failed"),
+        "{job}"
+    );
     assert!(started.elapsed() < Duration::from_secs(20));
     // A 401 is not retried on the same model.
     mocks.openai.always(None);
-    let (_, job) = app.post("/v1/generations", &pro.token, json!({"input": {"topic": "y"}})).await;
+    let (_, job) = app
+        .post(
+            "/v1/generations",
+            &pro.token,
+            json!({"input": {"topic": "y"}}),
+        )
+        .await;
     let id = job["id"].as_str().unwrap().to_owned();
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(20), finished).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    let c = job["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "chapters" && s["item_index"] == 0).cloned().unwrap();
+    let c = job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_id"] == "chapters" && s["item_index"] == 0)
+        .cloned()
+        .unwrap();
     assert_eq!(c["attempts"], 2, "401 then the fallback: {c}");
 }
 
@@ -187,24 +330,62 @@ async fn cancelling_stops_a_running_job_within_seconds() {
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.latency(Duration::from_secs(20));
-    let (_, job) = app.post("/v1/generations", &pro.token, json!({"input": {"topic": "slow"}})).await;
+    let (_, job) = app
+        .post(
+            "/v1/generations",
+            &pro.token,
+            json!({"input": {"topic": "slow"}}),
+        )
+        .await;
     let id = job["id"].as_str().unwrap().to_owned();
     wait_until(&app, &pro.token, &id, Duration::from_secs(10), |j| {
-        j["steps"].as_array().is_some_and(|s| s.iter().any(|s| s["step_id"] == "chapters"))
+        j["steps"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["step_id"] == "chapters"))
     })
     .await;
     let other = app.stack.user(Some("pro"), false).await;
-    let (s, _) = app.post(&format!("/v1/generations/{id}/cancel"), &other.token, json!({})).await;
+    let (s, _) = app
+        .post(
+            &format!("/v1/generations/{id}/cancel"),
+            &other.token,
+            json!({}),
+        )
+        .await;
     assert_eq!(s, 404, "another user cannot cancel");
     let asked = Instant::now();
-    let (s, b) = app.post(&format!("/v1/generations/{id}/cancel"), &pro.token, json!({})).await;
-    assert_eq!((s, b["cancel_requested"].clone()), (200, json!(true)), "{b}");
+    let (s, b) = app
+        .post(
+            &format!("/v1/generations/{id}/cancel"),
+            &pro.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["cancel_requested"].clone()),
+        (200, json!(true)),
+        "{b}"
+    );
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(10), finished).await;
     assert_eq!(job["status"], "cancelled");
-    assert!(asked.elapsed() < Duration::from_secs(5), "took {:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        asked.elapsed()
+    );
     // A queued job is cancelled at once (no worker involved).
-    let (s, b) = app.post(&format!("/v1/generations/{id}/cancel"), &pro.token, json!({})).await;
-    assert_eq!((s, b["status"].clone()), (200, json!("cancelled")), "idempotent");
+    let (s, b) = app
+        .post(
+            &format!("/v1/generations/{id}/cancel"),
+            &pro.token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        (s, b["status"].clone()),
+        (200, json!("cancelled")),
+        "idempotent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +393,13 @@ async fn progress_streams_as_server_sent_events() {
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.latency(Duration::from_millis(1500));
-    let (_, job) = app.post("/v1/generations", &pro.token, json!({"input": {"topic": "events"}})).await;
+    let (_, job) = app
+        .post(
+            "/v1/generations",
+            &pro.token,
+            json!({"input": {"topic": "events"}}),
+        )
+        .await;
     let id = job["id"].as_str().unwrap().to_owned();
     let resp = app
         .http
@@ -222,15 +409,23 @@ async fn progress_streams_as_server_sent_events() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
-    let text = tokio::time::timeout(Duration::from_secs(30), resp.text()).await.expect("stream ends").unwrap();
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = tokio::time::timeout(Duration::from_secs(30), resp.text())
+        .await
+        .expect("stream ends")
+        .unwrap();
     let progress = text.matches("event: progress").count();
     assert!(progress >= 2, "expected several progress events: {text}");
     assert!(text.contains("event: done"));
     assert!(text.contains("\"succeeded\""));
     // Someone else's job: 404 before any stream starts.
     let other = app.stack.user(Some("pro"), false).await;
-    let (s, _) = app.get(&format!("/v1/generations/{id}/events"), &other.token).await;
+    let (s, _) = app
+        .get(&format!("/v1/generations/{id}/events"), &other.token)
+        .await;
     assert_eq!(s, 404);
 }
 
@@ -242,27 +437,81 @@ async fn users_cannot_forge_jobs_through_postgrest() {
     let st = &app.stack;
     // A configuration written by the user: column privileges refuse it.
     let forged = json!({"input": {}, "engine_id": engine, "engine_snapshot": {"flow_config": {"steps": []}}, "engine_name": "mine"});
-    let (s, b) = st.rest(Method::POST, "generation_jobs", Some(&pro.token), Some(forged)).await;
+    let (s, b) = st
+        .rest(
+            Method::POST,
+            "generation_jobs",
+            Some(&pro.token),
+            Some(forged),
+        )
+        .await;
     assert!(s == 401 || s == 403, "{s} {b}");
     // On behalf of another user: refused.
-    let (s, b) = st.rest(Method::POST, "generation_jobs", Some(&pro.token), Some(json!({"input": {}, "user_id": hobby.id}))).await;
+    let (s, b) = st
+        .rest(
+            Method::POST,
+            "generation_jobs",
+            Some(&pro.token),
+            Some(json!({"input": {}, "user_id": hobby.id})),
+        )
+        .await;
     assert!(s == 401 || s == 403, "{s} {b}");
     // An engine the user cannot see, named directly: 404.
-    let (s, b) = st.rest(Method::POST, "rpc/request_generation", Some(&hobby.token), Some(json!({"input": {}, "engine_id": engine}))).await;
-    assert_eq!((s, b["details"].clone()), (404, json!("engine_not_found")), "{b}");
-    let (s, b) = app.post("/v1/generations", &hobby.token, json!({"input": {}})).await;
-    assert_eq!((s, b["error"]["code"].clone()), (404, json!("no_engine_assigned")), "{b}");
+    let (s, b) = st
+        .rest(
+            Method::POST,
+            "rpc/request_generation",
+            Some(&hobby.token),
+            Some(json!({"input": {}, "engine_id": engine})),
+        )
+        .await;
+    assert_eq!(
+        (s, b["details"].clone()),
+        (404, json!("engine_not_found")),
+        "{b}"
+    );
+    let (s, b) = app
+        .post("/v1/generations", &hobby.token, json!({"input": {}}))
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].clone()),
+        (404, json!("no_engine_assigned")),
+        "{b}"
+    );
     // The allowed path: the snapshot is the engine's, taken by the database.
-    let (s, b) = st.rest(Method::POST, "generation_jobs", Some(&pro.token), Some(json!({"input": {"topic": "t"}}))).await;
+    let (s, b) = st
+        .rest(
+            Method::POST,
+            "generation_jobs",
+            Some(&pro.token),
+            Some(json!({"input": {"topic": "t"}})),
+        )
+        .await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(b[0]["user_id"], json!(pro.id));
-    let (_, e) = app.get(&format!("/v1/engines/{engine}"), &admin.token).await;
+    let (_, e) = app
+        .get(&format!("/v1/engines/{engine}"), &admin.token)
+        .await;
     assert_eq!(b[0]["engine_snapshot"]["flow_config"], e["flow_config"]);
     assert_eq!(b[0]["status"], "queued");
     // Users cannot touch the queue functions.
-    let (s, _) = st.rest(Method::POST, "rpc/job_claim", Some(&pro.token), Some(json!({"worker": "me"}))).await;
+    let (s, _) = st
+        .rest(
+            Method::POST,
+            "rpc/job_claim",
+            Some(&pro.token),
+            Some(json!({"worker": "me"})),
+        )
+        .await;
     assert!(s == 401 || s == 403 || s == 404, "{s}");
-    let (s, _) = st.rest(Method::PATCH, &format!("generation_jobs?id=eq.{}", b[0]["id"].as_str().unwrap()), Some(&pro.token), Some(json!({"status": "succeeded"}))).await;
+    let (s, _) = st
+        .rest(
+            Method::PATCH,
+            &format!("generation_jobs?id=eq.{}", b[0]["id"].as_str().unwrap()),
+            Some(&pro.token),
+            Some(json!({"status": "succeeded"})),
+        )
+        .await;
     assert!(s == 401 || s == 403, "{s}");
 }
 
@@ -271,16 +520,37 @@ async fn a_redeploy_does_not_change_a_queued_or_running_job() {
     let (app, mocks) = app_with_mocks().await;
     let (admin, pro, engine) = book_setup(&app).await;
     mocks.anthropic.latency(Duration::from_millis(500));
-    let (_, job) = app.post("/v1/generations", &pro.token, json!({"input": {"topic": "stable"}})).await;
+    let (_, job) = app
+        .post(
+            "/v1/generations",
+            &pro.token,
+            json!({"input": {"topic": "stable"}}),
+        )
+        .await;
     let id = job["id"].as_str().unwrap().to_owned();
     let mut flow = example_flow();
     flow["steps"][2]["configuration"]["model"] = json!("gemini-2.0-pro");
-    let (s, _) = app.patch(&format!("/v1/engines/{engine}"), &admin.token, json!({"flow": flow, "active": false})).await;
+    let (s, _) = app
+        .patch(
+            &format!("/v1/engines/{engine}"),
+            &admin.token,
+            json!({"flow": flow, "active": false}),
+        )
+        .await;
     assert_eq!(s, 200);
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(30), finished).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    let edit = job["steps"].as_array().unwrap().iter().find(|s| s["step_id"] == "edit").cloned().unwrap();
-    assert_eq!(edit["model"], "gemini-1.5-flash", "the job ran on its snapshot");
+    let edit = job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_id"] == "edit")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        edit["model"], "gemini-1.5-flash",
+        "the job ran on its snapshot"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,28 +559,72 @@ async fn webhooks_wake_the_worker_and_refuse_bad_deliveries() {
     let url = format!("{}/webhooks/generation", app.address);
     let payload = json!({"type": "INSERT", "table": "generation_jobs", "schema": "public", "record": {"id": Uuid::new_v4()}, "old_record": null});
     let send = |auth: Option<&str>, body: String| {
-        let mut r = app.http.post(&url).header("content-type", "application/json").body(body);
+        let mut r = app
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
         if let Some(a) = auth {
             r = r.header("authorization", a);
         }
         r.send()
     };
     let ok = format!("Bearer {WEBHOOK_SECRET}");
-    assert_eq!(send(Some(&ok), payload.to_string()).await.unwrap().status().as_u16(), 202);
-    assert_eq!(send(Some("Bearer wrong"), payload.to_string()).await.unwrap().status().as_u16(), 401);
-    assert_eq!(send(None, payload.to_string()).await.unwrap().status().as_u16(), 401);
+    assert_eq!(
+        send(Some(&ok), payload.to_string())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        202
+    );
+    assert_eq!(
+        send(Some("Bearer wrong"), payload.to_string())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        send(None, payload.to_string())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
     let r = send(Some(&ok), "{oops".into()).await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "invalid_json");
     let big = json!({"type": "INSERT", "table": "generation_jobs", "record": {"pad": "x".repeat(100_000)}});
-    assert_eq!(send(Some(&ok), big.to_string()).await.unwrap().status().as_u16(), 413);
+    assert_eq!(
+        send(Some(&ok), big.to_string())
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        413
+    );
     // Duplicate deliveries are harmless.
     for _ in 0..20 {
-        assert_eq!(send(Some(&ok), payload.to_string()).await.unwrap().status().as_u16(), 202);
+        assert_eq!(
+            send(Some(&ok), payload.to_string())
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            202
+        );
     }
     let other = json!({"type": "UPDATE", "table": "generation_jobs", "record": {}});
-    let b: Value = send(Some(&ok), other.to_string()).await.unwrap().json().await.unwrap();
+    let b: Value = send(Some(&ok), other.to_string())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(b["woken"], false);
     let (s, m) = app.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(s, 200);

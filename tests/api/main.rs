@@ -4,7 +4,9 @@
 mod helpers;
 
 mod assignments;
+mod cli;
 mod engines;
 mod foundation;
 mod generations;
 mod mock_providers;
+mod resilience;

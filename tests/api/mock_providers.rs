@@ -40,7 +40,10 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The user prompt, whatever the wire format.
@@ -54,7 +57,10 @@ impl Recorded {
                 .collect::<Vec<_>>()
                 .join("\n");
         }
-        b["contents"][0]["parts"][0]["text"].as_str().unwrap_or_default().to_owned()
+        b["contents"][0]["parts"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -82,8 +88,14 @@ pub struct MockProvider {
 
 impl MockProvider {
     pub async fn start(kind: Kind) -> MockProvider {
-        let shared = Shared { kind, calls: Default::default(), behaviour: Default::default() };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
+        let shared = Shared {
+            kind,
+            calls: Default::default(),
+            behaviour: Default::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind mock");
         let port = listener.local_addr().expect("addr").port();
         let app = Router::new().fallback(handle).with_state(shared.clone());
         tokio::spawn(async move {
@@ -93,11 +105,18 @@ impl MockProvider {
             Kind::OpenAi | Kind::Anthropic => "/v1",
             Kind::Gemini => "/v1beta",
         };
-        MockProvider { base_url: format!("http://127.0.0.1:{port}{prefix}"), shared }
+        MockProvider {
+            base_url: format!("http://127.0.0.1:{port}{prefix}"),
+            shared,
+        }
     }
 
     pub fn calls(&self) -> Vec<Recorded> {
-        self.shared.calls.lock().map(|c| c.clone()).unwrap_or_default()
+        self.shared
+            .calls
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 
     pub fn script(&self, faults: Vec<Fault>) {
@@ -139,11 +158,22 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
         .collect();
-    let bytes = axum::body::to_bytes(req.into_body(), 1 << 24).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(req.into_body(), 1 << 24)
+        .await
+        .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let recorded = Recorded { path: path.clone(), headers, body: body.clone() };
+    let recorded = Recorded {
+        path: path.clone(),
+        headers,
+        body: body.clone(),
+    };
     let prompt = recorded.prompt();
     if let Ok(mut c) = s.calls.lock() {
         c.push(recorded);
@@ -156,7 +186,11 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
     match fault {
         Some(Fault::Status(code)) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return (status, axum::Json(json!({"error": {"message": "injected", "type": "mock"}}))).into_response();
+            return (
+                status,
+                axum::Json(json!({"error": {"message": "injected", "type": "mock"}})),
+            )
+                .into_response();
         }
         Some(Fault::RateLimited(secs)) => {
             return (
@@ -167,7 +201,12 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
                 .into_response();
         }
         Some(Fault::MalformedJson) => {
-            return (StatusCode::OK, [("content-type", "application/json")], "{\"choices\": [").into_response();
+            return (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                "{\"choices\": [",
+            )
+                .into_response();
         }
         Some(Fault::Truncated) => {
             return Response::builder()
