@@ -2,6 +2,7 @@
 //! its routes; `Application::build` binds the listener and returns the port, so
 //! tests can bind port 0.
 
+mod admin;
 mod assignments;
 mod engines;
 pub mod error;
@@ -66,6 +67,7 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(admin::router())
         .merge(engines::router())
         .merge(assignments::router())
         .merge(generations::router())
