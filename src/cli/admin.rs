@@ -99,7 +99,7 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-fn models_summary(models: &Value) -> String {
+pub(crate) fn models_summary(models: &Value) -> String {
     models
         .as_array()
         .map(|ms| {

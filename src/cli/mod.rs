@@ -2,6 +2,7 @@
 //! API uses, plus the local stack, migrations and the long-running processes.
 
 mod admin;
+mod demo;
 mod foundation;
 mod serve;
 
@@ -28,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Apply the migrations in sql/ to DATABASE_URL (a no-op when up to date).
     Migrate(foundation::MigrateArgs),
+    /// The whole workflow on the local stack: deploy, assign, generate a book, report.
+    Demo(demo::DemoArgs),
     /// Run a local Supabase-shaped stack (Postgres + PostgREST 12) for development.
     Local(foundation::LocalArgs),
     /// Mint a LOCAL DEVELOPMENT JWT signed with SUPABASE_JWT_SECRET.
@@ -70,6 +73,7 @@ pub fn main() -> i32 {
 async fn run(cli: Cli) -> Result<(), Error> {
     let json = cli.json;
     match cli.command {
+        Command::Demo(args) => demo::demo(args).await,
         Command::Migrate(args) => foundation::migrate(args, json).await,
         Command::Local(args) => foundation::local(args, json).await,
         Command::Token(args) => foundation::token(args),
@@ -104,4 +108,8 @@ fn report(e: &Error, json: bool) -> i32 {
         }
     }
     e.exit_code()
+}
+
+pub(crate) fn admin_models_summary(models: &serde_json::Value) -> String {
+    admin::models_summary(models)
 }

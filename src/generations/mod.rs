@@ -2,6 +2,9 @@
 //! cancel. Every call carries the user's JWT: the database takes the engine
 //! snapshot itself (`request_generation`), and RLS shows each user only their jobs.
 
+mod report;
+pub use report::{run_report, RunReport, StepLine};
+
 use crate::error::{codes, Error, Result};
 use crate::rest::{Caller, Rest};
 use serde::{Deserialize, Serialize};

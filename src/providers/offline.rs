@@ -51,6 +51,8 @@ async fn complete(Json(body): Json<Value>) -> Json<Value> {
     let wants_json = body["response_format"]["type"] == "json_object";
     let text = if wants_json {
         outline(&prompt)
+    } else if let Some(parts) = embedded_texts(&prompt) {
+        manuscript(&parts)
     } else {
         prose(&prompt)
     };
@@ -80,6 +82,9 @@ fn subject(prompt: &str) -> String {
             let rest = &prompt[i + marker.len()..];
             let s: String = rest
                 .split(['\n', '.', '"'])
+                .next()
+                .unwrap_or_default()
+                .split(" with ")
                 .next()
                 .unwrap_or_default()
                 .split_whitespace()
@@ -145,6 +150,31 @@ fn outline(prompt: &str) -> String {
     json!({"title": format!("A Book About {topic}"), "chapters": chapters}).to_string()
 }
 
+/// A JSON array of texts inside the prompt (an edit step handed the chapters).
+fn embedded_texts(prompt: &str) -> Option<Vec<String>> {
+    prompt
+        .char_indices()
+        .filter(|(_, c)| *c == '[')
+        .find_map(|(i, _)| {
+            let mut stream =
+                serde_json::Deserializer::from_str(&prompt[i..]).into_iter::<Vec<String>>();
+            match stream.next() {
+                Some(Ok(v)) if !v.is_empty() => Some(v),
+                _ => None,
+            }
+        })
+}
+
+/// An "edited" manuscript: the texts in order under chapter headings.
+fn manuscript(parts: &[String]) -> String {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("## Chapter {}\n\n{}", i + 1, t.trim()))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 const SENTENCES: &[&str] = &[
     "Every subject has a shape, and this one reveals it slowly.",
     "The details matter more than the headlines suggest.",
@@ -186,6 +216,13 @@ mod tests {
         .unwrap();
         assert_eq!(o["chapters"].as_array().map(Vec::len), Some(5));
         assert!(o["title"].as_str().unwrap().contains("sea otters"));
+    }
+
+    #[test]
+    fn an_edit_prompt_gets_the_chapters_back_in_order() {
+        let text = manuscript(&embedded_texts("Edit these:\n[\"one\", \"two\"]\nThanks").unwrap());
+        assert_eq!(text, "## Chapter 1\n\none\n\n## Chapter 2\n\ntwo");
+        assert!(embedded_texts("no array [1, 2] of texts").is_none());
     }
 
     #[test]
