@@ -44,8 +44,18 @@ fn server_config() -> Config {
         .expect("BOOKENGINE_TEST_DATABASE_URL must be a valid connection string")
 }
 
+/// A test-only ES256 key pair (tests/fixtures): the JWKS holds its public half.
+pub const ES256_PRIVATE_PEM: &str = include_str!("../fixtures/es256-test-private.pem");
+pub const JWKS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks-test.json");
+
 impl TestStack {
     pub async fn start() -> TestStack {
+        Self::start_with(false).await
+    }
+
+    /// With `jwks`, PostgREST verifies tokens against a JWKS holding both the HS256
+    /// secret and the test ES256 key, as a project with asymmetric keys does.
+    pub async fn start_with(jwks: bool) -> TestStack {
         let mut db = server_config();
         let name = format!("bookengine_test_{}", Uuid::new_v4().simple());
         db.dbname(&name);
@@ -61,13 +71,25 @@ impl TestStack {
         let jwt_secret = local::random_secret(40);
         let keys = local::local_keys(&jwt_secret).expect("keys");
         let port = local::free_port().expect("port");
+        let postgrest_secret = if jwks {
+            use base64::Engine as _;
+            let mut set: Value =
+                serde_json::from_str(include_str!("../fixtures/jwks-test.json")).expect("jwks");
+            let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(jwt_secret.expose());
+            if let Some(keys) = set["keys"].as_array_mut() {
+                keys.push(serde_json::json!({"kty": "oct", "k": k, "alg": "HS256"}));
+            }
+            Secret::new(set.to_string())
+        } else {
+            jwt_secret.clone()
+        };
         let logs = std::env::temp_dir().join("bookengine-test-logs");
         let _ = std::fs::create_dir_all(&logs);
         let postgrest = local::spawn_postgrest(&PostgrestOptions {
             bin: &bin,
             db: &db,
             port,
-            jwt_secret: &jwt_secret,
+            jwt_secret: &postgrest_secret,
             pool: 4,
             log: &logs.join(format!("{name}.log")),
         })
