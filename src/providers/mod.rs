@@ -113,8 +113,31 @@ impl ProviderError {
 /// The first 200 characters of an error body, on one line: enough to diagnose,
 /// never a whole echo of a prompt.
 fn summarize(body: &str) -> String {
-    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one_line: String = body
+        .split_whitespace()
+        .map(|w| {
+            if looks_like_credential(w) {
+                "[redacted]"
+            } else {
+                w
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     one_line.chars().take(200).collect()
+}
+
+/// Providers sometimes echo (part of) the key they were sent in an error body;
+/// such words never reach a job row or a log.
+fn looks_like_credential(word: &str) -> bool {
+    let core = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    let long = core.chars().filter(|c| c.is_ascii_alphanumeric()).count() >= 20;
+    let token_chars = core
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.*".contains(c));
+    let mixed =
+        core.chars().any(|c| c.is_ascii_digit()) && core.chars().any(|c| c.is_ascii_alphabetic());
+    long && token_chars && mixed
 }
 
 /// Seconds or an HTTP date in `Retry-After`; only the seconds form is honoured.
@@ -194,4 +217,22 @@ pub(crate) fn http_client() -> reqwest::Client {
         .pool_idle_timeout(Duration::from_secs(60))
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_lose_anything_key_shaped() {
+        let s = summarize(
+            "{\"error\": \"Incorrect API key provided: sk-proj-abc123def456ghi789jkl. See docs\"}",
+        );
+        assert!(!s.contains("abc123def456"), "{s}");
+        assert!(s.contains("Incorrect API key provided"));
+        assert_eq!(
+            summarize("rate limited, retry later"),
+            "rate limited, retry later"
+        );
+    }
 }

@@ -181,6 +181,15 @@ fn map_error(status: u16, err: PgrstError) -> Error {
             c => c,
         };
         let mut e = Error::new(kind, code, message).with_internal(internal);
+        if kind == Kind::RateLimited {
+            // Our SQL says "Try again in N seconds."
+            let secs = err
+                .hint
+                .as_deref()
+                .and_then(|h| h.split_whitespace().find_map(|w| w.parse::<u64>().ok()))
+                .unwrap_or(30);
+            e = e.with_retry_after(secs);
+        }
         if let Some(hint) = err.hint {
             e = e.with_details(serde_json::json!({ "hint": hint }));
         }
