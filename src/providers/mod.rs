@@ -113,31 +113,37 @@ impl ProviderError {
 /// The first 200 characters of an error body, on one line: enough to diagnose,
 /// never a whole echo of a prompt.
 fn summarize(body: &str) -> String {
-    let one_line: String = body
-        .split_whitespace()
-        .map(|w| {
-            if looks_like_credential(w) {
-                "[redacted]"
-            } else {
-                w
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    one_line.chars().take(200).collect()
+    let one_line: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    redact_credentials(&one_line).chars().take(200).collect()
 }
 
 /// Providers sometimes echo (part of) the key they were sent in an error body;
-/// such words never reach a job row or a log.
-fn looks_like_credential(word: &str) -> bool {
-    let core = word.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-    let long = core.chars().filter(|c| c.is_ascii_alphanumeric()).count() >= 20;
-    let token_chars = core
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.*".contains(c));
-    let mixed =
-        core.chars().any(|c| c.is_ascii_digit()) && core.chars().any(|c| c.is_ascii_alphabetic());
-    long && token_chars && mixed
+/// such runs of token characters never reach a job row or a log.
+fn redact_credentials(text: &str) -> String {
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "-_.*".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        let alnum = run.chars().filter(|c| c.is_ascii_alphanumeric()).count();
+        let mixed =
+            run.chars().any(|c| c.is_ascii_digit()) && run.chars().any(|c| c.is_ascii_alphabetic());
+        if alnum >= 20 && mixed {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if is_token_char(c) {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// Seconds or an HTTP date in `Retry-After`; only the seconds form is honoured.

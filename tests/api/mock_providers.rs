@@ -138,6 +138,20 @@ impl MockProvider {
     }
 }
 
+fn recorded_key(s: &Shared) -> String {
+    let last = s.calls.lock().ok().and_then(|c| c.last().cloned());
+    last.map(|c| {
+        ["authorization", "x-api-key", "x-goog-api-key"]
+            .iter()
+            .find_map(|h| {
+                c.header(h)
+                    .map(|v| v.trim_start_matches("Bearer ").to_owned())
+            })
+            .unwrap_or_default()
+    })
+    .unwrap_or_default()
+}
+
 /// A JSON outline when JSON is asked for, a chapter-ish text otherwise.
 fn answer_text(prompt: &str, wants_json: bool) -> String {
     if wants_json {
@@ -186,9 +200,11 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
     match fault {
         Some(Fault::Status(code)) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            // Like some real providers, echo the credential that was sent.
+            let message = format!("injected; you sent {}", recorded_key(&s));
             return (
                 status,
-                axum::Json(json!({"error": {"message": "injected", "type": "mock"}})),
+                axum::Json(json!({"error": {"message": message, "type": "mock"}})),
             )
                 .into_response();
         }
