@@ -119,3 +119,14 @@ pub async fn log_errors(request: Request, next: Next) -> Response {
     }
     response
 }
+
+/// The response for a handler that panicked: opaque to the caller, logged in full.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "unknown panic".into());
+    tracing::error!(%detail, "handler panicked");
+    ApiError(Error::internal(detail)).into_response()
+}

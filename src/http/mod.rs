@@ -74,6 +74,10 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::router())
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(axum::middleware::from_fn(error::log_errors))
+        // A bug (ours or a dependency's) answers 500 JSON instead of dropping the connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            error::panic_response,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

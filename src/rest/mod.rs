@@ -123,7 +123,7 @@ impl Rest {
 
     /// Is PostgREST answering? (`/readyz`)
     pub async fn ping(&self) -> Result<()> {
-        let builder = self.client.from("ai_engines").select("id").limit(0);
+        let builder = self.client.from("ai_engines").select("id").limit(1); // limit(0) underflows inside postgrest-rs
         self.send_raw(builder.auth(self.bearer(&Caller::Service).unwrap_or_default()))
             .await
             .map(|_| ())

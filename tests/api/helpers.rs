@@ -22,6 +22,9 @@ pub struct TestStack {
     pub service_key: Secret,
     pub http: reqwest::Client,
     postgrest: Child,
+    postgrest_port: u16,
+    postgrest_secret: Secret,
+    postgrest_log: PathBuf,
 }
 
 /// A user of the test project, with a valid access token.
@@ -56,7 +59,12 @@ impl TestStack {
     /// With `jwks`, PostgREST verifies tokens against a JWKS holding both the HS256
     /// secret and the test ES256 key, as a project with asymmetric keys does.
     pub async fn start_with(jwks: bool) -> TestStack {
-        let mut db = server_config();
+        Self::start_on(server_config(), jwks).await
+    }
+
+    /// A stack on the Postgres server `server` (e.g. a private cluster a test restarts).
+    pub async fn start_on(server: Config, jwks: bool) -> TestStack {
+        let mut db = server;
         let name = format!("bookengine_test_{}", Uuid::new_v4().simple());
         db.dbname(&name);
         local::prepare_database(&db)
@@ -85,13 +93,14 @@ impl TestStack {
         };
         let logs = std::env::temp_dir().join("bookengine-test-logs");
         let _ = std::fs::create_dir_all(&logs);
+        let postgrest_log = logs.join(format!("{name}.log"));
         let postgrest = local::spawn_postgrest(&PostgrestOptions {
             bin: &bin,
             db: &db,
             port,
             jwt_secret: &postgrest_secret,
             pool: 4,
-            log: &logs.join(format!("{name}.log")),
+            log: &postgrest_log,
         })
         .expect("spawn PostgREST");
         let rest_url = format!("http://127.0.0.1:{port}");
@@ -107,7 +116,46 @@ impl TestStack {
             service_key: keys.service_role_key,
             http: reqwest::Client::new(),
             postgrest,
+            postgrest_port: port,
+            postgrest_secret,
+            postgrest_log,
         }
+    }
+
+    /// Count jobs over a new connection (the stack's own may have died with the server).
+    pub async fn count_jobs_fresh(&self) -> i64 {
+        let client = bookengine::migrate::connect(&self.db)
+            .await
+            .expect("reconnect");
+        client
+            .query_one("SELECT count(*) FROM generation_jobs", &[])
+            .await
+            .expect("count")
+            .get(0)
+    }
+
+    /// Kill PostgREST (an outage), as SIGKILL would.
+    pub fn kill_postgrest(&mut self) {
+        let _ = self.postgrest.kill();
+        let _ = self.postgrest.wait();
+    }
+
+    /// Start PostgREST again on the same port.
+    pub async fn restart_postgrest(&mut self) {
+        let bin = local::find_or_install_postgrest(&repo_root().join(".bookengine"))
+            .expect("PostgREST binary");
+        self.postgrest = local::spawn_postgrest(&PostgrestOptions {
+            bin: &bin,
+            db: &self.db,
+            port: self.postgrest_port,
+            jwt_secret: &self.postgrest_secret,
+            pool: 4,
+            log: &self.postgrest_log,
+        })
+        .expect("respawn PostgREST");
+        local::wait_ready(&self.rest_url, Duration::from_secs(20))
+            .await
+            .expect("PostgREST ready again");
     }
 
     pub fn supabase_config(&self) -> SupabaseConfig {
@@ -288,13 +336,17 @@ pub async fn spawn_app() -> TestApp {
 }
 
 /// With `worker`, a worker runs in the app's process with those providers.
-pub async fn spawn_app_with(
-    worker: Option<(
-        bookengine::worker::WorkerConfig,
-        bookengine::providers::ProvidersConfig,
-    )>,
-) -> TestApp {
-    let stack = TestStack::start().await;
+pub type WorkerSetup = (
+    bookengine::worker::WorkerConfig,
+    bookengine::providers::ProvidersConfig,
+);
+
+pub async fn spawn_app_with(worker: Option<WorkerSetup>) -> TestApp {
+    spawn_app_on(TestStack::start().await, worker).await
+}
+
+/// The app in front of a stack the caller built.
+pub async fn spawn_app_on(stack: TestStack, worker: Option<WorkerSetup>) -> TestApp {
     let config = bookengine::http::ServeConfig {
         addr: "127.0.0.1:0".into(),
         webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),

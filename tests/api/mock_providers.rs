@@ -72,6 +72,9 @@ struct Behaviour {
     always: Option<Fault>,
     /// Added to every successful answer.
     latency: Duration,
+    /// Share of calls (0..1) that fail with a fault from a mix, chosen by a seeded generator.
+    fail_rate: f64,
+    rng: u64,
 }
 
 #[derive(Clone)]
@@ -128,6 +131,14 @@ impl MockProvider {
     pub fn always(&self, fault: Option<Fault>) {
         if let Ok(mut b) = self.shared.behaviour.lock() {
             b.always = fault;
+        }
+    }
+
+    /// Fail this share of calls with a mix of 500, 503, 429, malformed and truncated bodies.
+    pub fn fail_rate(&self, rate: f64, seed: u64) {
+        if let Ok(mut b) = self.shared.behaviour.lock() {
+            b.fail_rate = rate;
+            b.rng = seed.max(1);
         }
     }
 
@@ -194,7 +205,24 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
     }
     let (fault, latency) = {
         let mut b = s.behaviour.lock().expect("behaviour");
-        let f = b.script.pop_front().or_else(|| b.always.clone());
+        let mut f = b.script.pop_front().or_else(|| b.always.clone());
+        if f.is_none() && b.fail_rate > 0.0 {
+            // xorshift64: deterministic for a seed, no extra dependency.
+            let mut x = b.rng;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.rng = x;
+            if (x % 10_000) as f64 / 10_000.0 < b.fail_rate {
+                f = Some(match (x >> 20) % 5 {
+                    0 => Fault::Status(500),
+                    1 => Fault::Status(503),
+                    2 => Fault::RateLimited(0),
+                    3 => Fault::MalformedJson,
+                    _ => Fault::Truncated,
+                });
+            }
+        }
         (f, b.latency)
     };
     match fault {
