@@ -4,9 +4,13 @@
 mod helpers;
 
 mod assignments;
+mod auth;
 mod cli;
 mod engines;
+mod faults;
 mod foundation;
 mod generations;
+mod limits;
 mod mock_providers;
 mod resilience;
+mod security;
