@@ -341,8 +341,17 @@ mod tests {
         prop::collection::vec(piece, 0..16).prop_map(|v| v.concat())
     }
 
+    /// Cases per property: a quick default in every run; the long run sets
+    /// BOOKENGINE_FUZZ_CASES (e.g. 1000000).
+    fn fuzz_cases(default: u32) -> u32 {
+        std::env::var("BOOKENGINE_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: fuzz_cases(600), ..ProptestConfig::default() })]
 
         #[test]
         fn parse_flow_never_panics(doc in arb_json()) {
@@ -441,7 +450,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 800, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: fuzz_cases(800), ..ProptestConfig::default() })]
 
         #[test]
         fn accepted_graphs_are_closed_and_acyclic((parallel, steps) in arb_graph()) {

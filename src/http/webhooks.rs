@@ -31,8 +31,19 @@ struct Payload {
     table: String,
     #[serde(default)]
     schema: Option<String>,
-    #[serde(default)]
-    record: Option<Value>,
+}
+
+/// Is this delivery an insert into generation_jobs? Malformed bodies are errors.
+pub fn is_new_job(body: &[u8]) -> Result<bool, Error> {
+    let payload: Payload = serde_json::from_slice(body).map_err(|e| {
+        Error::invalid(
+            codes::INVALID_JSON,
+            format!("not a Supabase webhook payload: {e}"),
+        )
+    })?;
+    Ok(payload.kind.eq_ignore_ascii_case("INSERT")
+        && payload.table == "generation_jobs"
+        && payload.schema.as_deref().is_none_or(|s| s == "public"))
 }
 
 fn authorized(headers: &HeaderMap, secret: &str) -> bool {
@@ -79,16 +90,10 @@ async fn generation(
             ApiError(Error::invalid(codes::INVALID_REQUEST, r.body_text()))
         }
     })?;
-    let payload: Payload = serde_json::from_slice(&body).map_err(|e| {
+    let relevant = is_new_job(&body).map_err(|e| {
         metrics.webhooks.with_label_values(&["malformed"]).inc();
-        ApiError(Error::invalid(
-            codes::INVALID_JSON,
-            format!("not a Supabase webhook payload: {e}"),
-        ))
+        ApiError(e)
     })?;
-    let relevant = payload.kind.eq_ignore_ascii_case("INSERT")
-        && payload.table == "generation_jobs"
-        && payload.schema.as_deref().is_none_or(|s| s == "public");
     if !relevant {
         metrics.webhooks.with_label_values(&["ignored"]).inc();
         return Ok((
@@ -97,16 +102,51 @@ async fn generation(
         ));
     }
     metrics.webhooks.with_label_values(&["woken"]).inc();
-    let job = payload
-        .record
-        .as_ref()
-        .and_then(|r| r["id"].as_str())
-        .unwrap_or("?")
-        .to_owned();
-    tracing::debug!(job_id = %job, "webhook: new job");
+    tracing::debug!("webhook: new job");
     state.wake.notify_one();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"accepted": true, "woken": true})),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cases() -> u32 {
+        std::env::var("BOOKENGINE_FUZZ_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500)
+    }
+
+    #[test]
+    fn recognises_inserts_into_generation_jobs() {
+        let ok = br#"{"type":"INSERT","table":"generation_jobs","schema":"public","record":{},"old_record":null}"#;
+        assert!(is_new_job(ok).unwrap());
+        assert!(!is_new_job(br#"{"type":"UPDATE","table":"generation_jobs"}"#).unwrap());
+        assert!(
+            !is_new_job(br#"{"type":"INSERT","table":"generation_jobs","schema":"other"}"#)
+                .unwrap()
+        );
+        assert!(is_new_job(b"{").is_err());
+        assert!(is_new_job(b"[]").is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = is_new_job(&body);
+        }
+
+        #[test]
+        fn arbitrary_json_shapes_never_panic(kind in "\\PC{0,12}", table in "\\PC{0,20}", extra in "\\PC{0,40}") {
+            let body = serde_json::json!({"type": kind, "table": table, "record": {"x": extra}}).to_string();
+            prop_assert!(is_new_job(body.as_bytes()).is_ok());
+        }
+    }
 }

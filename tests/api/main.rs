@@ -11,6 +11,7 @@ mod faults;
 mod foundation;
 mod generations;
 mod limits;
+mod load;
 mod mock_providers;
 mod resilience;
 mod security;

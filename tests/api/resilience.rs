@@ -26,6 +26,7 @@ fn worker_process(app: &TestApp, mocks: &Mocks, name: &str) -> Child {
         .env("BOOKENGINE_LEASE_SECONDS", "2")
         .env("BOOKENGINE_POLL_INTERVAL_MS", "100")
         .env("BOOKENGINE_FANOUT_CONCURRENCY", "1")
+        .env("BOOKENGINE_WORKER_CONCURRENCY", "4")
         .env("BOOKENGINE_WORKER_ID", name)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -171,5 +172,100 @@ async fn a_worker_whose_lease_was_taken_over_cannot_complete_or_overwrite() {
     assert_eq!(
         (job["status"].clone(), job["result"]["book"].clone()),
         (json!("succeeded"), json!("ok"))
+    );
+}
+
+/// Many jobs, the worker SIGKILLed at random moments and restarted: every job ends
+/// `succeeded`, no chapter is written twice, and finished work is not billed again.
+/// Short in every run; `BOOKENGINE_LONG_TESTS=1`: 200 jobs, 20 kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_sigkills_lose_and_repeat_nothing() {
+    let (jobs, kills) = if crate::load::long() {
+        (200, 20)
+    } else {
+        (8, 3)
+    };
+    let mocks = Mocks::start().await;
+    mocks.anthropic.latency(Duration::from_millis(150));
+    let app = spawn_app().await;
+    let admin = app.stack.admin().await;
+    let engine = app.deploy_example(&admin).await;
+    app.post(
+        "/v1/assignments",
+        &admin.token,
+        json!({"engine_id": engine, "tier": "enterprise"}),
+    )
+    .await;
+    let mut ids = Vec::new();
+    let mut users = Vec::new();
+    for i in 0..jobs {
+        if i % 10 == 0 {
+            users.push(app.stack.user(Some("enterprise"), false).await);
+        }
+        let u = users.last().unwrap();
+        let (s, job) = app
+            .post(
+                "/v1/generations",
+                &u.token,
+                json!({"input": {"topic": format!("k{i}")}}),
+            )
+            .await;
+        assert_eq!(s, 202, "{job}");
+        ids.push((u.token.clone(), job["id"].as_str().unwrap().to_owned()));
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for k in 0..kills {
+        let mut w = worker_process(&app, &mocks, &format!("w{k}"));
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(300 + seed % 1200)).await;
+        w.start_kill().expect("SIGKILL");
+        let _ = w.wait().await;
+    }
+    let _last = worker_process(&app, &mocks, "final");
+    for (token, id) in &ids {
+        let job = wait_until(&app, token, id, Duration::from_secs(180), |j| {
+            matches!(
+                j["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        })
+        .await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
+    // One row per step and item (a unique key), all succeeded: no output written twice.
+    let dup: i64 = app
+        .stack
+        .pg
+        .query_one("SELECT count(*) FROM (SELECT job_id, step_id, item_index FROM generation_steps GROUP BY 1, 2, 3 HAVING count(*) > 1) d", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dup, 0);
+    let rows: i64 = app
+        .stack
+        .pg
+        .query_one(
+            "SELECT count(*) FROM generation_steps WHERE status = 'succeeded'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, jobs as i64 * 6);
+    // Provider calls: the 5 per job, plus at most the calls in flight at each kill
+    // (4 jobs x (1 + 3 chapters) per worker): finished work is never requested again.
+    let calls = (mocks.openai.calls().len()
+        + mocks.anthropic.calls().len()
+        + mocks.gemini.calls().len()) as i64;
+    println!(
+        "sigkill: {jobs} jobs, {kills} kills, {calls} provider calls for {} needed",
+        jobs * 5
+    );
+    assert!(calls >= jobs as i64 * 5);
+    assert!(
+        calls <= jobs as i64 * 5 + kills as i64 * 16,
+        "{calls} calls: finished work was re-billed"
     );
 }
