@@ -5,6 +5,7 @@ mod helpers;
 
 mod assignments;
 mod auth;
+mod browser;
 mod cli;
 mod engines;
 mod faults;

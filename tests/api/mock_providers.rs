@@ -27,8 +27,6 @@ pub enum Fault {
     MalformedJson,
     /// Content-Length larger than the body, then the connection closes.
     Truncated,
-    /// Sleep this long, then answer normally.
-    Delay(Duration),
 }
 
 #[derive(Debug, Clone)]
@@ -260,7 +258,6 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
                 .body(Body::from("{\"choices\":[{\"message\":"))
                 .unwrap_or_default();
         }
-        Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         None => {}
     }
     if !latency.is_zero() {

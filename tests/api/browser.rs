@@ -1,0 +1,170 @@
+//! The SuperAdmin page (/admin) in headless Chromium: tests/browser/admin.test.mjs
+//! (node --test + playwright-core, pinned by tests/browser/package-lock.json) drives
+//! the page against this test's own service, worker and stack.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const NODE_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn installed(dir: &Path) -> bool {
+    dir.join("node_modules/playwright-core/package.json")
+        .exists()
+}
+
+/// `npm ci` in a private scratch folder, then move its node_modules into place:
+/// the rename is atomic, so runs in parallel never see a half-installed tree.
+fn ensure_node_modules(dir: &Path) -> Result<(), String> {
+    if installed(dir) {
+        return Ok(());
+    }
+    let unique = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let scratch = dir.join(format!(".install-{unique}"));
+    let result = (|| {
+        std::fs::create_dir_all(&scratch).map_err(|e| format!("create {scratch:?}: {e}"))?;
+        for file in ["package.json", "package-lock.json"] {
+            std::fs::copy(dir.join(file), scratch.join(file))
+                .map_err(|e| format!("copy {file}: {e}"))?;
+        }
+        let out = std::process::Command::new("npm")
+            .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+            .current_dir(&scratch)
+            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+            .output()
+            .map_err(|e| format!("cannot run npm (install Node.js 20+ and npm): {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "npm ci failed ({}):\n{}\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let target = dir.join("node_modules");
+        if target.exists() && !installed(dir) {
+            // A broken tree from an interrupted install: set it aside.
+            let stale = dir.join(format!(".install-stale-{unique}"));
+            let _ = std::fs::rename(&target, &stale);
+            let _ = std::fs::remove_dir_all(&stale);
+        }
+        // Losing the race to another run is fine: its tree is just as good.
+        if std::fs::rename(scratch.join("node_modules"), &target).is_err() && !installed(dir) {
+            return Err(format!("could not move node_modules into {target:?}"));
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// Read a child's pipe to the end in the background.
+fn collect(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf).await;
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_page_in_headless_chromium() {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: the admin page test needs Chromium. Install it with \
+         `apt-get install chromium` (as root); the test never downloads a browser."
+    );
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        node.as_ref().is_ok_and(|o| o.status.success()),
+        "node is missing: install Node.js 20+ and npm ({node:?})"
+    );
+    let browser_dir = repo().join("tests/browser");
+    let dir = browser_dir.clone();
+    tokio::task::spawn_blocking(move || ensure_node_modules(&dir))
+        .await
+        .expect("npm ci task")
+        .unwrap_or_else(|e| panic!("installing tests/browser dependencies: {e}"));
+
+    let app = crate::helpers::spawn_app_with(Some((
+        bookengine::worker::WorkerConfig {
+            poll_interval_ms: 200,
+            ..Default::default()
+        },
+        bookengine::providers::ProvidersConfig {
+            offline_fallback: true,
+            provider_concurrency: 8,
+            openai_base_url: String::new(),
+            anthropic_base_url: String::new(),
+            gemini_base_url: String::new(),
+            ..Default::default()
+        },
+    )))
+    .await;
+    let admin = app.stack.admin().await;
+    let pro = app.stack.user(Some("pro"), false).await;
+    let screenshots = repo().join("target/screenshots");
+
+    // `node --test` with no file argument runs every *.test.mjs below the working
+    // directory (node_modules excluded), on every Node version from 20 on.
+    let mut child = tokio::process::Command::new("node")
+        .arg("--test")
+        .current_dir(&browser_dir)
+        .env("BOOKENGINE_URL", &app.address)
+        .env("ADMIN_TOKEN", &admin.token)
+        .env("PRO_TOKEN", &pro.token)
+        .env("EXAMPLE_FLOW_PATH", repo().join("examples/book-flow.json"))
+        .env("SCREENSHOT_DIR", &screenshots)
+        .env("CHROMIUM_PATH", CHROMIUM)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node --test");
+    let pid = child.id();
+    let stdout = collect(child.stdout.take());
+    let stderr = collect(child.stderr.take());
+    let status = tokio::time::timeout(NODE_TIMEOUT, child.wait()).await;
+    if status.is_err() {
+        // Node and the Chromium it started share the process group: end them all.
+        if let Some(pid) = pid {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
+        let _ = child.wait().await;
+    }
+    let output = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        stdout.await.unwrap_or_default(),
+        stderr.await.unwrap_or_default()
+    );
+    match status {
+        Err(_) => panic!(
+            "node --test tests/browser/ did not finish within {}s\n{output}",
+            NODE_TIMEOUT.as_secs()
+        ),
+        Ok(Err(e)) => panic!("waiting for node: {e}\n{output}"),
+        Ok(Ok(s)) if !s.success() => panic!("the browser tests failed ({s})\n{output}"),
+        Ok(Ok(_)) => println!("{output}\nscreenshots in {}", screenshots.display()),
+    }
+}
