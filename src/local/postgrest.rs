@@ -33,6 +33,14 @@ pub fn find_or_install_postgrest(state_dir: &Path) -> Result<PathBuf> {
     if bin.is_file() {
         return Ok(bin);
     }
+    // One installer per process at a time; the others find the result.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALLING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if bin.is_file() {
+        return Ok(bin);
+    }
     install(&dir)?;
     if bin.is_file() {
         Ok(bin)
@@ -58,7 +66,12 @@ fn install(dir: &Path) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)
         .map_err(|e| Error::internal(format!("creating {}: {e}", parent.display())))?;
-    let scratch = parent.join(format!("postgrest.install-{}", std::process::id()));
+    // Unique per call: parallel tests in one process install at the same time.
+    let scratch = parent.join(format!(
+        "postgrest.install-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)
         .map_err(|e| Error::internal(format!("creating {}: {e}", scratch.display())))?;

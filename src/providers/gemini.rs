@@ -1,6 +1,6 @@
 //! Google Gemini generateContent.
 
-use super::{retry_after, ChatProvider, ChatRequest, ChatResponse, ProviderError, Usage};
+use super::{send, ChatProvider, ChatRequest, ChatResponse, ProviderError, Usage};
 use crate::secret::Secret;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -101,19 +101,7 @@ impl ChatProvider for Gemini {
         if let Some(key) = &self.api_key {
             request = request.header("x-goog-api-key", key.expose());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ProviderError::transport(&e))?;
-        let status = response.status().as_u16();
-        let wait = retry_after(response.headers());
-        let text = response
-            .text()
-            .await
-            .map_err(|e| ProviderError::transport(&e))?;
-        if !(200..300).contains(&status) {
-            return Err(ProviderError::from_status(status, wait, &text));
-        }
+        let text = send(request).await?;
         let parsed: Generated = serde_json::from_str(&text)
             .map_err(|_| ProviderError::malformed("not a generateContent response"))?;
         let content: String = parsed

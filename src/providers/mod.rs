@@ -159,6 +159,26 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Durati
         .map(|s| Duration::from_secs_f64(s.min(300.0)))
 }
 
+/// Send a provider request; a 2xx body comes back as text, anything else as a
+/// classified [`ProviderError`] (with `Retry-After` when the provider gave one).
+pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<String, ProviderError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| ProviderError::transport(&e))?;
+    let status = response.status().as_u16();
+    let wait = retry_after(response.headers());
+    let text = response
+        .text()
+        .await
+        .map_err(|e| ProviderError::transport(&e))?;
+    if (200..300).contains(&status) {
+        Ok(text)
+    } else {
+        Err(ProviderError::from_status(status, wait, &text))
+    }
+}
+
 #[async_trait]
 pub trait ChatProvider: Send + Sync {
     async fn chat(

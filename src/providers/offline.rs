@@ -13,19 +13,35 @@ use tokio::sync::OnceCell;
 static SERVER: OnceCell<String> = OnceCell::const_new();
 
 /// Start the server once per process; returns its base URL (`http://127.0.0.1:PORT/v1`).
+///
+/// It runs on a thread with its own runtime: the process-wide URL must outlive
+/// whichever runtime asked first (a test's, a CLI command's).
 pub async fn start() -> Result<String> {
     SERVER
         .get_or_try_init(|| async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
                 .map_err(|e| Error::internal(format!("offline provider: {e}")))?;
             let port = listener
                 .local_addr()
                 .map_err(|e| Error::internal(format!("offline provider: {e}")))?
                 .port();
-            tokio::spawn(async move {
-                let _ = axum::serve(listener, router()).await;
-            });
+            std::thread::Builder::new()
+                .name("offline-provider".into())
+                .spawn(move || {
+                    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    else {
+                        return;
+                    };
+                    rt.block_on(async move {
+                        if let Ok(l) = tokio::net::TcpListener::from_std(listener) {
+                            let _ = axum::serve(l, router()).await;
+                        }
+                    });
+                })
+                .map_err(|e| Error::internal(format!("offline provider thread: {e}")))?;
             Ok(format!("http://127.0.0.1:{port}/v1"))
         })
         .await

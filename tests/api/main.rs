@@ -11,6 +11,7 @@ mod engines;
 mod faults;
 mod foundation;
 mod generations;
+mod js_clients;
 mod limits;
 mod load;
 mod mock_providers;
