@@ -630,3 +630,47 @@ async fn webhooks_wake_the_worker_and_refuse_bad_deliveries() {
     assert_eq!(s, 200);
     assert!(m.as_str().unwrap().contains("bookengine_webhooks_total"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_webhook_deliveries_cause_no_duplicate_work() {
+    let n = if crate::load::long() { 1000 } else { 200 };
+    let mocks = Mocks::start().await;
+    // Polling effectively off: the webhook is what wakes the worker.
+    let worker = WorkerConfig {
+        poll_interval_ms: 60_000,
+        ..fast_worker()
+    };
+    let app = spawn_app_with(Some((worker, mocks.providers()))).await;
+    let (_admin, pro, _) = book_setup(&app).await;
+    // Through PostgREST directly, as the React app would: the service is not told.
+    let (s, rows) = app
+        .stack
+        .rest(
+            Method::POST,
+            "rpc/request_generation",
+            Some(&pro.token),
+            Some(json!({"input": {"topic": "hooks"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{rows}");
+    let id = rows["id"].as_str().unwrap().to_owned();
+    let payload = json!({"type": "INSERT", "table": "generation_jobs", "schema": "public", "record": rows, "old_record": null}).to_string();
+    let url = format!("{}/webhooks/generation", app.address);
+    let sends = (0..n).map(|_| {
+        app.http
+            .post(&url)
+            .bearer_auth(WEBHOOK_SECRET)
+            .header("content-type", "application/json")
+            .body(payload.clone())
+            .send()
+    });
+    for r in futures::future::join_all(sends).await {
+        assert_eq!(r.unwrap().status().as_u16(), 202);
+    }
+    let job = wait_until(&app, &pro.token, &id, Duration::from_secs(30), finished).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempt"], 1, "claimed once");
+    let calls =
+        mocks.openai.calls().len() + mocks.anthropic.calls().len() + mocks.gemini.calls().len();
+    assert_eq!(calls, 5, "{n} deliveries, one run of 5 calls");
+}
