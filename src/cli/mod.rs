@@ -4,6 +4,8 @@
 mod admin;
 mod demo;
 mod foundation;
+#[cfg(feature = "local-model")]
+mod models;
 mod serve;
 
 use crate::error::Error;
@@ -47,6 +49,9 @@ pub enum Command {
     Assignments(admin::AssignmentsArgs),
     /// Which engine the token's user gets (--all: every engine, best first).
     Resolve(admin::ResolveArgs),
+    /// Fetch and inspect the model file of the `local` provider (a small model on the CPU).
+    #[cfg(feature = "local-model")]
+    Models(models::ModelsArgs),
 }
 
 /// Run the CLI; returns the process exit code.
@@ -83,6 +88,8 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Assign(args) => admin::assign(args, json).await,
         Command::Assignments(args) => admin::assignments_cmd(args, json).await,
         Command::Resolve(args) => admin::resolve(args, json).await,
+        #[cfg(feature = "local-model")]
+        Command::Models(args) => models::models(args, json).await,
     }
 }
 

@@ -44,6 +44,7 @@ pub const PROVIDERS: &[&str] = &[
     "ollama",
     "openai_compatible",
     "offline",
+    "local",
 ];
 
 /// Checks a flow document (see the module docs for the stages) and returns

@@ -62,6 +62,11 @@ pub struct ProvidersConfig {
     /// Concurrent calls per provider, per worker process.
     #[arg(long, env = "BOOKENGINE_PROVIDER_CONCURRENCY", default_value_t = 8)]
     pub provider_concurrency: usize,
+
+    /// A llama-family GGUF model file for provider `local` (feature `local-model`);
+    /// without it, `local` serves the default model once `bookengine models fetch` got it.
+    #[arg(long, env = "BOOKENGINE_LOCAL_MODEL")]
+    pub local_model: Option<std::path::PathBuf>,
 }
 
 fn base(url: &str) -> String {
@@ -148,6 +153,16 @@ impl ProvidersConfig {
                 n,
             ),
             None => missing.push("openai_compatible"),
+        }
+        // A real small model on the CPU, when its file is there (never downloaded
+        // here): one answer at a time per process.
+        #[cfg(feature = "local-model")]
+        if let Some(path) = super::local::resolve_model(self.local_model.as_deref()) {
+            let local = super::local::LocalModelProvider::new(path);
+            reg.insert("local", "local", Arc::new(local), 1);
+        }
+        if reg.get("local").is_none() {
+            missing.push("local");
         }
 
         // `offline` is always there: flows may name it explicitly.

@@ -4,6 +4,8 @@
 mod anthropic;
 mod config;
 mod gemini;
+#[cfg(feature = "local-model")]
+pub mod local;
 pub mod offline;
 mod openai;
 mod policy;

@@ -14,6 +14,8 @@ mod generations;
 mod js_clients;
 mod limits;
 mod load;
+#[cfg(feature = "local-model")]
+mod local_model;
 mod mock_providers;
 mod resilience;
 mod security;

@@ -1,0 +1,745 @@
+//! Shared pieces of the benchmarks: a private stack (database + PostgREST), load
+//! generation with latency percentiles, a fixed-latency OpenAI-compatible mock,
+//! the release binary as a child process, and what the machine was doing.
+//!
+//! Benchmarks measure and print; nothing here asserts a timing.
+#![allow(dead_code)]
+
+use bookengine::auth::{mint, MintRequest};
+use bookengine::config::SupabaseConfig;
+use bookengine::local::{self, PostgrestOptions};
+use bookengine::secret::Secret;
+use serde_json::{json, Value};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Res<T> = std::result::Result<T, BoxError>;
+
+/// `BENCH_QUICK=1` or `-- --quick`: the short run CI can afford.
+pub fn quick() -> bool {
+    std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+        || std::env::args().any(|a| a == "--quick")
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where benchmark logs (PostgREST, child processes) go.
+pub fn log_dir() -> PathBuf {
+    let d = repo_root().join("target").join("bench-logs");
+    let _ = std::fs::create_dir_all(&d);
+    d
+}
+
+/// The server the bench databases are created on (same variable as the tests).
+pub fn server_config() -> tokio_postgres::Config {
+    std::env::var("BOOKENGINE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+        .parse()
+        .expect("BOOKENGINE_TEST_DATABASE_URL must be a connection string")
+}
+
+/// One benchmark's own stack: database `bookengine_bench_<name>` (baseline +
+/// migrations) and a real PostgREST 12 on a free port. Dropped at the end.
+pub struct Stack {
+    pub name: String,
+    pub db: tokio_postgres::Config,
+    pub pg: tokio_postgres::Client,
+    pub rest_url: String,
+    pub rest_port: u16,
+    pub jwt_secret: Secret,
+    pub anon_key: Secret,
+    pub service_key: Secret,
+    pub postgrest_bin: PathBuf,
+    pub pool: u16,
+    postgrest: Option<Child>,
+}
+
+impl Stack {
+    pub async fn start(name: &str, pool: u16) -> Res<Stack> {
+        let dbname = format!("bookengine_bench_{name}");
+        let mut db = server_config();
+        db.dbname(&dbname);
+        // A leftover from an interrupted run.
+        local::drop_database(&db).await?;
+        local::prepare_database(&db).await?;
+        let pg = bookengine::migrate::connect(&db).await?;
+        let bin = local::find_or_install_postgrest(&repo_root().join(".bookengine"))?;
+        let jwt_secret = local::random_secret(40);
+        let keys = local::local_keys(&jwt_secret)?;
+        let mut stack = Stack {
+            name: dbname,
+            db,
+            pg,
+            rest_url: String::new(),
+            rest_port: 0,
+            jwt_secret,
+            anon_key: keys.anon_key,
+            service_key: keys.service_role_key,
+            postgrest_bin: bin,
+            pool,
+            postgrest: None,
+        };
+        stack.restart_postgrest().await?;
+        Ok(stack)
+    }
+
+    /// (Re)start PostgREST, e.g. after bulk seeding so its schema cache is fresh.
+    pub async fn restart_postgrest(&mut self) -> Res<()> {
+        if let Some(mut c) = self.postgrest.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let port = local::free_port()?;
+        let child = local::spawn_postgrest(&PostgrestOptions {
+            bin: &self.postgrest_bin,
+            db: &self.db,
+            port,
+            jwt_secret: &self.jwt_secret,
+            pool: self.pool,
+            log: &log_dir().join(format!("{}-postgrest.log", self.name)),
+        })?;
+        self.postgrest = Some(child);
+        self.rest_port = port;
+        self.rest_url = format!("http://127.0.0.1:{port}");
+        local::wait_ready(&self.rest_url, Duration::from_secs(30)).await?;
+        Ok(())
+    }
+
+    pub fn postgrest_pid(&self) -> Option<u32> {
+        self.postgrest.as_ref().map(|c| c.id())
+    }
+
+    pub fn supabase_config(&self) -> SupabaseConfig {
+        SupabaseConfig {
+            supabase_url: None,
+            postgrest_url: Some(self.rest_url.parse().expect("url")),
+            anon_key: Some(self.anon_key.clone()),
+            service_role_key: Some(self.service_key.clone()),
+        }
+    }
+
+    pub fn token_for(&self, user: Uuid) -> String {
+        mint(
+            &self.jwt_secret,
+            &MintRequest {
+                user: Some(user),
+                role: "authenticated".into(),
+                ttl: Duration::from_secs(6 * 3600),
+                email: None,
+            },
+        )
+        .expect("mint")
+        .expose()
+        .to_owned()
+    }
+
+    /// A user with a profile and a user_credits row; `admin` sets profiles.role.
+    pub async fn user(&self, tier: &str, admin: bool) -> Res<Uuid> {
+        let id = Uuid::new_v4();
+        let email = format!("{}@bench.test", id.simple());
+        let role = if admin { "admin" } else { "user" };
+        self.pg
+            .execute(
+                "INSERT INTO auth.users (id, email) VALUES ($1, $2)",
+                &[&id, &email],
+            )
+            .await?;
+        self.pg
+            .execute(
+                "INSERT INTO public.profiles (id, email, role) VALUES ($1, $2, $3)",
+                &[&id, &email, &role],
+            )
+            .await?;
+        self.pg
+            .execute(
+                "INSERT INTO public.user_credits (user_id, tier) VALUES ($1, $2)",
+                &[&id, &tier],
+            )
+            .await?;
+        Ok(id)
+    }
+
+    /// The environment a `bookengine serve|worker` child needs to reach this stack.
+    pub fn child_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("POSTGREST_URL".into(), self.rest_url.clone()),
+            (
+                "SUPABASE_SERVICE_ROLE_KEY".into(),
+                self.service_key.expose().into(),
+            ),
+            ("SUPABASE_ANON_KEY".into(), self.anon_key.expose().into()),
+            (
+                "SUPABASE_JWT_SECRET".into(),
+                self.jwt_secret.expose().into(),
+            ),
+            // The documented default (`info`); the binary otherwise logs warnings only,
+            // since the CLI's logger is installed before the service's.
+            ("RUST_LOG".into(), "info,tower_http=warn".into()),
+        ]
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.postgrest.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let db = self.db.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                let _ = rt.block_on(local::drop_database(&db));
+            }
+        })
+        .join();
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Load generation and statistics
+// ---------------------------------------------------------------------------------
+
+/// Latencies of one load run.
+pub struct Sample {
+    pub lat: Vec<Duration>,
+    pub elapsed: Duration,
+    pub errors: usize,
+}
+
+/// Run `f(caller, i)` for i = 0.. with `concurrency` callers at once, until `max`
+/// calls were made or `limit` has passed. `f` returns whether the call succeeded.
+pub async fn run_load<F, Fut>(concurrency: usize, max: usize, limit: Duration, f: F) -> Sample
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    run_load_min(concurrency, 0, max, limit, f).await
+}
+
+/// [`run_load`], making at least `min` calls even when `limit` has passed.
+pub async fn run_load_min<F, Fut>(
+    concurrency: usize,
+    min: usize,
+    max: usize,
+    limit: Duration,
+    f: F,
+) -> Sample
+where
+    F: Fn(usize, usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for caller in 0..concurrency {
+        let f = f.clone();
+        let next = next.clone();
+        let errors = errors.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= max || (i >= min && start.elapsed() >= limit) {
+                    break;
+                }
+                let t = Instant::now();
+                let ok = f(caller, i).await;
+                lat.push(t.elapsed());
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap_or_default());
+    }
+    Sample {
+        lat,
+        elapsed: start.elapsed(),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub n: usize,
+    pub errors: usize,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub rps: f64,
+}
+
+/// Nearest-rank percentile of sorted milliseconds.
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Stats {
+    pub fn of(sample: &Sample) -> Stats {
+        let mut v: Vec<f64> = sample.lat.iter().map(|d| ms(*d)).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let n = v.len();
+        Stats {
+            n,
+            errors: sample.errors,
+            p50: pct(&v, 50.0),
+            p90: pct(&v, 90.0),
+            p99: pct(&v, 99.0),
+            max: v.last().copied().unwrap_or(f64::NAN),
+            mean: v.iter().sum::<f64>() / n.max(1) as f64,
+            rps: n as f64 / sample.elapsed.as_secs_f64().max(1e-9),
+        }
+    }
+
+    pub fn of_ms(values: &[f64]) -> Stats {
+        let mut v = values.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let n = v.len();
+        Stats {
+            n,
+            errors: 0,
+            p50: pct(&v, 50.0),
+            p90: pct(&v, 90.0),
+            p99: pct(&v, 99.0),
+            max: v.last().copied().unwrap_or(f64::NAN),
+            mean: v.iter().sum::<f64>() / n.max(1) as f64,
+            rps: f64::NAN,
+        }
+    }
+
+    pub fn line(&self, label: &str) -> String {
+        format!(
+            "{label:<44} n={:<6} err={:<3} p50={:>7.2} ms  p90={:>7.2} ms  p99={:>7.2} ms  max={:>7.2} ms  {:>8.0} req/s",
+            self.n, self.errors, self.p50, self.p90, self.p99, self.max, self.rps
+        )
+    }
+}
+
+/// "met" / "missed by X" for a figure against a target (lower is better).
+pub fn verdict_max(value: f64, target: f64, unit: &str) -> String {
+    if value <= target {
+        format!(
+            "MET (target <= {target}{unit}, margin {:.2}{unit})",
+            target - value
+        )
+    } else {
+        format!(
+            "MISSED (target <= {target}{unit}, over by {:.2}{unit} = {:.0}%)",
+            value - target,
+            (value / target - 1.0) * 100.0
+        )
+    }
+}
+
+/// Same, higher is better.
+pub fn verdict_min(value: f64, target: f64, unit: &str) -> String {
+    if value >= target {
+        format!(
+            "MET (target >= {target}{unit}, margin {:.1}{unit})",
+            value - target
+        )
+    } else {
+        format!(
+            "MISSED (target >= {target}{unit}, short by {:.1}{unit} = {:.0}%)",
+            target - value,
+            (1.0 - value / target) * 100.0
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// A fixed-latency OpenAI-compatible mock provider
+// ---------------------------------------------------------------------------------
+
+#[derive(Default)]
+pub struct MockCounters {
+    pub calls: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub max_in_flight: AtomicU64,
+}
+
+pub struct MockLlm {
+    /// e.g. http://127.0.0.1:PORT/v1 (what OPENAI_BASE_URL takes).
+    pub base_url: String,
+    pub counters: Arc<MockCounters>,
+    latency: Arc<Mutex<Duration>>,
+}
+
+#[derive(Clone)]
+struct MockState {
+    counters: Arc<MockCounters>,
+    latency: Arc<Mutex<Duration>>,
+    chapters: usize,
+}
+
+impl MockLlm {
+    /// Answers every chat completion after `latency`: a JSON outline with
+    /// `chapters` entries when JSON is asked for, a short paragraph otherwise.
+    pub async fn start(latency: Duration, chapters: usize) -> Res<MockLlm> {
+        use axum::routing::post;
+        let counters = Arc::new(MockCounters::default());
+        let latency = Arc::new(Mutex::new(latency));
+        let state = MockState {
+            counters: counters.clone(),
+            latency: latency.clone(),
+            chapters,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", post(mock_complete))
+            .with_state(state);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(MockLlm {
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+            counters,
+            latency,
+        })
+    }
+
+    pub fn set_latency(&self, d: Duration) {
+        if let Ok(mut l) = self.latency.lock() {
+            *l = d;
+        }
+    }
+
+    pub fn calls(&self) -> u64 {
+        self.counters.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn max_in_flight(&self) -> u64 {
+        self.counters.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn reset(&self) {
+        self.counters.calls.store(0, Ordering::SeqCst);
+        self.counters.max_in_flight.store(0, Ordering::SeqCst);
+    }
+}
+
+async fn mock_complete(
+    axum::extract::State(s): axum::extract::State<MockState>,
+    axum::Json(body): axum::Json<Value>,
+) -> axum::Json<Value> {
+    let c = &s.counters;
+    c.calls.fetch_add(1, Ordering::SeqCst);
+    let now = c.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    c.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let latency = s.latency.lock().map(|l| *l).unwrap_or_default();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    c.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let text = if body["response_format"]["type"] == "json_object" {
+        let chapters: Vec<Value> = (1..=s.chapters)
+            .map(|i| json!({"title": format!("Chapter {i}"), "summary": format!("What chapter {i} covers.")}))
+            .collect();
+        json!({"title": "A benchmark book", "chapters": chapters}).to_string()
+    } else {
+        "Benchmark text: a short paragraph standing in for a model's answer.".to_owned()
+    };
+    axum::Json(json!({
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "model": body["model"],
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}
+    }))
+}
+
+// ---------------------------------------------------------------------------------
+// The release binary as a child process
+// ---------------------------------------------------------------------------------
+
+/// The `bookengine` binary cargo built for this bench (target/release/bookengine).
+pub fn bookengine_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_bookengine"))
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct ChildGuard {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then wait up to `grace` before SIGKILL.
+    pub fn stop(&mut self, grace: Duration) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Wait until the child's log contains `needle`.
+    pub async fn wait_log(&mut self, needle: &str, timeout: Duration) -> Res<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if std::fs::read_to_string(&self.log).is_ok_and(|s| s.contains(needle)) {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "{} exited ({status}); see {}",
+                    bookengine_bin().display(),
+                    self.log.display()
+                )
+                .into());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no `{needle}` in {} in time", self.log.display()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `bookengine <args>` with exactly `env` (plus PATH and HOME), logging to `log`.
+pub fn spawn_bookengine(args: &[&str], env: &[(String, String)], log: &Path) -> Res<ChildGuard> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(bookengine_bin());
+    cmd.env_clear();
+    for k in ["PATH", "HOME"] {
+        if let Some(v) = std::env::var_os(k) {
+            cmd.env(k, v);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", bookengine_bin().display()))?;
+    Ok(ChildGuard {
+        child,
+        log: log.to_owned(),
+    })
+}
+
+/// (VmRSS, VmHWM) of a process in MiB, from /proc/<pid>/status.
+pub fn rss_mib(pid: u32) -> Option<(f64, f64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<f64> {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Threads of a process, from /proc/<pid>/status.
+pub fn threads(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("Threads:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+// ---------------------------------------------------------------------------------
+// The machine
+// ---------------------------------------------------------------------------------
+
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Busy CPU share of the whole machine over `window` (from /proc/stat): how much
+/// else was running just before a measurement.
+pub async fn cpu_busy(window: Duration) -> f64 {
+    fn read() -> Option<(u64, u64)> {
+        let s = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<u64> = s
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+        Some((v.iter().sum(), idle))
+    }
+    let a = read();
+    tokio::time::sleep(window).await;
+    let b = read();
+    match (a, b) {
+        (Some((t0, i0)), Some((t1, i1))) if t1 > t0 => {
+            100.0 * (1.0 - (i1 - i0) as f64 / (t1 - t0) as f64)
+        }
+        _ => f64::NAN,
+    }
+}
+
+pub async fn machine_report(stack: &Stack) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| format!("{:.1} GiB", kb / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "?".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let pg = stack
+        .pg
+        .query_one("SHOW server_version", &[])
+        .await
+        .map(|r| r.get::<_, String>(0))
+        .unwrap_or_else(|_| "?".into());
+    let pgrst = Command::new(&stack.postgrest_bin)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|_| "?".into());
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!(
+        "machine: {cores} cores ({cpu}), {mem} RAM, PostgreSQL {pg}, {pgrst}, {date}, loadavg {}",
+        loadavg()
+    )
+}
+
+/// Wait until `url` answers 2xx.
+pub async fn wait_http(url: &str, timeout: Duration) -> Res<()> {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = http.get(url).timeout(Duration::from_secs(1)).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{url} did not answer in time").into());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The example book flow with every step on one provider (and no fallbacks).
+pub fn book_flow(provider: &str, mode: &str, name: &str) -> Value {
+    let mut flow: Value =
+        serde_json::from_str(include_str!("../../examples/book-flow.json")).expect("example flow");
+    flow["execution_mode"] = json!(mode);
+    flow["name"] = json!(name);
+    if let Some(steps) = flow["steps"].as_array_mut() {
+        for s in steps {
+            let c = &mut s["configuration"];
+            c["provider"] = json!(provider);
+            c["model"] = json!("bench-model");
+            if let Some(o) = c.as_object_mut() {
+                o.remove("fallbacks");
+            }
+        }
+    }
+    flow
+}
+
+/// A one-step flow (for the queue and memory benchmarks).
+pub fn one_step_flow(provider: &str, name: &str) -> Value {
+    json!({
+        "name": name,
+        "type": "full",
+        "execution_mode": "sequential",
+        "tier": "enterprise",
+        "steps": [{"id": "write", "name": "Write", "configuration": {
+            "provider": provider, "model": "bench-model",
+            "prompt": "Write one paragraph about {{ input.topic }}.", "retries": 0}}]
+    })
+}
+
+/// Insert an engine straight into the database (no RLS), stored exactly as a deploy
+/// through the API stores it (`parse_flow` + `to_engine_row`).
+pub async fn engine_row(pg: &tokio_postgres::Client, flow: &Value) -> Res<Uuid> {
+    let row = bookengine::flow::parse_flow(flow)
+        .map_err(|e| format!("flow: {} {:?}", e.message, e.details))?
+        .to_engine_row();
+    let r = pg
+        .query_one(
+            "INSERT INTO public.ai_engines (name, description, flow_config, models, execution_mode, tier) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            &[
+                &row.name,
+                &row.description,
+                &row.flow_config,
+                &row.models,
+                &row.execution_mode,
+                &row.tier,
+            ],
+        )
+        .await?;
+    Ok(r.get(0))
+}

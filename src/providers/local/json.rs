@@ -1,0 +1,358 @@
+//! Structured output from a weak model: find the JSON in an answer, or turn a
+//! numbered or bulleted outline into the book-outline JSON shape
+//! `{"title": ..., "chapters": [{"title": ..., "summary": ...}]}`.
+
+use serde_json::{json, Value};
+
+/// Appended to a JSON request's prompt.
+pub const JSON_INSTRUCTION: &str = "Answer with JSON only, no other text.";
+
+/// The one-shot example for the stricter retry: a request and the answer it wants.
+pub const EXAMPLE_REQUEST: &str =
+    "Plan a book about bees with 2 chapters. Answer with JSON only, no other text.";
+pub const EXAMPLE_ANSWER: &str = r#"{"title": "The World of Bees", "chapters": [{"title": "Inside the Hive", "summary": "How a colony lives and works together."}, {"title": "Bees and Flowers", "summary": "Why pollination matters to plants and people."}]}"#;
+
+/// The first JSON object or array in `text`: the whole text, a fenced block, or the
+/// first `{`/`[` from which a JSON value parses.
+pub fn extract_json(text: &str) -> Option<Value> {
+    extract_json_with(text, &[])
+}
+
+/// The first JSON object or array in `text` that has all of `keys` (see
+/// [`has_keys`]): weak models often write a wrong object before the right one.
+pub fn extract_json_with(text: &str, keys: &[String]) -> Option<Value> {
+    let trimmed = text.trim();
+    if let Ok(v) = serde_json::from_str::<Value>(trimmed) {
+        return Some(v).filter(|v| (v.is_object() || v.is_array()) && has_keys(v, keys));
+    }
+    let mut from = 0;
+    while let Some(i) = trimmed[from..].find(['{', '[']).map(|i| i + from) {
+        let mut stream = serde_json::Deserializer::from_str(&trimmed[i..]).into_iter::<Value>();
+        match stream.next() {
+            Some(Ok(v)) if has_keys(&v, keys) => return Some(v),
+            // A whole value of the wrong shape: look after it, not inside it.
+            Some(Ok(_)) => from = i + stream.byte_offset(),
+            _ => from = i + 1,
+        }
+    }
+    None
+}
+
+/// The top-level keys of the first JSON object written out in a request (its
+/// example of the answer's shape); empty when there is none.
+pub fn required_keys(prompt: &str) -> Vec<String> {
+    match extract_json(prompt) {
+        Some(Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Whether `v` is an object with all of `keys` (anything passes when `keys` is empty).
+pub fn has_keys(v: &Value, keys: &[String]) -> bool {
+    keys.is_empty() || keys.iter().all(|k| v.get(k).is_some())
+}
+
+/// Turn a numbered or bulleted list (`1. Title: summary`, `- Title — summary`,
+/// `Chapter 2: Title - summary`) into `{"title", "chapters": [{"title", "summary"}]}`.
+/// The book's title is the first heading (`# ...`, `**...**`, `Title: ...`), else
+/// "Untitled". `None` when there is no list.
+pub fn coerce_outline(text: &str) -> Option<Value> {
+    coerce_outline_with_topic(text, None)
+}
+
+/// [`coerce_outline`], with `topic` as the title when the text has no heading.
+pub fn coerce_outline_with_topic(text: &str, topic: Option<&str>) -> Option<Value> {
+    let mut heading: Option<String> = None;
+    let mut chapters: Vec<(String, String)> = Vec::new();
+    let mut item_indent: Option<usize> = None;
+    for raw in text.lines() {
+        let line = raw.trim_end();
+        let content = line.trim_start();
+        if content.is_empty() || content.starts_with("```") {
+            continue;
+        }
+        let indent = line.len() - content.len();
+        match list_item(content) {
+            Some(item) if item_indent.is_none_or(|i| indent <= i) => {
+                item_indent = Some(indent);
+                let (title, summary) = split_title(&item);
+                if !title.is_empty() {
+                    chapters.push((title, summary));
+                }
+            }
+            // A deeper item or a continuation line: more of the chapter's summary.
+            Some(item) if !chapters.is_empty() => append(&mut chapters, &item),
+            // Indented, or the first line under a title-only item: its summary.
+            _ if !chapters.is_empty()
+                && (indent > 0 || chapters.last().is_some_and(|c| c.1.is_empty())) =>
+            {
+                append(&mut chapters, content)
+            }
+            _ if chapters.is_empty() && heading.is_none() => heading = heading_of(content),
+            _ => {}
+        }
+    }
+    if chapters.is_empty() {
+        return None;
+    }
+    let title = heading
+        .or_else(|| topic.map(title_case).filter(|t| !t.is_empty()))
+        .unwrap_or_else(|| "Untitled".into());
+    let chapters: Vec<Value> = chapters
+        .into_iter()
+        .map(|(title, summary)| json!({"title": title, "summary": summary}))
+        .collect();
+    Some(json!({"title": title, "chapters": chapters}))
+}
+
+/// A guess at a request's topic: the words after "about" up to the end of the
+/// clause ("Plan a book about honey bees with 3 chapters." -> "honey bees").
+pub fn topic_of(prompt: &str) -> Option<String> {
+    let lower = prompt.to_ascii_lowercase();
+    let at = lower.find(" about ")? + " about ".len();
+    let rest = &prompt[at..];
+    let lower_rest = &lower[at..];
+    let mut end = rest
+        .find(['.', ',', ';', ':', '\n', '?', '!'])
+        .unwrap_or(rest.len());
+    for stop in [" with ", " in ", " for ", " that ", " using "] {
+        if let Some(i) = lower_rest.find(stop) {
+            end = end.min(i);
+        }
+    }
+    let topic = rest[..end].trim().trim_matches(['"', '\'', '*']).trim();
+    (!topic.is_empty() && topic.len() <= 120).then(|| topic.to_owned())
+}
+
+fn append(chapters: &mut [(String, String)], more: &str) {
+    if let Some((_, summary)) = chapters.last_mut() {
+        let more = clean(more);
+        if !more.is_empty() {
+            if !summary.is_empty() {
+                summary.push(' ');
+            }
+            summary.push_str(&more);
+        }
+    }
+}
+
+/// The text of a list item without its marker: `1.`, `1)`, `-`, `*`, `•`, `+`,
+/// or `Chapter 1:`.
+fn list_item(line: &str) -> Option<String> {
+    let digits = line.chars().take_while(char::is_ascii_digit).count();
+    if digits > 0 && digits <= 3 {
+        let rest = &line[digits..];
+        if let Some(r) = rest.strip_prefix(['.', ')']) {
+            if r.starts_with(char::is_whitespace) {
+                return Some(strip_chapter_word(r.trim()));
+            }
+        }
+    }
+    for bullet in ["- ", "* ", "• ", "+ ", "– ", "— "] {
+        if let Some(r) = line.strip_prefix(bullet) {
+            return Some(strip_chapter_word(r.trim()));
+        }
+    }
+    let unbold = line.trim_start_matches(['*', '#', ' ']);
+    if starts_with_chapter_number(unbold) {
+        return Some(strip_chapter_word(unbold));
+    }
+    None
+}
+
+fn starts_with_chapter_number(s: &str) -> bool {
+    let lower = s.to_lowercase();
+    lower
+        .strip_prefix("chapter ")
+        .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// "Chapter 3: The Hive" -> "The Hive" (and "**Chapter 3**: X" -> "X").
+fn strip_chapter_word(item: &str) -> String {
+    let unbold = item.trim_start_matches('*');
+    if starts_with_chapter_number(unbold) {
+        let after = &unbold["chapter ".len()..];
+        let after = after.trim_start_matches(|c: char| c.is_ascii_digit());
+        let after = after.trim_start_matches('*');
+        let after = after.trim_start_matches([':', '.', '-', '—', '–', ')', ' ']);
+        // "Chapter 3" alone keeps its name.
+        if after.trim().is_empty() {
+            return clean(item);
+        }
+        return after.trim().to_owned();
+    }
+    item.to_owned()
+}
+
+/// "Title: summary", "Title — summary", "**Title** - summary", "Title" -> (title, summary).
+fn split_title(item: &str) -> (String, String) {
+    // A bold title is its own unit: "**The Hive**: life inside".
+    if let Some(rest) = item.strip_prefix("**") {
+        if let Some(end) = rest.find("**") {
+            let title = clean(&rest[..end]);
+            let summary = rest[end + 2..].trim_start_matches([':', '-', '—', '–', ' ', '.']);
+            return (
+                title.trim_end_matches(':').trim().to_owned(),
+                clean(summary),
+            );
+        }
+    }
+    let separators = [": ", " — ", " – ", " - ", " -- "];
+    let first = separators
+        .iter()
+        .filter_map(|s| item.find(s).map(|i| (i, s.len())))
+        .min();
+    match first {
+        Some((i, len)) => (clean(&item[..i]), clean(&item[i + len..])),
+        None => (clean(item.trim_end_matches(':')), String::new()),
+    }
+}
+
+/// Markdown emphasis and quotes off, whitespace collapsed.
+fn clean(s: &str) -> String {
+    let s = s.replace("**", "").replace("__", "");
+    let s = s.trim().trim_matches(['"', '“', '”', '*', '_', '`']).trim();
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A heading line's text, unless it is a generic label ("Outline", "Chapters").
+fn heading_of(line: &str) -> Option<String> {
+    let lower = line.to_lowercase();
+    let text = if let Some(h) = line.strip_prefix('#') {
+        h.trim_start_matches('#').trim().to_owned()
+    } else if line.starts_with("**") && line.trim_end_matches(':').ends_with("**") {
+        line.trim_end_matches(':')
+            .trim_matches('*')
+            .trim()
+            .to_owned()
+    } else if let Some(i) = ["book title:", "title:"]
+        .iter()
+        .find_map(|p| lower.starts_with(p).then_some(p.len()))
+    {
+        line[i..].trim().to_owned()
+    } else {
+        return None;
+    };
+    let text = clean(text.strip_prefix("Title:").unwrap_or(&text));
+    let generic = [
+        "outline",
+        "book outline",
+        "chapters",
+        "table of contents",
+        "contents",
+    ];
+    (!text.is_empty() && !generic.contains(&text.to_lowercase().trim_end_matches(':')))
+        .then_some(text)
+}
+
+fn title_case(topic: &str) -> String {
+    let mut c = topic.trim().chars();
+    match c.next() {
+        Some(first) => first.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbered_list_with_colons_and_a_heading() {
+        let text = "# The Secret Life of Bees\n\n1. Inside the Hive: How a colony lives.\n2. Pollination: Why flowers need bees.\n3. Threats: What harms bees today.\n";
+        let v = coerce_outline(text).unwrap();
+        assert_eq!(v["title"], "The Secret Life of Bees");
+        assert_eq!(v["chapters"].as_array().unwrap().len(), 3);
+        assert_eq!(v["chapters"][0]["title"], "Inside the Hive");
+        assert_eq!(v["chapters"][0]["summary"], "How a colony lives.");
+        assert_eq!(v["chapters"][2]["title"], "Threats");
+    }
+
+    #[test]
+    fn bullets_with_dashes_and_no_heading_take_the_topic() {
+        let text = "Here is an outline:\n- The Hive — life inside a colony\n- Flowers – pollination\n* Honey - how it is made\n";
+        let v = coerce_outline_with_topic(text, Some("bees")).unwrap();
+        assert_eq!(v["title"], "Bees");
+        let ch = v["chapters"].as_array().unwrap();
+        assert_eq!(ch.len(), 3);
+        assert_eq!(ch[0]["title"], "The Hive");
+        assert_eq!(ch[0]["summary"], "life inside a colony");
+        assert_eq!(ch[1]["summary"], "pollination");
+        assert_eq!(ch[2]["title"], "Honey");
+        assert_eq!(coerce_outline(text).unwrap()["title"], "Untitled");
+    }
+
+    #[test]
+    fn bold_titles_chapter_words_and_sub_bullets() {
+        let text = "**Title: Bees and Us**\n\n1. **Chapter 1: The Hive** - Life inside.\n   - Workers and drones.\n2. **The Queen**: Her role.\nChapter 3: Honey\nHow honey is made.\nThat is all.\n";
+        let v = coerce_outline(text).unwrap();
+        assert_eq!(v["title"], "Bees and Us");
+        let ch = v["chapters"].as_array().unwrap();
+        assert_eq!(ch.len(), 3, "{v}");
+        assert_eq!(ch[0]["title"], "The Hive");
+        assert_eq!(ch[0]["summary"], "Life inside. Workers and drones.");
+        assert_eq!(ch[1]["title"], "The Queen");
+        assert_eq!(ch[1]["summary"], "Her role.");
+        assert_eq!(ch[2]["title"], "Honey");
+        assert_eq!(ch[2]["summary"], "How honey is made.");
+    }
+
+    #[test]
+    fn prose_is_not_an_outline() {
+        assert_eq!(coerce_outline("Bees are insects. They make honey."), None);
+        assert_eq!(coerce_outline(""), None);
+        assert_eq!(coerce_outline("In 2024. bees"), None);
+    }
+
+    #[test]
+    fn generic_headings_are_not_titles() {
+        let v = coerce_outline("## Outline\n1. A: b\n").unwrap();
+        assert_eq!(v["title"], "Untitled");
+    }
+
+    #[test]
+    fn json_is_found_in_fences_and_chatter() {
+        assert_eq!(extract_json(r#"{"a": 1}"#), Some(json!({"a": 1})));
+        assert_eq!(
+            extract_json("Sure!\n```json\n{\"a\": [1, 2]}\n```\nDone."),
+            Some(json!({"a": [1, 2]}))
+        );
+        assert_eq!(extract_json("no json here"), None);
+        assert_eq!(extract_json("\"just a string\""), None);
+        assert_eq!(extract_json("{\"a\": 1"), None);
+        let keys = ["title".to_owned()];
+        assert_eq!(
+            extract_json_with("{\"name\": {\"title\": 0}} then {\"title\": \"T\"}", &keys),
+            Some(json!({"title": "T"}))
+        );
+        assert_eq!(extract_json_with("{\"name\": 1}", &keys), None);
+    }
+
+    #[test]
+    fn a_json_example_in_the_request_names_the_required_keys() {
+        let prompt = "Plan a book.\nReturn only a JSON object of the form {\"title\": \"...\", \"chapters\": [{\"title\": \"...\"}]}.";
+        let keys = required_keys(prompt);
+        assert_eq!(keys, ["chapters", "title"]);
+        assert!(has_keys(&json!({"title": "T", "chapters": []}), &keys));
+        assert!(!has_keys(&json!({"title": "T", "author": "A"}), &keys));
+        assert!(required_keys("Plan a book.").is_empty());
+        assert!(has_keys(&json!([1]), &[]));
+    }
+
+    #[test]
+    fn topics_come_from_the_request() {
+        assert_eq!(
+            topic_of("Plan a book about honey bees with 3 chapters.").as_deref(),
+            Some("honey bees")
+        );
+        assert_eq!(topic_of("Write about space.").as_deref(), Some("space"));
+        assert_eq!(topic_of("Plan a book."), None);
+    }
+
+    #[test]
+    fn the_example_answer_is_the_outline_shape() {
+        let v: Value = serde_json::from_str(EXAMPLE_ANSWER).unwrap();
+        assert!(v["title"].is_string());
+        assert_eq!(v["chapters"].as_array().unwrap().len(), 2);
+    }
+}
