@@ -124,3 +124,29 @@ async fn a_prompt_longer_than_the_context_is_cut_from_the_left() {
     assert_eq!(g.output_tokens, 0);
     assert!(g.text.is_empty());
 }
+
+#[tokio::test]
+async fn the_registry_serves_local_when_the_model_file_is_there() {
+    use bookengine::providers::ProvidersConfig;
+    let with_model = ProvidersConfig {
+        local_model: Some(model().await),
+        ..Default::default()
+    };
+    let reg = with_model.registry().await.unwrap();
+    let labels = reg.labels();
+    assert!(
+        labels.contains(&("local".into(), "local".into())),
+        "{labels:?}"
+    );
+
+    let missing = ProvidersConfig {
+        local_model: Some("/nonexistent/model.gguf".into()),
+        offline_fallback: true,
+        ..Default::default()
+    };
+    let labels = missing.registry().await.unwrap().labels();
+    assert!(
+        labels.contains(&("local".into(), "offline".into())),
+        "{labels:?}"
+    );
+}
