@@ -57,7 +57,11 @@ pub enum Command {
 /// Run the CLI; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    crate::telemetry::init_cli();
+    // Long-running commands log at info (and as JSON when asked); the rest at warn.
+    match cli.command {
+        Command::Serve(_) | Command::Worker(_) => crate::telemetry::init_service(),
+        _ => crate::telemetry::init_cli(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

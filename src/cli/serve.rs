@@ -17,7 +17,6 @@ pub struct ServeArgs {
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    crate::telemetry::init_service();
     let config = args.config;
     let app = Application::build(&config).await?;
     let shutdown = CancellationToken::new();
@@ -62,7 +61,6 @@ pub struct WorkerArgs {
 }
 
 pub async fn worker(args: WorkerArgs) -> Result<()> {
-    crate::telemetry::init_service();
     let shutdown = CancellationToken::new();
     let (_, handle) = crate::worker::spawn(
         &args.supabase,
