@@ -494,6 +494,19 @@ async fn users_cannot_forge_jobs_through_postgrest() {
         .await;
     assert_eq!(b[0]["engine_snapshot"]["flow_config"], e["flow_config"]);
     assert_eq!(b[0]["status"], "queued");
+    // The snapshot helper shows a user only engines they may use.
+    let (s, hidden) = st
+        .rest(
+            Method::POST,
+            "rpc/engine_for_generation",
+            Some(&hobby.token),
+            Some(json!({"engine_id": engine})),
+        )
+        .await;
+    assert!(
+        s == 200 && (hidden.is_null() || hidden["id"].is_null()),
+        "{s} {hidden}"
+    );
     // Users cannot touch the queue functions.
     let (s, _) = st
         .rest(
