@@ -1,19 +1,12 @@
 //! Faults: providers failing at random or always, and PostgREST and Postgres
 //! going away mid-run. No job may be lost, duplicated or left `running`.
 
-use crate::generations::{book_setup, wait_until};
+use crate::generations::{book_setup, finished, wait_until};
 use crate::helpers::{example_flow, spawn_app_with, TestApp, TestStack, TestUser};
 use crate::mock_providers::Mocks;
 use bookengine::worker::WorkerConfig;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-fn finished(job: &Value) -> bool {
-    matches!(
-        job["status"].as_str(),
-        Some("succeeded" | "failed" | "cancelled")
-    )
-}
 
 /// The example flow with more retries per model, as an operator facing a flaky provider would set.
 fn sturdy_flow(retries: u32) -> Value {

@@ -62,7 +62,8 @@ pub async fn wait_until(
     }
 }
 
-fn finished(job: &Value) -> bool {
+/// Has the job reached a final status?
+pub fn finished(job: &Value) -> bool {
     matches!(
         job["status"].as_str(),
         Some("succeeded" | "failed" | "cancelled")

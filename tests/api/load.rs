@@ -88,11 +88,7 @@ async fn simulated_users_request_and_poll_books_without_5xx_or_lost_jobs() {
                         Ok(r) if r.status().is_server_error() => errors_5xx += 1,
                         Ok(r) => {
                             let j: Value = r.json().await.unwrap_or(Value::Null);
-                            if matches!(
-                                j["status"].as_str(),
-                                Some("succeeded" | "failed" | "cancelled")
-                            ) || Instant::now() > deadline
-                            {
+                            if crate::generations::finished(&j) || Instant::now() > deadline {
                                 break;
                             }
                         }
@@ -133,12 +129,13 @@ async fn simulated_users_request_and_poll_books_without_5xx_or_lost_jobs() {
     assert!(!accepted.is_empty());
     // Every accepted job finishes; none is lost.
     for (token, id) in &accepted {
-        let job = crate::generations::wait_until(&app, token, id, Duration::from_secs(120), |j| {
-            matches!(
-                j["status"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            )
-        })
+        let job = crate::generations::wait_until(
+            &app,
+            token,
+            id,
+            Duration::from_secs(120),
+            crate::generations::finished,
+        )
         .await;
         assert_eq!(job["status"], "succeeded", "{job}");
     }

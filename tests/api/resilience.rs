@@ -72,12 +72,13 @@ async fn a_killed_worker_is_resumed_by_another_without_repeating_finished_chapte
     assert_eq!(alpha_before, 1);
 
     let _second = worker_process(&app, &mocks, "worker-b");
-    let job = wait_until(&app, &pro.token, &id, Duration::from_secs(30), |j| {
-        matches!(
-            j["status"].as_str(),
-            Some("succeeded" | "failed" | "cancelled")
-        )
-    })
+    let job = wait_until(
+        &app,
+        &pro.token,
+        &id,
+        Duration::from_secs(30),
+        crate::generations::finished,
+    )
     .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["attempt"], 2, "taken over once: {job}");
@@ -225,12 +226,13 @@ async fn repeated_sigkills_lose_and_repeat_nothing() {
     }
     let _last = worker_process(&app, &mocks, "final");
     for (token, id) in &ids {
-        let job = wait_until(&app, token, id, Duration::from_secs(180), |j| {
-            matches!(
-                j["status"].as_str(),
-                Some("succeeded" | "failed" | "cancelled")
-            )
-        })
+        let job = wait_until(
+            &app,
+            token,
+            id,
+            Duration::from_secs(180),
+            crate::generations::finished,
+        )
         .await;
         assert_eq!(job["status"], "succeeded", "{job}");
     }
