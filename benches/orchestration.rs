@@ -157,7 +157,7 @@ fn worker_config(fanout: usize) -> bookengine::worker::WorkerConfig {
 
 async fn run() -> Res<()> {
     let q = quick();
-    let (n_par, n_seq, n_seq_wide) = if q { (3, 2, 1) } else { (10, 5, 3) };
+    let (n_par, n_seq) = if q { (3, 2) } else { (10, 5) };
     let load_before = loadavg();
     let stack = Stack::start("orchestration", 10).await?;
     println!("{}", machine_report(&stack).await);
@@ -265,25 +265,8 @@ async fn run() -> Res<()> {
     }
     let par_calls = mock.calls();
     let par_max_in_flight = mock.max_in_flight();
-    // Informative: execution_mode sequential still runs a for_each's items at the
-    // fan-out width, so with width 16 it is as fast as parallel for this flow.
-    let mut seq_wide = Vec::new();
-    for _ in 0..n_seq_wide {
-        seq_wide.push(bench.book(engines[1]).await?);
-    }
-    shutdown.cancel();
-    let _ = handle.await;
-
-    // Phase 2: sequential mode with fan-out width 1: one call at a time, 14 in a row.
-    let shutdown = CancellationToken::new();
-    let (_, handle) = bookengine::worker::spawn(
-        &supabase,
-        &worker_config(1),
-        &providers,
-        wake.clone(),
-        shutdown.clone(),
-    )
-    .await?;
+    // Sequential mode on the same worker (fan-out width 16): `sequential` runs one
+    // call at a time, a for_each's items included, whatever the configured width.
     mock.reset();
     let mut seq = Vec::new();
     for _ in 0..n_seq {
@@ -330,7 +313,7 @@ async fn run() -> Res<()> {
         );
         println!(
             "  breakdown (medians): request -> claimed {claim:.1} ms; per call: provider round trip over L {:.2} ms, \
-             in-step (the `running` and `succeeded` step_save writes, scheduling) {:.2} ms",
+             in-step (the step_save write, scheduling; calls under BOOKENGINE_RUNNING_MARK_MS are not marked `running`) {:.2} ms",
             provider_over / calls.max(1.0),
             in_step / calls.max(1.0)
         );
@@ -356,7 +339,7 @@ async fn run() -> Res<()> {
         par.len() * CALLS
     );
     let s = report(
-        "sequential mode, fan-out width 1 (every call one after another)",
+        "sequential mode (every call one after another; the worker's fan-out width is 16)",
         &seq,
         CALLS as f64,
         CALLS as f64,
@@ -365,12 +348,6 @@ async fn run() -> Res<()> {
     println!(
         "  mock calls {seq_calls} (expected {}), max in flight at the mock {seq_max_in_flight}",
         seq.len() * CALLS
-    );
-    let w = Stats::of_ms(&seq_wide.iter().map(|r| r.client_ms).collect::<Vec<_>>());
-    println!(
-        "\ninfo: sequential mode with fan-out width 16: p50 {:.1} ms ({:.2}x of 3L): `sequential` orders steps, a for_each still fans out",
-        w.p50,
-        w.p50 / (3.0 * l)
     );
     println!(
         "\nRESULT parallel {:.1} ms = {:.3}x of 3L ({:.2} ms/step); sequential {:.1} ms = {:.3}x of 14L ({:.2} ms/step)",

@@ -106,15 +106,20 @@ impl Queue {
         self.rest.send(builder).await
     }
 
+    /// Finish the job, saving `steps` (records the worker held back) in the same
+    /// transaction: one round trip for the last step and the completion.
     pub async fn complete(
         &self,
         job: Uuid,
         lease: Uuid,
         result: &Value,
         progress: Option<&Value>,
+        steps: &[StepWrite],
     ) -> Result<()> {
-        let params =
-            json!({"job_id": job, "lease_token": lease, "result": result, "progress": progress});
+        let params = json!({
+            "job_id": job, "lease_token": lease, "result": result,
+            "progress": progress, "steps": steps,
+        });
         let builder = self
             .rest
             .rpc(&Caller::Service, "job_complete", &params)?

@@ -59,7 +59,12 @@ struct Run<'a> {
     outputs: Mutex<Map<String, Value>>,
     calls_total: AtomicU64,
     calls_done: AtomicU64,
+    /// Records of the flow's last step, saved by `job_complete` in the same round trip.
+    held: Mutex<Vec<StepWrite>>,
 }
+
+/// A finished run: the book, the final progress and the records held for completion.
+type Finished = (Value, Value, Vec<StepWrite>);
 
 impl Worker {
     pub(super) async fn execute(self: Arc<Self>, job: ClaimedJob) {
@@ -123,13 +128,13 @@ impl Worker {
         }
     }
 
-    async fn finish(&self, job: &ClaimedJob, outcome: Result<(Value, Value), Stop>) {
+    async fn finish(&self, job: &ClaimedJob, outcome: Result<Finished, Stop>) {
         let m = &self.metrics;
         let result = match outcome {
-            Ok((result, progress)) => {
+            Ok((result, progress, held)) => {
                 let r = self
                     .queue
-                    .complete(job.id, job.lease_token, &result, Some(&progress))
+                    .complete(job.id, job.lease_token, &result, Some(&progress), &held)
                     .await;
                 if r.is_ok() {
                     m.jobs_finished.with_label_values(&["succeeded"]).inc();
@@ -170,7 +175,7 @@ impl Worker {
         }
     }
 
-    async fn run_flow(&self, job: &ClaimedJob) -> Result<(Value, Value), Stop> {
+    async fn run_flow(&self, job: &ClaimedJob) -> Result<Finished, Stop> {
         let snapshot = &job.engine_snapshot;
         let flow = Flow::from_engine(
             &job.engine_name,
@@ -179,13 +184,17 @@ impl Worker {
             snapshot["tier"].as_str(),
         )
         .map_err(|e| Stop::Fatal(format!("the engine's flow is invalid: {}", e.message)))?;
-        let existing = self
-            .queue
-            .steps(job.id)
-            .await?
-            .into_iter()
-            .map(|s| ((s.step_id.clone(), s.item_index), s))
-            .collect::<HashMap<_, _>>();
+        // A first attempt has nothing recorded yet: skip the read.
+        let existing = if job.attempt <= 1 {
+            HashMap::new()
+        } else {
+            self.queue
+                .steps(job.id)
+                .await?
+                .into_iter()
+                .map(|s| ((s.step_id.clone(), s.item_index), s))
+                .collect::<HashMap<_, _>>()
+        };
         let run = Run {
             worker: self,
             job,
@@ -194,18 +203,25 @@ impl Worker {
             outputs: Mutex::new(Map::new()),
             calls_total: AtomicU64::new(flow.steps.len() as u64),
             calls_done: AtomicU64::new(0),
+            held: Mutex::new(Vec::new()),
         };
         match flow.execution_mode {
             ExecutionMode::Sequential => {
-                for i in 0..flow.steps.len() {
-                    run.step(i).await?;
+                let n = flow.steps.len();
+                for i in 0..n {
+                    run.step(i, i + 1 == n).await?;
                 }
             }
             ExecutionMode::Parallel => run.graph().await?,
         }
         let order: Vec<String> = flow.steps.iter().map(|s| s.id.clone()).collect();
         let outputs = run.outputs.lock().map(|o| o.clone()).unwrap_or_default();
-        Ok((assemble(&job.input, &order, &outputs), run.progress(None)))
+        let held = run.held.lock().map(|h| h.clone()).unwrap_or_default();
+        Ok((
+            assemble(&job.input, &order, &outputs),
+            run.progress(None),
+            held,
+        ))
     }
 }
 
@@ -221,7 +237,9 @@ impl Run<'_> {
             for i in 0..n {
                 if !started[i] && deps[i].iter().all(|&d| done[d]) {
                     started[i] = true;
-                    inflight.push(async move { (i, self.step(i).await) });
+                    // Last when every other step has finished: nothing else can write after it.
+                    let last = done.iter().filter(|d| !**d).count() == 1;
+                    inflight.push(async move { (i, self.step(i, last).await) });
                 }
             }
             match inflight.next().await {
@@ -282,7 +300,14 @@ impl Run<'_> {
         ctx
     }
 
-    async fn step(&self, i: usize) -> Result<(), Stop> {
+    /// Hold a record back for `job_complete` instead of saving it now.
+    fn hold(&self, write: StepWrite) {
+        if let Ok(mut h) = self.held.lock() {
+            h.push(write);
+        }
+    }
+
+    async fn step(&self, i: usize, last: bool) -> Result<(), Stop> {
         let step = &self.flow.steps[i];
         // Resume: a finished step is never run again.
         if let Some(done) = self
@@ -307,7 +332,7 @@ impl Run<'_> {
             return Ok(());
         }
         let Some(for_each) = &step.config.for_each else {
-            let (output, _) = self.call(step, None).await?;
+            let (output, _) = self.call(step, None, last).await?;
             self.set_output(&step.id, output);
             return Ok(());
         };
@@ -340,12 +365,16 @@ impl Run<'_> {
         }
         self.calls_total
             .fetch_add(items.len() as u64, Ordering::SeqCst);
-        let width = self.worker.config.fanout_concurrency.max(1);
+        // Sequential means one call at a time, fan-out items included.
+        let width = match self.flow.execution_mode {
+            ExecutionMode::Sequential => 1,
+            ExecutionMode::Parallel => self.worker.config.fanout_concurrency.max(1),
+        };
         // `buffered` keeps the items' order while running `width` at once.
         let calls = items
             .into_iter()
             .enumerate()
-            .map(|(k, item)| async move { self.call(step, Some((k, &item))).await });
+            .map(|(k, item)| async move { self.call(step, Some((k, &item)), false).await });
         let results: Vec<(Value, StepWrite)> = futures::stream::iter(calls)
             .buffered(width)
             .try_collect()
@@ -388,24 +417,31 @@ impl Run<'_> {
             ..Default::default()
         };
         self.calls_done.fetch_add(1, Ordering::SeqCst);
-        self.worker
-            .queue
-            .save_step(
-                self.job.id,
-                self.job.lease_token,
-                &summary,
-                Some(&self.progress(Some(&step.id))),
-            )
-            .await?;
+        if last {
+            self.hold(summary);
+        } else {
+            self.worker
+                .queue
+                .save_step(
+                    self.job.id,
+                    self.job.lease_token,
+                    &summary,
+                    Some(&self.progress(Some(&step.id))),
+                )
+                .await?;
+        }
         self.set_output(&step.id, output);
         Ok(())
     }
 
-    /// One model call (a step, or one item of a fan-out), recorded before and after.
+    /// One model call (a step, or one item of a fan-out), recorded when it finishes
+    /// (marked `running` first if it is slow); with `hold`, its record is left for
+    /// `job_complete` to save.
     async fn call(
         &self,
         step: &Step,
         item: Option<(usize, &Value)>,
+        hold: bool,
     ) -> Result<(Value, StepWrite), Stop> {
         let index = item.map(|(k, _)| k as i32).unwrap_or(-1);
         let label = match item {
@@ -453,10 +489,6 @@ impl Run<'_> {
             attempt_log: json!([]),
             ..Default::default()
         };
-        queue
-            .save_step(job_id, lease, &running, Some(&self.progress(Some(&label))))
-            .await?;
-
         let mut chain = vec![ModelRef {
             provider: c.provider.clone(),
             model: c.model.clone(),
@@ -479,7 +511,7 @@ impl Run<'_> {
         };
         let wants_json = c.output == OutputKind::Json;
         let started = std::time::Instant::now();
-        let outcome =
+        let attempt =
             call_with_fallbacks(&self.worker.providers, &chain, &request, &policy, |text| {
                 if wants_json {
                     parse_json_output(text)
@@ -488,8 +520,26 @@ impl Run<'_> {
                 } else {
                     Ok(Value::String(text.to_owned()))
                 }
-            })
-            .await;
+            });
+        tokio::pin!(attempt);
+        // Quick calls are written once, when done; a slow one shows as running meanwhile.
+        let outcome = tokio::select! {
+            o = &mut attempt => o,
+            _ = tokio::time::sleep(Duration::from_millis(cfg.running_mark_ms)) => {
+                let progress = self.progress(Some(&label));
+                let (o, marked) = tokio::join!(
+                    &mut attempt,
+                    queue.save_step(job_id, lease, &running, Some(&progress))
+                );
+                match marked {
+                    Err(e) if e.code == codes::LEASE_LOST => return Err(Stop::LeaseLost),
+                    // Advisory: the finished record is what counts, and it is written below.
+                    Err(e) => tracing::warn!(code = e.code, step = %label, "could not mark the step running"),
+                    Ok(_) => {}
+                }
+                o
+            }
+        };
         let latency_ms = started.elapsed().as_millis() as u64;
         let m = &self.worker.metrics;
         match outcome {
@@ -540,9 +590,13 @@ impl Run<'_> {
                     attempt_log: json!(o.log),
                 };
                 self.calls_done.fetch_add(1, Ordering::SeqCst);
-                queue
-                    .save_step(job_id, lease, &write, Some(&self.progress(Some(&label))))
-                    .await?;
+                if hold {
+                    self.hold(write.clone());
+                } else {
+                    queue
+                        .save_step(job_id, lease, &write, Some(&self.progress(Some(&label))))
+                        .await?;
+                }
                 tracing::info!(step = %label, provider = %o.provider, model = %o.model, attempts = o.attempts, fallback = o.fallback_used, latency_ms, "step done");
                 Ok((o.value, write))
             }

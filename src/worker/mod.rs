@@ -45,6 +45,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "BOOKENGINE_CALL_TIMEOUT_SECONDS", default_value_t = 120)]
     pub call_timeout_seconds: u64,
 
+    /// A call still running after this many milliseconds is marked `running` in its
+    /// step row; quicker calls are recorded once, when they finish (a round trip saved).
+    #[arg(long, env = "BOOKENGINE_RUNNING_MARK_MS", default_value_t = 500)]
+    pub running_mark_ms: u64,
+
     /// This worker's name in leases (default: host-pid).
     #[arg(long, env = "BOOKENGINE_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -60,6 +65,7 @@ impl Default for WorkerConfig {
             default_retries: 2,
             backoff_ms: 500,
             call_timeout_seconds: 120,
+            running_mark_ms: 500,
             worker_id: None,
         }
     }

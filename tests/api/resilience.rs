@@ -136,7 +136,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_complete_or_overwrite() {
         (
             "complete",
             queue
-                .complete(id, stale, &json!({"book": "stale"}), None)
+                .complete(id, stale, &json!({"book": "stale"}), None, &[step.clone()])
                 .await
                 .err(),
         ),
@@ -151,6 +151,11 @@ async fn a_worker_whose_lease_was_taken_over_cannot_complete_or_overwrite() {
         let e = err.unwrap_or_else(|| panic!("{what} with a stale lease was accepted"));
         assert_eq!(e.code, "lease_lost", "{what}");
     }
+    // Nothing the stale worker sent was written, not even the step held for completion.
+    assert!(
+        queue.steps(id).await.unwrap().is_empty(),
+        "a stale lease wrote a step"
+    );
     // The current holder writes; a finished step is written once.
     let fresh = b[0].lease_token;
     let saved = queue.save_step(id, fresh, &step, None).await.unwrap();
@@ -166,9 +171,15 @@ async fn a_worker_whose_lease_was_taken_over_cannot_complete_or_overwrite() {
         "a succeeded step was overwritten"
     );
     queue
-        .complete(id, fresh, &json!({"book": "ok"}), None)
+        .complete(id, fresh, &json!({"book": "ok"}), None, &[again])
         .await
         .unwrap();
+    let steps = queue.steps(id).await.unwrap();
+    assert_eq!(
+        (steps.len(), steps[0].output.clone()),
+        (1, Some(json!("stale"))),
+        "a step held for completion overwrote a finished one"
+    );
     let (_, job) = app.get(&format!("/v1/generations/{id}"), &pro.token).await;
     assert_eq!(
         (job["status"].clone(), job["result"]["book"].clone()),
