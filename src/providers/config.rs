@@ -59,6 +59,12 @@ pub struct ProvidersConfig {
     #[arg(long, env = "BOOKENGINE_OFFLINE_FALLBACK", default_value_t = false)]
     pub offline_fallback: bool,
 
+    /// Serve providers that have no credentials with the `local` model when it is
+    /// available (feature `local-model`); the offline fallback, if on, takes the rest.
+    /// The demo turns this on.
+    #[arg(long, env = "BOOKENGINE_LOCAL_FALLBACK", default_value_t = false)]
+    pub local_fallback: bool,
+
     /// Concurrent calls per provider, per worker process.
     #[arg(long, env = "BOOKENGINE_PROVIDER_CONCURRENCY", default_value_t = 8)]
     pub provider_concurrency: usize,
@@ -158,8 +164,15 @@ impl ProvidersConfig {
         // here): one answer at a time per process.
         #[cfg(feature = "local-model")]
         if let Some(path) = super::local::resolve_model(self.local_model.as_deref()) {
-            let local = super::local::LocalModelProvider::new(path);
-            reg.insert("local", "local", Arc::new(local), 1);
+            let local: Arc<dyn ChatProvider> =
+                Arc::new(super::local::LocalModelProvider::new(path));
+            reg.insert("local", "local", local.clone(), 1);
+            if self.local_fallback {
+                // One model behind every name: the engine's lock runs one answer at a time.
+                for name in missing.drain(..) {
+                    reg.insert(name, "local", local.clone(), 1);
+                }
+            }
         }
         if reg.get("local").is_none() {
             missing.push("local");

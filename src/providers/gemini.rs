@@ -125,6 +125,7 @@ impl ChatProvider for Gemini {
         Ok(ChatResponse {
             text: content,
             usage,
+            note: None,
         })
     }
 }

@@ -42,6 +42,9 @@ pub struct Usage {
 pub struct ChatResponse {
     pub text: String,
     pub usage: Usage,
+    /// Something the run report should say about how the answer was obtained
+    /// (a weak model's list parsed as JSON, a stricter retry).
+    pub note: Option<String>,
 }
 
 /// Why a call failed, and whether trying the same model again can help.

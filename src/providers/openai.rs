@@ -101,6 +101,7 @@ impl ChatProvider for OpenAi {
         Ok(ChatResponse {
             text: content,
             usage,
+            note: None,
         })
     }
 }

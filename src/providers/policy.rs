@@ -37,6 +37,8 @@ pub struct AttemptLog {
     pub status: Option<u16>,
     pub error: Option<String>,
     pub latency_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug)]
@@ -93,6 +95,7 @@ pub async fn call_with_fallbacks<T>(
                 status: None,
                 error: Some(last_error.clone()),
                 latency_ms: 0,
+                note: None,
             });
             continue;
         };
@@ -131,6 +134,7 @@ pub async fn call_with_fallbacks<T>(
                             status: Some(200),
                             error: None,
                             latency_ms,
+                            note: response.note.clone(),
                         });
                         return Ok(CallOutcome {
                             value,
@@ -159,6 +163,7 @@ pub async fn call_with_fallbacks<T>(
                 status: error.status(),
                 error: Some(error.to_string()),
                 latency_ms,
+                note: None,
             });
             match error {
                 ProviderError::Permanent { .. } => break,

@@ -61,6 +61,9 @@ struct Run<'a> {
     calls_done: AtomicU64,
     /// Records of the flow's last step, saved by `job_complete` in the same round trip.
     held: Mutex<Vec<StepWrite>>,
+    /// Fan-out summary rows being written while the next steps run; awaited before
+    /// the job completes.
+    behind: Mutex<Vec<tokio::task::JoinHandle<crate::error::Result<StepRecord>>>>,
 }
 
 /// A finished run: the book, the final progress and the records held for completion.
@@ -204,6 +207,7 @@ impl Worker {
             calls_total: AtomicU64::new(flow.steps.len() as u64),
             calls_done: AtomicU64::new(0),
             held: Mutex::new(Vec::new()),
+            behind: Mutex::new(Vec::new()),
         };
         match flow.execution_mode {
             ExecutionMode::Sequential => {
@@ -213,6 +217,15 @@ impl Worker {
                 }
             }
             ExecutionMode::Parallel => run.graph().await?,
+        }
+        let behind = run.behind.lock().map(|mut b| std::mem::take(&mut *b));
+        for handle in behind.unwrap_or_default() {
+            match handle.await {
+                Ok(saved) => {
+                    saved?;
+                }
+                Err(e) => return Err(Stop::Transient(format!("a step write was lost: {e}"))),
+            }
         }
         let order: Vec<String> = flow.steps.iter().map(|s| s.id.clone()).collect();
         let outputs = run.outputs.lock().map(|o| o.clone()).unwrap_or_default();
@@ -420,15 +433,17 @@ impl Run<'_> {
         if last {
             self.hold(summary);
         } else {
-            self.worker
-                .queue
-                .save_step(
-                    self.job.id,
-                    self.job.lease_token,
-                    &summary,
-                    Some(&self.progress(Some(&step.id))),
-                )
-                .await?;
+            // Written behind the next steps: its items are saved already, so a crash
+            // before it lands costs no provider call (resume rebuilds it from them).
+            let (queue, job, lease) =
+                (self.worker.queue.clone(), self.job.id, self.job.lease_token);
+            let progress = self.progress(Some(&step.id));
+            let handle = tokio::spawn(async move {
+                queue.save_step(job, lease, &summary, Some(&progress)).await
+            });
+            if let Ok(mut b) = self.behind.lock() {
+                b.push(handle);
+            }
         }
         self.set_output(&step.id, output);
         Ok(())

@@ -136,7 +136,13 @@ async fn a_worker_whose_lease_was_taken_over_cannot_complete_or_overwrite() {
         (
             "complete",
             queue
-                .complete(id, stale, &json!({"book": "stale"}), None, &[step.clone()])
+                .complete(
+                    id,
+                    stale,
+                    &json!({"book": "stale"}),
+                    None,
+                    std::slice::from_ref(&step),
+                )
                 .await
                 .err(),
         ),
