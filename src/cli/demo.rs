@@ -499,6 +499,7 @@ fn local_decode_totals() -> (u64, f64) {
 /// paragraph or two, and no editing pass (a small model would rewrite the book
 /// worse than it wrote it).
 fn size_for_cpu(flow_doc: &mut Value, keyless: &[String]) {
+    const CPU_TEMPERATURE: f64 = 0.3;
     let Some(steps) = flow_doc["steps"].as_array_mut() else {
         return;
     };
@@ -511,6 +512,9 @@ fn size_for_cpu(flow_doc: &mut Value, keyless: &[String]) {
         let cap = if c["output"] == "json" { 256 } else { 160 };
         let current = c["max_tokens"].as_u64().unwrap_or(cap);
         c["max_tokens"] = json!(current.min(cap));
+        // A 135M model wanders at the example's 0.7-0.8.
+        let temperature = c["temperature"].as_f64().unwrap_or(CPU_TEMPERATURE);
+        c["temperature"] = json!(temperature.min(CPU_TEMPERATURE));
         if c["for_each"].is_string() {
             c["prompt"] = json!(
                 "Write chapter {{ item_number }}, \"{{ item.title }}\".\nWhat it covers: {{ item.summary }}\nWrite one or two short paragraphs of plain prose."
@@ -536,10 +540,19 @@ fn book_with_headings(result: &Value) -> Option<String> {
             "\n## {}. {}\n\n{}\n",
             k + 1,
             title.unwrap_or("Chapter"),
-            text.as_str().unwrap_or("").trim()
+            whole_sentences(text.as_str().unwrap_or(""))
         ));
     }
     Some(book)
+}
+
+/// The text up to its last finished sentence: a capped answer stops mid-sentence.
+fn whole_sentences(text: &str) -> &str {
+    let text = text.trim();
+    match text.rfind(['.', '!', '?']) {
+        Some(end) if end > text.len() / 2 => &text[..=end],
+        _ => text,
+    }
 }
 
 #[cfg(test)]
@@ -555,6 +568,7 @@ mod tests {
         assert_eq!(ids, ["outline", "chapters"]);
         assert_eq!(steps[0]["configuration"]["max_tokens"], 256);
         assert_eq!(steps[1]["configuration"]["max_tokens"], 160);
+        assert_eq!(steps[1]["configuration"]["temperature"], 0.3);
         // The sized flow is still a valid flow.
         Flow::from_engine("x", &doc, Some("parallel"), Some("pro")).unwrap();
     }
@@ -573,5 +587,10 @@ mod tests {
             "# Tea\n\n## 1. Leaves\n\nGreen.\n\n## 2. Chapter\n\nBlack.\n"
         );
         assert!(book_with_headings(&json!({"book": "x"})).is_none());
+        assert_eq!(
+            whole_sentences("One. Two three. Four fi"),
+            "One. Two three."
+        );
+        assert_eq!(whole_sentences("No stop at all"), "No stop at all");
     }
 }

