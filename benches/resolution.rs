@@ -468,7 +468,9 @@ async fn run() -> Res<()> {
             f,
         );
     }
-    println!("growth, concurrency 1 (p50; the seq scan grows with the table):");
+    println!(
+        "growth, concurrency 1 (p50; flat when resolution uses the indexes, linear if it scans):"
+    );
     println!(
         "  {:>11}  {:>12}  {:>12}  {:>6}",
         "assignments", "(b) PostgREST", "(c) floor", "b/c"

@@ -7,8 +7,10 @@
 -- 1. The lease is checked under FOR KEY SHARE instead of FOR UPDATE. It still fences:
 --    job_claim takes rows FOR UPDATE SKIP LOCKED, so no takeover can commit while a
 --    step is being written, and a takeover that committed first changes lease_token,
---    which the re-checked WHERE sees. But concurrent item writes, the heartbeat and a
---    user's cancel no longer wait for each other.
+--    which the re-checked WHERE sees. But concurrent item writes no longer wait for
+--    each other, nor the heartbeat for them (job_lease_check, below, now locks FOR NO
+--    KEY UPDATE, which KEY SHARE does not block). A user's cancel (cancel_generation,
+--    FOR UPDATE) may wait for the step writes in flight: milliseconds.
 -- 2. progress is advisory: it is written only when no other write holds the job row
 --    (SKIP LOCKED) and never moves backwards; the next step and job_complete bring it up
 --    to date. A finished call's started_at is derived from its latency, because its
@@ -54,7 +56,10 @@ BEGIN
         fallback_used = EXCLUDED.fallback_used, attempts = EXCLUDED.attempts,
         output = EXCLUDED.output, error = EXCLUDED.error, usage = EXCLUDED.usage,
         latency_ms = EXCLUDED.latency_ms, attempt_log = EXCLUDED.attempt_log,
+        -- A finished call knows its own start (now() - latency); a row left `running` by
+        -- an earlier attempt must not stretch it. Summary rows (no latency) keep theirs.
         started_at = CASE WHEN EXCLUDED.status = 'running' OR s.status <> 'running'
+                            OR step_save.step ? 'latency_ms'
                           THEN EXCLUDED.started_at ELSE s.started_at END,
         finished_at = EXCLUDED.finished_at
     WHERE s.status <> 'succeeded'
@@ -74,8 +79,27 @@ BEGIN
 END
 $$;
 
+-- job_lease_check, as in V3, locking FOR NO KEY UPDATE instead of FOR UPDATE: it still
+-- excludes a takeover (job_claim's FOR UPDATE) for the caller's transaction, and it no
+-- longer queues the heartbeat, job_complete or job_fail behind step writes (KEY SHARE).
+CREATE OR REPLACE FUNCTION public.job_lease_check(job_id uuid, lease_token uuid) RETURNS public.generation_jobs
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public AS $$
+#variable_conflict use_column
+DECLARE
+  job public.generation_jobs;
+BEGIN
+  SELECT * INTO job FROM public.generation_jobs j WHERE j.id = job_lease_check.job_id FOR NO KEY UPDATE;
+  IF job.id IS NULL OR job.status <> 'running' OR job.lease_token IS DISTINCT FROM job_lease_check.lease_token THEN
+    RAISE EXCEPTION 'lease lost: job % is no longer held by this worker', job_lease_check.job_id
+      USING ERRCODE = 'PT409', DETAIL = 'lease_lost';
+  END IF;
+  RETURN job;
+END
+$$;
+
 -- job_complete, as in V3, also saving the steps the worker held back (the last step's
--- record): one round trip instead of two. The steps are saved under the same lease
+-- record): one round trip instead of two. Deploy order: migrate before starting
+-- workers of this version (their completions name `steps`, which V3's function lacks). The steps are saved under the same lease
 -- check and in the same transaction, so either the job succeeds with them or nothing
 -- is written and the retry runs them again.
 DROP FUNCTION public.job_complete(uuid, uuid, jsonb, jsonb);

@@ -165,9 +165,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         choose_writer(&mut providers, &keyless).await
     };
     if let Writer::Local(_) = writer {
-        size_for_cpu(&mut flow_doc, &keyless);
+        size_for_cpu(&mut flow_doc, &keyless, args.chapters);
         eprintln!(
-            "    sized for a CPU model: {} chapters of a paragraph or two, no editing pass",
+            "    sized for a CPU model: {} chapters of a paragraph or two, no editing pass by it",
             args.chapters
         );
     }
@@ -323,9 +323,16 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     }
     let result = detail.job.result.clone().unwrap_or_default();
     let book = match writer {
-        // The CPU variant has no editing pass: the demo sets the chapters under their titles.
-        Writer::Local(_) => book_with_headings(&result)
-            .unwrap_or_else(|| result["book"].as_str().unwrap_or_default().to_owned()),
+        // Without an editing pass the demo sets the chapters under their titles.
+        Writer::Local(_)
+            if flow
+                .steps
+                .last()
+                .is_some_and(|s| s.config.for_each.is_some()) =>
+        {
+            book_with_headings(&result)
+                .unwrap_or_else(|| result["book"].as_str().unwrap_or_default().to_owned())
+        }
         _ => result["book"].as_str().unwrap_or_default().to_owned(),
     };
     let books = dir.join("books");
@@ -413,7 +420,13 @@ enum Writer {
 
 /// The providers the flow names that have no credentials.
 async fn keyless_providers(providers: &ProvidersConfig, flow_doc: &Value) -> Result<Vec<String>> {
-    let registry = providers.registry().await?;
+    // Without the local fallback, every provider lacking a key shows as `offline`.
+    let preview = ProvidersConfig {
+        local_fallback: false,
+        offline_fallback: true,
+        ..providers.clone()
+    };
+    let registry = preview.registry().await?;
     let offline: Vec<String> = registry
         .labels()
         .into_iter()
@@ -498,18 +511,29 @@ fn local_decode_totals() -> (u64, f64) {
 /// two minutes): short answers from the keyless providers' steps, chapters of a
 /// paragraph or two, and no editing pass (a small model would rewrite the book
 /// worse than it wrote it).
-fn size_for_cpu(flow_doc: &mut Value, keyless: &[String]) {
+fn size_for_cpu(flow_doc: &mut Value, keyless: &[String], chapters: u32) {
     const CPU_TEMPERATURE: f64 = 0.3;
     let Some(steps) = flow_doc["steps"].as_array_mut() else {
         return;
     };
-    steps.retain(|s| s["id"] != "edit");
+    let on_cpu = |s: &Value| {
+        keyless
+            .iter()
+            .any(|k| s["configuration"]["provider"] == json!(k))
+    };
+    steps.retain(|s| !(s["id"] == "edit" && on_cpu(s)));
+    // The outline grows with the chapters it lists (a title and a summary each).
+    let outline_cap = (96 * u64::from(chapters) + 64).max(256);
     for s in steps.iter_mut() {
-        let c = &mut s["configuration"];
-        if !keyless.iter().any(|k| c["provider"] == json!(k)) {
+        if !on_cpu(s) {
             continue;
         }
-        let cap = if c["output"] == "json" { 256 } else { 160 };
+        let c = &mut s["configuration"];
+        let cap = if c["output"] == "json" {
+            outline_cap
+        } else {
+            160
+        };
         let current = c["max_tokens"].as_u64().unwrap_or(cap);
         c["max_tokens"] = json!(current.min(cap));
         // A 135M model wanders at the example's 0.7-0.8.
@@ -562,15 +586,31 @@ mod tests {
     #[test]
     fn the_cpu_variant_drops_the_edit_pass_and_caps_keyless_steps() {
         let mut doc: Value = serde_json::from_str(EXAMPLE_FLOW).unwrap();
-        size_for_cpu(&mut doc, &["openai".into(), "anthropic".into()]);
+        let keyless = [
+            "openai".to_owned(),
+            "anthropic".to_owned(),
+            "gemini".to_owned(),
+        ];
+        size_for_cpu(&mut doc, &keyless, 3);
         let steps = doc["steps"].as_array().unwrap();
         let ids: Vec<&str> = steps.iter().filter_map(|s| s["id"].as_str()).collect();
         assert_eq!(ids, ["outline", "chapters"]);
-        assert_eq!(steps[0]["configuration"]["max_tokens"], 256);
+        assert_eq!(steps[0]["configuration"]["max_tokens"], 352);
         assert_eq!(steps[1]["configuration"]["max_tokens"], 160);
         assert_eq!(steps[1]["configuration"]["temperature"], 0.3);
         // The sized flow is still a valid flow.
         Flow::from_engine("x", &doc, Some("parallel"), Some("pro")).unwrap();
+        // With a Gemini key the editing pass stays, on Gemini, untouched.
+        let mut doc: Value = serde_json::from_str(EXAMPLE_FLOW).unwrap();
+        size_for_cpu(&mut doc, &keyless[..2], 3);
+        let edit = &doc["steps"][2];
+        assert_eq!(
+            (
+                edit["id"].as_str(),
+                edit["configuration"]["max_tokens"].as_u64()
+            ),
+            (Some("edit"), Some(8000))
+        );
     }
 
     #[test]

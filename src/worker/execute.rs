@@ -63,8 +63,11 @@ struct Run<'a> {
     held: Mutex<Vec<StepWrite>>,
     /// Fan-out summary rows being written while the next steps run; awaited before
     /// the job completes.
-    behind: Mutex<Vec<tokio::task::JoinHandle<crate::error::Result<StepRecord>>>>,
+    behind: Mutex<Vec<tokio::task::JoinHandle<WriteBehind>>>,
 }
+
+/// A record written in the background, and how that went.
+type WriteBehind = (StepWrite, crate::error::Result<StepRecord>);
 
 /// A finished run: the book, the final progress and the records held for completion.
 type Finished = (Value, Value, Vec<StepWrite>);
@@ -218,18 +221,30 @@ impl Worker {
             }
             ExecutionMode::Parallel => run.graph().await?,
         }
-        let behind = run.behind.lock().map(|mut b| std::mem::take(&mut *b));
-        for handle in behind.unwrap_or_default() {
+        let behind = run
+            .behind
+            .lock()
+            .map(|mut b| std::mem::take(&mut *b))
+            .map_err(|_| Stop::Transient("the step writes' list was poisoned".into()))?;
+        for handle in behind {
             match handle.await {
-                Ok(saved) => {
-                    saved?;
+                Ok((_, Ok(_))) => {}
+                Ok((_, Err(e))) if e.code == codes::LEASE_LOST => return Err(Stop::LeaseLost),
+                // PostgREST hiccup: job_complete saves it instead, so no finished work is lost.
+                Ok((write, Err(e))) => {
+                    tracing::warn!(code = e.code, step = %write.step_id, "summary write failed; saving it with the completion");
+                    run.hold(write);
                 }
                 Err(e) => return Err(Stop::Transient(format!("a step write was lost: {e}"))),
             }
         }
         let order: Vec<String> = flow.steps.iter().map(|s| s.id.clone()).collect();
         let outputs = run.outputs.lock().map(|o| o.clone()).unwrap_or_default();
-        let held = run.held.lock().map(|h| h.clone()).unwrap_or_default();
+        let held = run
+            .held
+            .lock()
+            .map(|h| h.clone())
+            .map_err(|_| Stop::Transient("the held step records were poisoned".into()))?;
         Ok((
             assemble(&job.input, &order, &outputs),
             run.progress(None),
@@ -439,7 +454,8 @@ impl Run<'_> {
                 (self.worker.queue.clone(), self.job.id, self.job.lease_token);
             let progress = self.progress(Some(&step.id));
             let handle = tokio::spawn(async move {
-                queue.save_step(job, lease, &summary, Some(&progress)).await
+                let saved = queue.save_step(job, lease, &summary, Some(&progress)).await;
+                (summary, saved)
             });
             if let Ok(mut b) = self.behind.lock() {
                 b.push(handle);

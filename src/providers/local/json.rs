@@ -52,19 +52,31 @@ pub fn has_keys(v: &Value, keys: &[String]) -> bool {
     keys.is_empty() || keys.iter().all(|k| v.get(k).is_some())
 }
 
-/// An outline request reworded for a list: the request's own lines without its
-/// JSON (the topic, the number of chapters), then how to write the list. A small
-/// model writes a numbered list reliably where its JSON is often broken.
-pub fn outline_list_prompt(prompt: &str) -> String {
+/// An outline request reworded for a list: the request's own lines without its JSON
+/// example and JSON instructions (what is left says the topic and the number of
+/// chapters), then how to write the list. A small model writes a numbered list
+/// reliably where its JSON is often broken. `None` when nothing but JSON is asked.
+pub fn outline_list_prompt(prompt: &str) -> Option<String> {
+    let about_json = |l: &str| {
+        let lower = l.to_ascii_lowercase();
+        let example = l.contains("{\"") || l.contains("{ \"");
+        let instruction = lower.contains("json")
+            && ["return", "answer", "respond", "reply", "output", "format"]
+                .iter()
+                .any(|w| lower.contains(w));
+        example || instruction
+    };
     let ask: Vec<&str> = prompt
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.contains('{') && !l.to_ascii_lowercase().contains("json"))
+        .filter(|l| !l.is_empty() && !about_json(l))
         .collect();
-    format!(
-        "{}\nGive the book a title, then list the chapters, numbered, each with a title and a one-sentence summary.",
-        ask.join("\n")
-    )
+    (!ask.is_empty()).then(|| {
+        format!(
+            "{}\nGive the book a title, then list the chapters, numbered, each with a title and a one-sentence summary.",
+            ask.join("\n")
+        )
+    })
 }
 
 /// Turn a numbered or bulleted list (`1. Title: summary`, `- Title — summary`,
@@ -274,9 +286,15 @@ mod tests {
     fn an_outline_request_is_reworded_for_a_list() {
         let p = "Plan a book about tea with 3 chapters.\nReturn only a JSON object of the form {\"title\": \"...\"}.\n\nAnswer with JSON only.";
         assert_eq!(
-            super::outline_list_prompt(p),
+            super::outline_list_prompt(p).unwrap(),
             "Plan a book about tea with 3 chapters.\nGive the book a title, then list the chapters, numbered, each with a title and a one-sentence summary."
         );
+        // A topic that mentions JSON stays; a prompt that is only JSON has no list form.
+        let p = "Plan a book about JSON Schema with 2 chapters.\nReturn only a JSON object like {\"title\": \"...\"}.";
+        assert!(super::outline_list_prompt(p)
+            .unwrap()
+            .starts_with("Plan a book about JSON Schema with 2 chapters.\n"));
+        assert!(super::outline_list_prompt("{\"title\": \"...\", \"chapters\": []}").is_none());
     }
 
     use super::*;

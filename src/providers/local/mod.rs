@@ -305,23 +305,39 @@ fn answer(
 
     // An outline (a JSON example with `chapters`): ask for a numbered list first,
     // which a small model writes reliably, and parse it; JSON only if that fails.
-    if required.iter().any(|k| k == "chapters") {
+    let list_prompt = required
+        .iter()
+        .any(|k| k == "chapters")
+        .then(|| json::outline_list_prompt(&req.prompt))
+        .flatten();
+    if let Some(list_prompt) = list_prompt {
         let listed = run(
             &[Turn {
                 role: "user",
-                content: &json::outline_list_prompt(&req.prompt),
+                content: &list_prompt,
             }],
             "",
         )?;
         tracing::debug!(text = %listed.text, "local model: outline as a list");
-        if let Some(v) = coerce_outline_with_topic(&listed.text, topic.as_deref()) {
+        // It may answer with JSON anyway; else its list, if it has every key asked for.
+        let parsed = match json::extract_json_with(&listed.text, &required) {
+            Some(v) => Some((v, None)),
+            None => coerce_outline_with_topic(&listed.text, topic.as_deref())
+                .filter(|v| json::has_keys(v, &required))
+                .map(|v| {
+                    let cut = if listed.stop == StopReason::MaxTokens {
+                        " (cut at max_tokens: the last chapter may be missing)"
+                    } else {
+                        ""
+                    };
+                    (v, Some(format!("the local model wrote the outline as a numbered list, which was parsed into the JSON asked for{cut}")))
+                }),
+        };
+        if let Some((v, note)) = parsed {
             return Ok(ChatResponse {
                 text: v.to_string(),
                 usage,
-                note: Some(
-                    "the local model wrote the outline as a numbered list, which was parsed into the JSON asked for"
-                        .into(),
-                ),
+                note,
             });
         }
         if timed_out(&listed) || Instant::now() >= deadline {
