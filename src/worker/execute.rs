@@ -3,6 +3,7 @@
 //! finish the job. A heartbeat keeps the lease and notices cancellation.
 
 use super::output::{assemble, navigate, parse_json_output};
+use super::writer::{WriteBehind, WriteFailure};
 use super::Worker;
 use crate::error::{codes, Error};
 use crate::flow::{ExecutionMode, Flow, ModelRef, OutputKind, Step};
@@ -34,6 +35,16 @@ enum Stop {
     Cancelled,
 }
 
+impl From<WriteFailure> for Stop {
+    fn from(f: WriteFailure) -> Self {
+        if f.lease_lost {
+            Stop::LeaseLost
+        } else {
+            Stop::Transient(f.message)
+        }
+    }
+}
+
 impl From<Error> for Stop {
     fn from(e: Error) -> Self {
         if e.code == codes::LEASE_LOST {
@@ -61,13 +72,9 @@ struct Run<'a> {
     calls_done: AtomicU64,
     /// Records of the flow's last step, saved by `job_complete` in the same round trip.
     held: Mutex<Vec<StepWrite>>,
-    /// Fan-out summary rows being written while the next steps run; awaited before
-    /// the job completes.
-    behind: Mutex<Vec<tokio::task::JoinHandle<WriteBehind>>>,
+    /// Every other record, saved in order while the flow goes on.
+    writes: WriteBehind,
 }
-
-/// A record written in the background, and how that went.
-type WriteBehind = (StepWrite, crate::error::Result<StepRecord>);
 
 /// A finished run: the book, the final progress and the records held for completion.
 type Finished = (Value, Value, Vec<StepWrite>);
@@ -210,7 +217,7 @@ impl Worker {
             calls_total: AtomicU64::new(flow.steps.len() as u64),
             calls_done: AtomicU64::new(0),
             held: Mutex::new(Vec::new()),
-            behind: Mutex::new(Vec::new()),
+            writes: WriteBehind::start(self.queue.clone(), job.id, job.lease_token),
         };
         match flow.execution_mode {
             ExecutionMode::Sequential => {
@@ -221,35 +228,18 @@ impl Worker {
             }
             ExecutionMode::Parallel => run.graph().await?,
         }
-        let behind = run
-            .behind
-            .lock()
-            .map(|mut b| std::mem::take(&mut *b))
-            .map_err(|_| Stop::Transient("the step writes' list was poisoned".into()))?;
-        for handle in behind {
-            match handle.await {
-                Ok((_, Ok(_))) => {}
-                Ok((_, Err(e))) if e.code == codes::LEASE_LOST => return Err(Stop::LeaseLost),
-                // PostgREST hiccup: job_complete saves it instead, so no finished work is lost.
-                Ok((write, Err(e))) => {
-                    tracing::warn!(code = e.code, step = %write.step_id, "summary write failed; saving it with the completion");
-                    run.hold(write);
-                }
-                Err(e) => return Err(Stop::Transient(format!("a step write was lost: {e}"))),
-            }
-        }
         let order: Vec<String> = flow.steps.iter().map(|s| s.id.clone()).collect();
         let outputs = run.outputs.lock().map(|o| o.clone()).unwrap_or_default();
+        let progress = run.progress(None);
         let held = run
             .held
             .lock()
             .map(|h| h.clone())
             .map_err(|_| Stop::Transient("the held step records were poisoned".into()))?;
-        Ok((
-            assemble(&job.input, &order, &outputs),
-            run.progress(None),
-            held,
-        ))
+        // Records the writer could not save go first, then the last step's.
+        let mut records = run.writes.finish().await?;
+        records.extend(held);
+        Ok((assemble(&job.input, &order, &outputs), progress, records))
     }
 }
 
@@ -448,18 +438,8 @@ impl Run<'_> {
         if last {
             self.hold(summary);
         } else {
-            // Written behind the next steps: its items are saved already, so a crash
-            // before it lands costs no provider call (resume rebuilds it from them).
-            let (queue, job, lease) =
-                (self.worker.queue.clone(), self.job.id, self.job.lease_token);
-            let progress = self.progress(Some(&step.id));
-            let handle = tokio::spawn(async move {
-                let saved = queue.save_step(job, lease, &summary, Some(&progress)).await;
-                (summary, saved)
-            });
-            if let Ok(mut b) = self.behind.lock() {
-                b.push(handle);
-            }
+            // After its items' records, so resume never sees a summary without them.
+            self.writes.send(summary, self.progress(Some(&step.id)));
         }
         self.set_output(&step.id, output);
         Ok(())
@@ -508,6 +488,8 @@ impl Run<'_> {
             .map(|s| crate::flow::render(s, &ctx))
             .transpose()
             .map_err(|e| Stop::Fatal(format!("step {label}: system template: {e}")))?;
+        // A record could not be saved (PostgREST down, lease lost): start nothing new.
+        self.writes.check()?;
         let queue = &self.worker.queue;
         let (job_id, lease) = (self.job.id, self.job.lease_token);
         let running = StepWrite {
@@ -624,9 +606,7 @@ impl Run<'_> {
                 if hold {
                     self.hold(write.clone());
                 } else {
-                    queue
-                        .save_step(job_id, lease, &write, Some(&self.progress(Some(&label))))
-                        .await?;
+                    self.writes.send(write.clone(), self.progress(Some(&label)));
                 }
                 tracing::info!(step = %label, provider = %o.provider, model = %o.model, attempts = o.attempts, fallback = o.fallback_used, latency_ms, "step done");
                 Ok((o.value, write))

@@ -4,6 +4,7 @@
 
 mod execute;
 mod output;
+mod writer;
 
 use crate::metrics::Metrics;
 use crate::providers::ProviderRegistry;
