@@ -492,9 +492,10 @@ async fn local_model(explicit: Option<&Path>) -> std::result::Result<PathBuf, St
 
 #[cfg(not(feature = "local-model"))]
 async fn local_model(_explicit: Option<&Path>) -> std::result::Result<PathBuf, String> {
-    Err("this binary was built without the `local-model` feature \
-         (cargo run --release --features local-model -- demo)"
-        .into())
+    Err(
+        "this binary was built with --no-default-features, without the `local-model` feature"
+            .into(),
+    )
 }
 
 #[cfg(feature = "local-model")]

@@ -12,10 +12,9 @@
 //! - `generate`: sampling, the repeat penalty, stop conditions, truncation.
 //! - `json`: JSON out of a weak model's answer (and outline lists into JSON).
 //!
-//! Behind the cargo feature `local-model`, off by default: candle-core,
-//! candle-transformers and tokenizers take 10-12 CPU-minutes to build from clean
-//! (measured on the 2-core machines: 17m43s wall with 2 jobs, 22m50s with 1, on a
-//! loaded machine), more than the CI budget allows for a default feature.
+//! Behind the cargo feature `local-model`, on by default; `--no-default-features`
+//! leaves candle and tokenizers out (about 5 CPU-minutes of a clean build on the
+//! 2-core machines) and the offline provider answers for `local` in the demo.
 
 mod fetch;
 mod generate;
