@@ -219,14 +219,27 @@ impl Worker {
             held: Mutex::new(Vec::new()),
             writes: WriteBehind::start(self.queue.clone(), job.id, job.lease_token),
         };
-        match flow.execution_mode {
+        let ran = match flow.execution_mode {
             ExecutionMode::Sequential => {
                 let n = flow.steps.len();
+                let mut ran = Ok(());
                 for i in 0..n {
-                    run.step(i, i + 1 == n).await?;
+                    ran = run.step(i, i + 1 == n).await;
+                    if ran.is_err() {
+                        break;
+                    }
                 }
+                ran
             }
-            ExecutionMode::Parallel => run.graph().await?,
+            ExecutionMode::Parallel => run.graph().await,
+        };
+        if let Err(stop) = ran {
+            // Let the records already made land first: job_fail sums the steps' tokens,
+            // and a retry resumes from them.
+            if let Err(f) = run.writes.finish().await {
+                tracing::warn!(reason = %f.message, "step records not saved before stopping");
+            }
+            return Err(stop);
         }
         let order: Vec<String> = flow.steps.iter().map(|s| s.id.clone()).collect();
         let outputs = run.outputs.lock().map(|o| o.clone()).unwrap_or_default();

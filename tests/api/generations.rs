@@ -279,6 +279,41 @@ async fn transient_faults_are_retried_honouring_retry_after() {
     assert_eq!(job["status"], "succeeded", "{job}");
 }
 
+/// The outline and chapters succeed, the edit fails for good: the job fails, and the
+/// records made before the failure are saved and their tokens counted in its usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_last_step_keeps_the_work_done_before_it() {
+    let (app, mocks) = app_with_mocks().await;
+    let (_admin, pro, _) = book_setup(&app).await;
+    mocks.gemini.always(Some(Fault::Status(401)));
+    let (_, job) = app
+        .post(
+            "/v1/generations",
+            &pro.token,
+            json!({"input": {"topic": "kept"}}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let job = wait_until(&app, &pro.token, &id, Duration::from_secs(20), finished).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let steps = job["steps"].as_array().unwrap();
+    let done: Vec<&Value> = steps
+        .iter()
+        .filter(|s| s["status"] == "succeeded")
+        .collect();
+    assert!(
+        done.iter().any(|s| s["step_id"] == "outline")
+            && done.iter().any(|s| s["step_id"] == "chapters" && s["item_index"] == -1),
+        "finished steps were not saved: {job}"
+    );
+    let tokens: u64 = done
+        .iter()
+        .map(|s| s["usage"]["input_tokens"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(tokens > 0, "{job}");
+    assert_eq!(job["usage"]["input_tokens"], json!(tokens), "{job}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_provider_fails_the_job_fails_with_a_reason_in_bounded_time() {
     let (app, mocks) = app_with_mocks().await;
