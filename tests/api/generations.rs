@@ -303,7 +303,9 @@ async fn a_failing_last_step_keeps_the_work_done_before_it() {
         .collect();
     assert!(
         done.iter().any(|s| s["step_id"] == "outline")
-            && done.iter().any(|s| s["step_id"] == "chapters" && s["item_index"] == -1),
+            && done
+                .iter()
+                .any(|s| s["step_id"] == "chapters" && s["item_index"] == -1),
         "finished steps were not saved: {job}"
     );
     let tokens: u64 = done
