@@ -53,11 +53,9 @@ struct Run {
     /// Sum over calls of the worker-measured provider latency minus L: the HTTP
     /// client and the mock's own answer time.
     provider_over_ms: f64,
-    /// Sum over calls of (row finished - row started) - provider latency: what
-    /// happens between the `running` write and the `succeeded` write besides the call.
-    in_step_ms: f64,
-    /// (job finished - job started) - sum of call rows' wall time: reading steps,
-    /// rendering, the fan-out summary write, completion, and time between steps.
+    /// (job finished - job started) - sum of provider latencies: rendering, step
+    /// records, completion, and time between steps. (A finished call's row starts at
+    /// its save time minus its latency, so rows cannot split this further.)
     /// Meaningful as a sum only in sequential runs (calls do not overlap).
     between_ms: f64,
 }
@@ -117,31 +115,23 @@ impl Bench {
                 "SELECT extract(epoch FROM j.finished_at - j.created_at)::float8 * 1000,
                         extract(epoch FROM j.started_at - j.created_at)::float8 * 1000,
                         extract(epoch FROM j.finished_at - j.started_at)::float8 * 1000,
-                        s.walls, s.lat, s.calls
+                        s.lat, s.calls
                  FROM public.generation_jobs j,
-                      LATERAL (SELECT coalesce(sum(extract(epoch FROM x.finished_at - x.started_at)::float8 * 1000), 0) AS walls,
-                                      coalesce(sum(x.latency_ms), 0)::float8 AS lat, count(*)::float8 AS calls
+                      LATERAL (SELECT coalesce(sum(x.latency_ms), 0)::float8 AS lat, count(*)::float8 AS calls
                                FROM public.generation_steps x WHERE x.job_id = j.id AND x.latency_ms IS NOT NULL) s
                  WHERE j.id = $1",
                 &[&id],
             )
             .await?;
-        let (db_ms, claim_ms, run_ms, walls, lat, calls): (f64, f64, f64, f64, f64, f64) = (
-            row.get(0),
-            row.get(1),
-            row.get(2),
-            row.get(3),
-            row.get(4),
-            row.get(5),
-        );
+        let (db_ms, claim_ms, run_ms, lat, calls): (f64, f64, f64, f64, f64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         Ok(Run {
             client_ms,
             db_ms,
             claim_ms,
             calls,
             provider_over_ms: lat - calls * ms(L),
-            in_step_ms: walls - lat,
-            between_ms: run_ms - walls,
+            between_ms: run_ms - lat,
         })
     }
 }
@@ -286,7 +276,6 @@ async fn run() -> Res<()> {
         let claim = med(&|r| r.claim_ms);
         let calls = med(&|r| r.calls);
         let provider_over = med(&|r| r.provider_over_ms);
-        let in_step = med(&|r| r.in_step_ms);
         let between = med(&|r| r.between_ms);
         let ideal = ideal_calls * l;
         let ratio = client.p50 / ideal;
@@ -312,15 +301,13 @@ async fn run() -> Res<()> {
             verdict_max(per_step, 5.0, " ms")
         );
         println!(
-            "  breakdown (medians): request -> claimed {claim:.1} ms; per call: provider round trip over L {:.2} ms, \
-             in-step (the step_save write, scheduling; calls under BOOKENGINE_RUNNING_MARK_MS are not marked `running`) {:.2} ms",
-            provider_over / calls.max(1.0),
-            in_step / calls.max(1.0)
+            "  breakdown (medians): request -> claimed {claim:.1} ms; per call: provider round trip over L {:.2} ms",
+            provider_over / calls.max(1.0)
         );
         if steps_on_path == CALLS as f64 {
             println!(
-                "  sequential sum: claim {claim:.1} + provider over L {provider_over:.1} + in-step {in_step:.1} + between steps/complete {between:.1} = {:.1} ms (database end-to-end minus 14L: {:.1} ms)",
-                claim + provider_over + in_step + between,
+                "  sequential sum: claim {claim:.1} + provider over L {provider_over:.1} + between calls/complete {between:.1} = {:.1} ms (database end-to-end minus 14L: {:.1} ms)",
+                claim + provider_over + between,
                 db.p50 - ideal
             );
         }

@@ -222,14 +222,13 @@ impl Worker {
         let ran = match flow.execution_mode {
             ExecutionMode::Sequential => {
                 let n = flow.steps.len();
-                let mut ran = Ok(());
-                for i in 0..n {
-                    ran = run.step(i, i + 1 == n).await;
-                    if ran.is_err() {
-                        break;
+                async {
+                    for i in 0..n {
+                        run.step(i, i + 1 == n).await?;
                     }
+                    Ok(())
                 }
-                ran
+                .await
             }
             ExecutionMode::Parallel => run.graph().await,
         };

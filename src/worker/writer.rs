@@ -65,7 +65,7 @@ impl WriteBehind {
     /// Queue a record (and the job's progress at that point) for saving.
     pub fn send(&self, write: StepWrite, progress: Value) {
         if let Err(mpsc::error::SendError((write, _))) = self.tx.send((write, progress)) {
-            // Only after `finish`, which no caller does while sending.
+            // The writer task is gone (it panicked); `finish` reports that.
             tracing::warn!(step = %write.step_id, "step write after the writer stopped");
         }
     }

@@ -63,6 +63,19 @@ pub async fn wait_until(
 }
 
 /// Has the job reached a final status?
+/// Request a book about `topic` as `user` and wait (up to `limit`) for the job to end.
+pub async fn generate(app: &TestApp, user: &TestUser, topic: &str, limit: Duration) -> Value {
+    let (_, job) = app
+        .post(
+            "/v1/generations",
+            &user.token,
+            json!({"input": {"topic": topic}}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_until(app, &user.token, &id, limit, finished).await
+}
+
 pub fn finished(job: &Value) -> bool {
     matches!(
         job["status"].as_str(),
@@ -191,15 +204,7 @@ async fn a_failing_primary_falls_back_and_is_recorded() {
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.always(Some(Fault::Status(500)));
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "bees"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    let job = wait_until(&app, &pro.token, &id, Duration::from_secs(30), finished).await;
+    let job = generate(&app, &pro, "bees", Duration::from_secs(30)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let chapters: Vec<&Value> = job["steps"]
         .as_array()
@@ -267,15 +272,7 @@ async fn transient_faults_are_retried_honouring_retry_after() {
     mocks
         .openai
         .script(vec![Fault::Status(503), Fault::MalformedJson]);
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "rain"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    let job = wait_until(&app, &pro.token, &id, Duration::from_secs(30), finished).await;
+    let job = generate(&app, &pro, "rain", Duration::from_secs(30)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
 }
 
@@ -286,15 +283,7 @@ async fn a_failing_last_step_keeps_the_work_done_before_it() {
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.gemini.always(Some(Fault::Status(401)));
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "kept"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    let job = wait_until(&app, &pro.token, &id, Duration::from_secs(20), finished).await;
+    let job = generate(&app, &pro, "kept", Duration::from_secs(20)).await;
     assert_eq!(job["status"], "failed", "{job}");
     let steps = job["steps"].as_array().unwrap();
     let done: Vec<&Value> = steps
@@ -343,15 +332,7 @@ async fn when_every_provider_fails_the_job_fails_with_a_reason_in_bounded_time()
     assert!(started.elapsed() < Duration::from_secs(20));
     // A 401 is not retried on the same model.
     mocks.openai.always(None);
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "y"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    let job = wait_until(&app, &pro.token, &id, Duration::from_secs(20), finished).await;
+    let job = generate(&app, &pro, "y", Duration::from_secs(20)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let c = job["steps"]
         .as_array()
