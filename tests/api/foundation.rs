@@ -445,64 +445,44 @@ async fn postgrest_refuses_bad_tokens() {
     assert_eq!(b["code"], "22023", "{b}");
 }
 
-fn seed_text() -> String {
-    let path = std::env::var("BOOKENGINE_SEED_PATH").unwrap_or_else(|_| {
-        format!(
-            "{}/../shared/seeds/000_630c27e57c0c861c.txt",
-            env!("CARGO_MANIFEST_DIR")
-        )
-    });
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("the specification must be at {path}: {e}"))
-}
-
-/// The seed's SQL statements, in its own order, without comments.
+/// The specification's SQL, kept in the repository (tests/fixtures/specified.sql says
+/// where it comes from), as statements in its own order, without comments.
 fn seed_statements() -> Vec<String> {
-    let text = seed_text();
-    let mut out = Vec::new();
-    for block in text.split("```sql").skip(1) {
-        let sql = block.split("```").next().unwrap_or_default();
-        for stmt in sql.split(';') {
-            let lines: Vec<&str> = stmt
-                .lines()
+    let text = include_str!("../fixtures/specified.sql");
+    text.split(';')
+        .map(|stmt| {
+            stmt.lines()
                 .filter(|l| !l.trim_start().starts_with("--"))
-                .collect();
-            let s = lines.join("\n").trim().to_owned();
-            if !s.is_empty() {
-                out.push(s);
-            }
-        }
-    }
-    out
+                .collect::<Vec<_>>()
+                .join("\n")
+                .trim()
+                .to_owned()
+        })
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 #[tokio::test]
 async fn specified_statements_are_in_v1_verbatim() {
     let v1 = include_str!("../../sql/V1__engine_tables.sql");
-    let text = seed_text();
     let mut n = 0;
-    for block in text.split("```sql").skip(1) {
-        let sql = block.split("```").next().unwrap_or_default();
-        for stmt in sql.split(';') {
-            let s = stmt.trim();
-            if s.lines()
-                .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
-            {
-                continue;
-            }
-            // Each statement, comments and spacing included, stands in V1 as written
-            // (the leading comment lines may be separated by the reordering).
-            let body: String = s
-                .lines()
-                .skip_while(|l| l.trim_start().starts_with("--") || l.trim().is_empty())
-                .collect::<Vec<_>>()
-                .join("\n");
-            assert!(
-                v1.contains(&body),
-                "V1 lacks the specified statement:\n{body}"
-            );
-            n += 1;
+    for stmt in include_str!("../fixtures/specified.sql").split(';') {
+        // Each statement, comments and spacing included, stands in V1 as written
+        // (the leading comment lines may be separated by the reordering).
+        let body: String = stmt
+            .trim()
+            .lines()
+            .skip_while(|l| l.trim_start().starts_with("--") || l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
+        if body.is_empty() {
+            continue;
         }
+        assert!(
+            v1.contains(&body),
+            "V1 lacks the specified statement:\n{body}"
+        );
+        n += 1;
     }
     assert_eq!(
         n, 11,
