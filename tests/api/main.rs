@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod adversarial;
 mod assignments;
 mod auth;
 mod browser;
