@@ -40,11 +40,26 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn server_config() -> Config {
-    let url = std::env::var("BOOKENGINE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    url.parse()
-        .expect("BOOKENGINE_TEST_DATABASE_URL must be a valid connection string")
+/// The Postgres server the tests create their databases on: BOOKENGINE_TEST_DATABASE_URL,
+/// else the local server with trust auth, else (a fresh machine whose server asks for a
+/// password) the same private cluster `bookengine local up` starts from the installed
+/// server binaries.
+async fn server_config() -> Config {
+    static SERVER: tokio::sync::OnceCell<Config> = tokio::sync::OnceCell::const_new();
+    SERVER
+        .get_or_init(|| async {
+            let url = std::env::var("BOOKENGINE_TEST_DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+            let config: Config = url
+                .parse()
+                .expect("BOOKENGINE_TEST_DATABASE_URL must be a valid connection string");
+            let private = repo_root().join(".bookengine").join("test-cluster");
+            local::ensure_server(&config, Some(&private))
+                .await
+                .expect("a Postgres server for the tests")
+        })
+        .await
+        .clone()
 }
 
 /// A test-only ES256 key pair (tests/fixtures): the JWKS holds its public half.
@@ -59,7 +74,7 @@ impl TestStack {
     /// With `jwks`, PostgREST verifies tokens against a JWKS holding both the HS256
     /// secret and the test ES256 key, as a project with asymmetric keys does.
     pub async fn start_with(jwks: bool) -> TestStack {
-        Self::start_on(server_config(), jwks).await
+        Self::start_on(server_config().await, jwks).await
     }
 
     /// A stack on the Postgres server `server` (e.g. a private cluster a test restarts).
