@@ -14,6 +14,7 @@ mod faults;
 mod foundation;
 mod generations;
 mod js_clients;
+mod keys;
 mod limits;
 mod load;
 #[cfg(feature = "local-model")]
