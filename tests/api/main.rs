@@ -22,3 +22,4 @@ mod local_model;
 mod mock_providers;
 mod resilience;
 mod security;
+mod seed_js;
