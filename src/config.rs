@@ -19,11 +19,21 @@ pub struct SupabaseConfig {
     #[arg(long, env = "POSTGREST_URL")]
     pub postgrest_url: Option<Url>,
 
-    /// Anon key, sent as the `apikey` header that Supabase's API gateway requires.
+    /// Publishable API key (sb_publishable_...): the `apikey` header of every call
+    /// made for a person (whose own JWT is the bearer). Wins over SUPABASE_ANON_KEY.
+    #[arg(long, env = "SUPABASE_PUBLISHABLE_KEY", hide_env_values = true)]
+    pub publishable_key: Option<Secret>,
+
+    /// Secret API key (sb_secret_...): the worker's queue calls only (work that belongs
+    /// to no person); sent as `apikey` alone. Wins over SUPABASE_SERVICE_ROLE_KEY.
+    #[arg(long, env = "SUPABASE_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<Secret>,
+
+    /// Legacy anon key (a JWT), used when SUPABASE_PUBLISHABLE_KEY is not set.
     #[arg(long, env = "SUPABASE_ANON_KEY", hide_env_values = true)]
     pub anon_key: Option<Secret>,
 
-    /// Service role key: used only for work that belongs to no person (the job queue).
+    /// Legacy service role key (a JWT), used when SUPABASE_SECRET_KEY is not set.
     #[arg(long, env = "SUPABASE_SERVICE_ROLE_KEY", hide_env_values = true)]
     pub service_role_key: Option<Secret>,
 }
@@ -52,12 +62,29 @@ impl SupabaseConfig {
         }
     }
 
-    pub fn service_role_key(&self) -> Result<&Secret> {
-        self.service_role_key
+    /// The project URL without a trailing slash, when SUPABASE_URL is set.
+    pub fn project_url(&self) -> Option<String> {
+        self.supabase_url
             .as_ref()
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| Error::config("SUPABASE_SERVICE_ROLE_KEY must be set for the worker"))
+            .map(|u| u.as_str().trim_end_matches('/').to_owned())
     }
+
+    /// The key of the service's own calls (the job queue): the secret key, else the
+    /// legacy service role key. Both unset stops the worker with this message.
+    pub fn service_role_key(&self) -> Result<&Secret> {
+        present(&self.secret_key)
+            .or(present(&self.service_role_key))
+            .ok_or_else(|| {
+                Error::config(
+                    "SUPABASE_SECRET_KEY (or the legacy SUPABASE_SERVICE_ROLE_KEY) must be set for the worker",
+                )
+            })
+    }
+}
+
+/// A setting that is set and not empty.
+pub fn present(value: &Option<Secret>) -> Option<&Secret> {
+    value.as_ref().filter(|v| !v.expose().trim().is_empty())
 }
 
 /// How the HTTP API verifies the bearer JWTs it is given.
@@ -67,10 +94,24 @@ pub struct AuthConfig {
     #[arg(long, env = "SUPABASE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
 
-    /// JWKS with the project's asymmetric signing keys (ES256/RS256): an http(s) URL,
-    /// e.g. https://<ref>.supabase.co/auth/v1/.well-known/jwks.json, or a file path.
+    /// JWKS with the project's asymmetric signing keys (ES256/RS256): an http(s) URL or
+    /// a file path. Default: $SUPABASE_URL/auth/v1/.well-known/jwks.json when SUPABASE_URL
+    /// is set. With a JWKS, SUPABASE_JWT_SECRET is optional.
     #[arg(long, env = "SUPABASE_JWKS_URL")]
     pub jwks_url: Option<String>,
+}
+
+impl AuthConfig {
+    /// The JWKS to verify with, and whether it was named explicitly (a default that
+    /// cannot be loaded is not fatal when the HS256 secret is there).
+    pub fn jwks(&self, supabase: &SupabaseConfig) -> Option<(String, bool)> {
+        match self.jwks_url.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => Some((url.to_owned(), true)),
+            _ => supabase
+                .project_url()
+                .map(|base| (format!("{base}/auth/v1/.well-known/jwks.json"), false)),
+        }
+    }
 }
 
 /// Postgres, for `migrate` and `local` only: requests never touch it directly.
@@ -94,5 +135,60 @@ impl DatabaseConfig {
             .map_err(|e| {
                 Error::config(format!("DATABASE_URL: not a valid connection string ({e})"))
             })
+    }
+}
+
+/// Every boolean setting of `command` and its subcommands accepts 1/0, yes/no, on/off
+/// and true/false (clap's own `bool` parser takes only true/false), flag or variable.
+pub fn boolish(command: clap::Command) -> clap::Command {
+    let plain_bool = clap::builder::ValueParser::bool().type_id();
+    command
+        .mut_args(|arg| {
+            if arg.get_value_parser().type_id() == plain_bool {
+                arg.value_parser(clap::builder::BoolishValueParser::new())
+            } else {
+                arg
+            }
+        })
+        .mut_subcommands(boolish)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args, FromArgMatches};
+
+    #[derive(clap::Parser, Debug)]
+    struct Settings {
+        #[arg(long)]
+        flag: bool,
+        #[arg(long)]
+        active: Option<bool>,
+    }
+
+    fn parse(args: &[&str]) -> std::result::Result<Settings, clap::Error> {
+        let command = boolish(Settings::augment_args(clap::Command::new("t")));
+        let matches = command.try_get_matches_from(args)?;
+        Settings::from_arg_matches(&matches)
+    }
+
+    #[test]
+    fn booleans_take_the_usual_spellings() {
+        for (word, expected) in [
+            ("1", true),
+            ("0", false),
+            ("yes", true),
+            ("no", false),
+            ("on", true),
+            ("off", false),
+            ("true", true),
+            ("false", false),
+        ] {
+            let s = parse(&["t", "--active", word]).expect(word);
+            assert_eq!(s.active, Some(expected), "{word}");
+        }
+        assert!(parse(&["t", "--flag"]).expect("flag").flag);
+        assert!(!parse(&["t"]).expect("none").flag);
+        assert!(parse(&["t", "--active", "maybe"]).is_err());
     }
 }

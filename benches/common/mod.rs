@@ -123,6 +123,7 @@ impl Stack {
             postgrest_url: Some(self.rest_url.parse().expect("url")),
             anon_key: Some(self.anon_key.clone()),
             service_role_key: Some(self.service_key.clone()),
+            ..Default::default()
         }
     }
 

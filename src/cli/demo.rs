@@ -113,7 +113,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
     step("starting the local stack (Postgres + PostgREST 12)");
     let config = args.db.pg_config()?;
-    let env = crate::local::up(&args.db.database_url, &config, args.port).await?;
+    let env = crate::local::up(&args.db.database_url, &config, args.port, None).await?;
     env.apply_to_process();
     let db = env
         .database_url
@@ -143,6 +143,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         ),
         anon_key: Some(env.anon_key.clone()),
         service_role_key: Some(env.service_role_key.clone()),
+        ..Default::default()
     };
     let rest = Rest::new(&supabase)?;
     let as_admin = Caller::User(admin.token.clone());

@@ -65,6 +65,9 @@ pub struct LocalArgs {
         global = true
     )]
     pub port: u16,
+    /// Port for the local development gateway (SUPABASE_URL); default: the PostgREST port + 1.
+    #[arg(long, env = "BOOKENGINE_GATEWAY_PORT", global = true)]
+    pub gateway_port: Option<u16>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,13 +82,20 @@ pub enum LocalAction {
     Down,
     /// Say what runs.
     Status,
+    /// The local development gateway in the foreground (`local up` starts it in the
+    /// background): $SUPABASE_URL/rest/v1 and /auth/v1/user over the local PostgREST.
+    #[command(hide = true)]
+    Gateway,
 }
 
 pub async fn local(args: LocalArgs, json: bool) -> Result<()> {
+    let gateway_port = args
+        .gateway_port
+        .unwrap_or_else(|| local::default_gateway_port(args.port));
     match args.action {
         LocalAction::Up { db } => {
             let config = db.pg_config()?;
-            let env = local::up(&db.database_url, &config, args.port).await?;
+            let env = local::up(&db.database_url, &config, args.port, Some(gateway_port)).await?;
             if json {
                 println!(
                     "{}",
@@ -95,10 +105,16 @@ pub async fn local(args: LocalArgs, json: bool) -> Result<()> {
                         "SUPABASE_JWT_SECRET": env.jwt_secret.expose(),
                         "SUPABASE_ANON_KEY": env.anon_key.expose(),
                         "SUPABASE_SERVICE_ROLE_KEY": env.service_role_key.expose(),
+                        "SUPABASE_URL": env.supabase_url,
+                        "SUPABASE_PUBLISHABLE_KEY": env.publishable_key.expose(),
+                        "SUPABASE_SECRET_KEY": env.secret_key.expose(),
                     })
                 );
             } else {
                 eprintln!("# local stack ready; these are LOCAL DEVELOPMENT credentials");
+                eprintln!(
+                    "# SUPABASE_URL is a local development gateway (Supabase's URL layout and key rules), not a Supabase project"
+                );
                 print!("{}", env.exports());
             }
         }
@@ -111,7 +127,16 @@ pub async fn local(args: LocalArgs, json: bool) -> Result<()> {
                 println!("{line}");
             }
         }
-        LocalAction::Status => println!("{}", local::status(args.port).await),
+        LocalAction::Status => println!("{}", local::status(args.port, gateway_port).await),
+        LocalAction::Gateway => {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let signal = stop.clone();
+            tokio::spawn(async move {
+                super::serve::shutdown_signal().await;
+                signal.cancel();
+            });
+            local::run_gateway(args.port, gateway_port, stop).await?;
+        }
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ mod models;
 mod serve;
 
 use crate::error::Error;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,7 +56,9 @@ pub enum Command {
 
 /// Run the CLI; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    // Booleans take 1/0, yes/no, on/off too (one place for every command).
+    let matches = crate::config::boolish(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Long-running commands log at info (and as JSON when asked); the rest at warn.
     match cli.command {
         Command::Serve(_) | Command::Worker(_) => crate::telemetry::init_service(),

@@ -11,7 +11,7 @@ mod generations;
 mod health;
 mod webhooks;
 
-use crate::auth::{JwksSource, JwtVerifier};
+use crate::auth::JwtVerifier;
 use crate::config::{AuthConfig, SupabaseConfig};
 use crate::error::{Error, Result};
 use crate::rest::Rest;
@@ -92,8 +92,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: &ServeConfig) -> Result<Self> {
         let rest = Rest::new(&config.supabase)?;
-        let jwks = config.auth.jwks_url.as_deref().map(JwksSource::parse);
-        let verifier = JwtVerifier::new(config.auth.jwt_secret.as_ref(), jwks).await?;
+        let verifier = crate::auth::verifier_from(&config.auth, &config.supabase).await?;
         let state = AppState {
             rest,
             verifier,

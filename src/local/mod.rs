@@ -2,6 +2,7 @@
 //! Postgres (the one DATABASE_URL names, or a private cluster), the baseline in
 //! `supabase/baseline.sql`, the migrations, and a real PostgREST 12 process.
 
+pub mod gateway;
 mod postgres;
 mod postgrest;
 
@@ -42,6 +43,29 @@ pub fn local_jwt_secret(dir: &Path) -> Result<Secret> {
     let secret = random_secret(48);
     write_private(&path, secret.expose())?;
     Ok(secret)
+}
+
+/// The local stack's opaque API keys (`sb_publishable_…`, `sb_secret_…`), made once
+/// and kept beside the JWT secret, as a project's keys stay put.
+pub fn local_api_keys(dir: &Path) -> Result<(Secret, Secret)> {
+    let key = |file: &str, prefix: &str| -> Result<Secret> {
+        let path = dir.join(file);
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            let s = s.trim();
+            if s.starts_with(prefix) && s.len() >= prefix.len() + 24 {
+                return Ok(Secret::new(s));
+            }
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
+        let key = Secret::new(format!("{prefix}{}", random_secret(32).expose()));
+        write_private(&path, key.expose())?;
+        Ok(key)
+    };
+    Ok((
+        key("publishable_key", "sb_publishable_")?,
+        key("secret_key", "sb_secret_")?,
+    ))
 }
 
 pub fn random_secret(len: usize) -> Secret {
@@ -95,4 +119,4 @@ pub fn local_keys(secret: &Secret) -> Result<LocalKeys> {
     })
 }
 mod stack;
-pub use stack::{down, prepare_database, status, up, StackEnv};
+pub use stack::{default_gateway_port, down, prepare_database, run_gateway, status, up, StackEnv};

@@ -1,9 +1,10 @@
 //! `bookengine local up | down | status`.
 
+use super::gateway::{self, GatewayConfig};
 use super::{
-    apply_baseline, create_database, ensure_server, find_or_install_postgrest, local_jwt_secret,
-    local_keys, spawn_postgrest, state_dir, stop_private_cluster, wait_ready, write_private,
-    PostgrestOptions,
+    apply_baseline, create_database, ensure_server, find_or_install_postgrest, local_api_keys,
+    local_jwt_secret, local_keys, spawn_postgrest, state_dir, stop_private_cluster, wait_ready,
+    write_private, PostgrestOptions,
 };
 use crate::error::{Error, Result};
 use crate::migrate;
@@ -18,6 +19,10 @@ pub struct StackEnv {
     pub jwt_secret: Secret,
     pub anon_key: Secret,
     pub service_role_key: Secret,
+    /// The local development gateway: answers where a Supabase project does.
+    pub supabase_url: String,
+    pub publishable_key: Secret,
+    pub secret_key: Secret,
 }
 
 impl StackEnv {
@@ -25,12 +30,17 @@ impl StackEnv {
     pub fn exports(&self) -> String {
         format!(
             "export DATABASE_URL='{}'\nexport POSTGREST_URL='{}'\nexport SUPABASE_JWT_SECRET='{}'\n\
-             export SUPABASE_ANON_KEY='{}'\nexport SUPABASE_SERVICE_ROLE_KEY='{}'\n",
+             export SUPABASE_ANON_KEY='{}'\nexport SUPABASE_SERVICE_ROLE_KEY='{}'\n\
+             export SUPABASE_URL='{}'\nexport SUPABASE_PUBLISHABLE_KEY='{}'\n\
+             export SUPABASE_SECRET_KEY='{}'\n",
             self.database_url.expose(),
             self.postgrest_url,
             self.jwt_secret.expose(),
             self.anon_key.expose(),
             self.service_role_key.expose(),
+            self.supabase_url,
+            self.publishable_key.expose(),
+            self.secret_key.expose(),
         )
     }
 
@@ -41,6 +51,9 @@ impl StackEnv {
         std::env::set_var("SUPABASE_JWT_SECRET", self.jwt_secret.expose());
         std::env::set_var("SUPABASE_ANON_KEY", self.anon_key.expose());
         std::env::set_var("SUPABASE_SERVICE_ROLE_KEY", self.service_role_key.expose());
+        std::env::set_var("SUPABASE_URL", &self.supabase_url);
+        std::env::set_var("SUPABASE_PUBLISHABLE_KEY", self.publishable_key.expose());
+        std::env::set_var("SUPABASE_SECRET_KEY", self.secret_key.expose());
     }
 }
 
@@ -64,8 +77,8 @@ fn pid_alive(pid: i32) -> bool {
             .unwrap_or(false)
 }
 
-fn read_pid(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join("postgrest.pid"))
+fn read_pid(dir: &Path, name: &str) -> Option<i32> {
+    std::fs::read_to_string(dir.join(format!("{name}.pid")))
         .ok()?
         .trim()
         .parse()
@@ -84,7 +97,13 @@ fn url_for(config: &tokio_postgres::Config) -> String {
 }
 
 /// Bring the stack up (idempotent: a running PostgREST is reused).
-pub async fn up(database_url: &Secret, db: &tokio_postgres::Config, port: u16) -> Result<StackEnv> {
+pub async fn up(
+    database_url: &Secret,
+    db: &tokio_postgres::Config,
+    port: u16,
+    gateway_port: Option<u16>,
+) -> Result<StackEnv> {
+    let gateway_port = gateway_port.unwrap_or_else(|| default_gateway_port(port));
     let dir = state_dir();
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
@@ -100,7 +119,7 @@ pub async fn up(database_url: &Secret, db: &tokio_postgres::Config, port: u16) -
     let keys = local_keys(&jwt_secret)?;
     let postgrest_url = format!("http://127.0.0.1:{port}");
 
-    let running = read_pid(&dir).filter(|pid| pid_alive(*pid));
+    let running = read_pid(&dir, "postgrest").filter(|pid| pid_alive(*pid));
     let reuse = match running {
         Some(_) => wait_ready(&postgrest_url, Duration::from_secs(2))
             .await
@@ -133,15 +152,141 @@ pub async fn up(database_url: &Secret, db: &tokio_postgres::Config, port: u16) -
             })?;
     }
 
+    let (publishable_key, secret_key) = local_api_keys(&dir)?;
+    let supabase_url = format!("http://127.0.0.1:{gateway_port}");
+    ensure_gateway(&dir, port, gateway_port, &supabase_url, !reuse).await?;
+
     let env = StackEnv {
         database_url,
         postgrest_url,
         jwt_secret,
         anon_key: keys.anon_key,
         service_role_key: keys.service_role_key,
+        supabase_url,
+        publishable_key,
+        secret_key,
     };
     write_private(&dir.join("env"), &env.exports())?;
     Ok(env)
+}
+
+/// The gateway's port when BOOKENGINE_GATEWAY_PORT is not set: the PostgREST port + 1.
+pub fn default_gateway_port(postgrest_port: u16) -> u16 {
+    postgrest_port.checked_add(1).unwrap_or(postgrest_port - 1)
+}
+
+/// Is the gateway at `url` answering?
+async fn gateway_ready(url: &str, timeout: Duration) -> bool {
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let ok = http
+            .get(format!("{url}/auth/v1/.well-known/jwks.json"))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok || std::time::Instant::now() >= deadline {
+            return ok;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Start the local development gateway as a background process (`bookengine local
+/// gateway`), or keep the running one when PostgREST was kept too.
+async fn ensure_gateway(
+    dir: &Path,
+    postgrest_port: u16,
+    gateway_port: u16,
+    url: &str,
+    restart: bool,
+) -> Result<()> {
+    let running = read_pid(dir, "gateway").filter(|pid| pid_alive(*pid));
+    if let Some(pid) = running {
+        if !restart && gateway_ready(url, Duration::from_secs(1)).await {
+            return Ok(());
+        }
+        kill(pid);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::internal(format!("locating the bookengine binary: {e}")))?;
+    let home = std::path::absolute(dir)
+        .map_err(|e| Error::internal(format!("resolving {}: {e}", dir.display())))?;
+    let log_path = dir.join("gateway.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| Error::internal(format!("opening {}: {e}", log_path.display())))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| Error::internal(format!("log handle: {e}")))?;
+    use std::os::unix::process::CommandExt;
+    let child = std::process::Command::new(exe)
+        .args([
+            "local",
+            "--port",
+            &postgrest_port.to_string(),
+            "--gateway-port",
+            &gateway_port.to_string(),
+            "gateway",
+        ])
+        .env("BOOKENGINE_HOME", &home)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::unavailable(format!("starting the local gateway: {e}")))?;
+    std::fs::write(dir.join("gateway.pid"), child.id().to_string())
+        .map_err(|e| Error::internal(format!("writing pid file: {e}")))?;
+    if gateway_ready(url, Duration::from_secs(10)).await {
+        Ok(())
+    } else {
+        Err(Error::unavailable(format!(
+            "the local gateway did not answer at {url}; see {}",
+            log_path.display()
+        )))
+    }
+}
+
+/// The foreground of `bookengine local gateway`: serve the front over the local
+/// PostgREST with the keys kept in the state directory, until stopped.
+pub async fn run_gateway(
+    postgrest_port: u16,
+    gateway_port: u16,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    let dir = state_dir();
+    let jwt_secret = local_jwt_secret(&dir)?;
+    let keys = local_keys(&jwt_secret)?;
+    let (publishable_key, secret_key) = local_api_keys(&dir)?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", gateway_port))
+        .await
+        .map_err(|e| {
+            Error::unavailable(format!(
+                "the local gateway cannot listen on 127.0.0.1:{gateway_port}: {e}"
+            ))
+        })?;
+    eprintln!(
+        "local development gateway on http://127.0.0.1:{gateway_port} -> PostgREST on port {postgrest_port}"
+    );
+    gateway::serve(
+        listener,
+        GatewayConfig {
+            postgrest_url: format!("http://127.0.0.1:{postgrest_port}"),
+            jwt_secret,
+            jwks_path: None,
+            publishable_key,
+            secret_key,
+            anon_key: keys.anon_key,
+            service_role_key: keys.service_role_key,
+        },
+        stop,
+    )
+    .await
 }
 
 fn kill(pid: i32) {
@@ -154,12 +299,14 @@ fn kill(pid: i32) {
 pub fn down() -> Result<Vec<String>> {
     let dir = state_dir();
     let mut done = Vec::new();
-    if let Some(pid) = read_pid(&dir) {
-        if pid_alive(pid) {
-            kill(pid);
-            done.push(format!("stopped PostgREST (pid {pid})"));
+    for (name, label) in [("gateway", "the local gateway"), ("postgrest", "PostgREST")] {
+        if let Some(pid) = read_pid(&dir, name) {
+            if pid_alive(pid) {
+                kill(pid);
+                done.push(format!("stopped {label} (pid {pid})"));
+            }
+            let _ = std::fs::remove_file(dir.join(format!("{name}.pid")));
         }
-        let _ = std::fs::remove_file(dir.join("postgrest.pid"));
     }
     if stop_private_cluster(&dir.join("postgres"))? {
         done.push("stopped the private Postgres cluster".into());
@@ -167,11 +314,26 @@ pub fn down() -> Result<Vec<String>> {
     Ok(done)
 }
 
-/// One line on what runs.
-pub async fn status(port: u16) -> String {
+/// A line per process on what runs.
+pub async fn status(port: u16, gateway_port: u16) -> String {
     let dir = state_dir();
+    let url = format!("http://127.0.0.1:{gateway_port}");
+    let gateway = match read_pid(&dir, "gateway").filter(|p| pid_alive(*p)) {
+        Some(pid) => {
+            let ready = gateway_ready(&url, Duration::from_millis(500)).await;
+            format!(
+                "local gateway (SUPABASE_URL) pid {pid} at {url}: {}",
+                if ready { "ready" } else { "not answering" }
+            )
+        }
+        None => "the local gateway is not running (bookengine local up)".into(),
+    };
+    format!("{}\n{gateway}", postgrest_status(&dir, port).await)
+}
+
+async fn postgrest_status(dir: &Path, port: u16) -> String {
     let url = format!("http://127.0.0.1:{port}");
-    match read_pid(&dir).filter(|p| pid_alive(*p)) {
+    match read_pid(dir, "postgrest").filter(|p| pid_alive(*p)) {
         Some(pid) => {
             let ready = wait_ready(&url, Duration::from_millis(500)).await.is_ok();
             format!(

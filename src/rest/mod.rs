@@ -1,10 +1,13 @@
 //! The PostgREST client. Every call names who it is made for: a person (their own
-//! JWT is forwarded, so RLS decides) or the service (the service role key, for the
-//! job queue only).
+//! JWT is forwarded, so RLS decides) or the service (the secret or service role key,
+//! for the job queue only). Which key goes where: [`keys`].
+
+pub mod keys;
 
 use crate::config::SupabaseConfig;
 use crate::error::{codes, Error, Kind, Result};
 use crate::secret::Secret;
+use keys::{header_safe, ApiKeys};
 use postgrest::{Builder, Postgrest};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -16,14 +19,18 @@ use std::time::Duration;
 pub enum Caller {
     /// A person: their access token goes to PostgREST unchanged.
     User(Secret),
-    /// Work that belongs to no person (the queue): the service role key.
+    /// Work that belongs to no person (the queue): the secret or service role key.
     Service,
 }
 
 #[derive(Clone)]
 pub struct Rest {
-    client: Postgrest,
-    service_key: Option<Secret>,
+    /// `apikey`: the publishable (or anon) key; the bearer is each person's JWT.
+    user_client: Postgrest,
+    /// `apikey`: the secret (or service role) key; `None` when neither is set.
+    service_client: Option<Postgrest>,
+    /// The bearer of service calls: the legacy service role JWT, never an opaque key.
+    service_bearer: Option<Secret>,
     timeout: Duration,
 }
 
@@ -40,57 +47,80 @@ struct PgrstError {
     hint: Option<String>,
 }
 
+const NO_SERVICE_KEY: &str =
+    "SUPABASE_SECRET_KEY (or the legacy SUPABASE_SERVICE_ROLE_KEY) must be set for the worker";
+
 impl Rest {
     pub fn new(config: &SupabaseConfig) -> Result<Self> {
         let url = config.rest_url()?;
-        let mut client = Postgrest::new(url.as_str().trim_end_matches('/'));
-        if let Some(key) = config.anon_key.as_ref().filter(|k| !k.is_empty()) {
-            if !header_safe(key.expose().trim()) {
-                return Err(Error::config(
-                    "SUPABASE_ANON_KEY contains characters a key cannot have",
-                ));
-            }
-            client = client.insert_header("apikey", key.expose().trim());
+        let base = url.as_str().trim_end_matches('/').to_owned();
+        let keys = ApiKeys::choose(config)?;
+        if let Some(notice) = &keys.notice {
+            // Once per process: the API and the worker each build a client.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| tracing::info!("API keys: {notice}"));
         }
+        let mut user_client = Postgrest::new(&base);
+        if let Some(key) = &keys.user {
+            user_client = user_client.insert_header("apikey", key.apikey.expose());
+        }
+        let service_client = keys
+            .service
+            .as_ref()
+            .map(|key| Postgrest::new(&base).insert_header("apikey", key.apikey.expose()));
         Ok(Self {
-            client,
-            service_key: config.service_role_key.clone(),
+            user_client,
+            service_client,
+            service_bearer: keys.service.and_then(|k| k.bearer),
             timeout: Duration::from_secs(30),
         })
     }
 
-    fn bearer(&self, caller: &Caller) -> Result<String> {
-        let token = match caller {
-            Caller::User(jwt) => jwt.expose().trim().to_owned(),
-            Caller::Service => self
-                .service_key
-                .as_ref()
-                .map(|k| k.expose().trim().to_owned())
-                .ok_or_else(|| {
-                    Error::config("SUPABASE_SERVICE_ROLE_KEY must be set for the worker")
-                })?,
-        };
-        // postgrest-rs panics on a header value it cannot encode; refuse it here instead.
-        if !header_safe(&token) {
-            return Err(Error::unauthenticated(
-                codes::INVALID_TOKEN,
-                "the access token contains characters a token cannot have",
-            ));
+    /// The client for `caller`, and the bearer to put on its request (if any).
+    fn client_for(&self, caller: &Caller) -> Result<(&Postgrest, Option<String>)> {
+        match caller {
+            Caller::User(jwt) => {
+                let token = jwt.expose().trim();
+                // postgrest-rs panics on a header value it cannot encode; refuse it here.
+                if !header_safe(token) {
+                    return Err(Error::unauthenticated(
+                        codes::INVALID_TOKEN,
+                        "the access token contains characters a token cannot have",
+                    ));
+                }
+                Ok((&self.user_client, Some(token.to_owned())))
+            }
+            Caller::Service => {
+                let client = self
+                    .service_client
+                    .as_ref()
+                    .ok_or_else(|| Error::config(NO_SERVICE_KEY))?;
+                let bearer = self.service_bearer.as_ref().map(|b| b.expose().to_owned());
+                Ok((client, bearer))
+            }
         }
-        Ok(token)
+    }
+
+    fn authorize(builder: Builder, bearer: Option<String>) -> Builder {
+        match bearer {
+            Some(token) => builder.auth(token),
+            None => builder,
+        }
     }
 
     /// A request on a table or view.
     pub fn table(&self, caller: &Caller, table: &str) -> Result<Builder> {
-        Ok(self.client.from(table).auth(self.bearer(caller)?))
+        let (client, bearer) = self.client_for(caller)?;
+        Ok(Self::authorize(client.from(table), bearer))
     }
 
     /// A call of a database function.
     pub fn rpc(&self, caller: &Caller, function: &str, params: &Value) -> Result<Builder> {
-        Ok(self
-            .client
-            .rpc(function, params.to_string())
-            .auth(self.bearer(caller)?))
+        let (client, bearer) = self.client_for(caller)?;
+        Ok(Self::authorize(
+            client.rpc(function, params.to_string()),
+            bearer,
+        ))
     }
 
     /// Send, and decode a 2xx body as `T`; any other answer becomes an [`Error`].
@@ -123,8 +153,12 @@ impl Rest {
 
     /// Is PostgREST answering? (`/readyz`)
     pub async fn ping(&self) -> Result<()> {
-        let builder = self.client.from("ai_engines").select("id").limit(1); // limit(0) underflows inside postgrest-rs
-        self.send_raw(builder.auth(self.bearer(&Caller::Service).unwrap_or_default()))
+        // As the service when it can be; else anonymously (a policy answer is still up).
+        let (client, bearer) = self
+            .client_for(&Caller::Service)
+            .unwrap_or((&self.user_client, None));
+        let builder = client.from("ai_engines").select("id").limit(1); // limit(0) underflows inside postgrest-rs
+        self.send_raw(Self::authorize(builder, bearer))
             .await
             .map(|_| ())
             .or_else(|e| match e.kind {
@@ -133,11 +167,6 @@ impl Rest {
                 _ => Err(e),
             })
     }
-}
-
-/// Visible ASCII only: what an HTTP header value (and so a JWT) may hold.
-fn header_safe(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| (0x21..0x7f).contains(&b))
 }
 
 /// A stable code set by our SQL (`RAISE ... USING DETAIL = 'snake_code'`).

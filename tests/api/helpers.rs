@@ -20,6 +20,12 @@ pub struct TestStack {
     pub jwt_secret: Secret,
     pub anon_key: Secret,
     pub service_key: Secret,
+    /// The local development gateway in front of this stack's PostgREST (in-process):
+    /// the project URL layout and the 2026 keys' rules.
+    pub gateway: local::gateway::GatewayHandle,
+    pub supabase_url: String,
+    pub publishable_key: Secret,
+    pub secret_key: Secret,
     pub http: reqwest::Client,
     postgrest: Child,
     postgrest_port: u16,
@@ -60,6 +66,13 @@ async fn server_config() -> Config {
         })
         .await
         .clone()
+}
+
+/// `BOOKENGINE_TEST_KEYS=new`: the service under test is configured as a current
+/// Supabase project is, with only SUPABASE_URL (the gateway), the publishable and the
+/// secret key (and the JWT secret); otherwise with PostgREST's URL and the legacy keys.
+pub fn new_keys_mode() -> bool {
+    std::env::var("BOOKENGINE_TEST_KEYS").is_ok_and(|v| v.trim() == "new")
 }
 
 /// A test-only ES256 key pair (tests/fixtures): the JWKS holds its public half.
@@ -122,7 +135,27 @@ impl TestStack {
         local::wait_ready(&rest_url, Duration::from_secs(20))
             .await
             .expect("PostgREST ready");
+        let publishable_key = Secret::new(format!(
+            "sb_publishable_{}",
+            local::random_secret(32).expose()
+        ));
+        let secret_key = Secret::new(format!("sb_secret_{}", local::random_secret(32).expose()));
+        let gateway = local::gateway::spawn(local::gateway::GatewayConfig {
+            postgrest_url: rest_url.clone(),
+            jwt_secret: jwt_secret.clone(),
+            jwks_path: jwks.then(|| PathBuf::from(JWKS_PATH)),
+            publishable_key: publishable_key.clone(),
+            secret_key: secret_key.clone(),
+            anon_key: keys.anon_key.clone(),
+            service_role_key: keys.service_role_key.clone(),
+        })
+        .await
+        .expect("start the local gateway");
         TestStack {
+            supabase_url: gateway.url.clone(),
+            gateway,
+            publishable_key,
+            secret_key,
             db,
             pg,
             rest_url,
@@ -173,12 +206,28 @@ impl TestStack {
             .expect("PostgREST ready again");
     }
 
+    /// The service's settings in the suite's key mode (see [`new_keys_mode`]).
     pub fn supabase_config(&self) -> SupabaseConfig {
+        if new_keys_mode() {
+            self.supabase_config_new_keys()
+        } else {
+            SupabaseConfig {
+                postgrest_url: Some(Url::parse(&self.rest_url).expect("url")),
+                anon_key: Some(self.anon_key.clone()),
+                service_role_key: Some(self.service_key.clone()),
+                ..Default::default()
+            }
+        }
+    }
+
+    /// Only what a current Supabase project hands out: its URL (here the gateway) and
+    /// the publishable and secret keys.
+    pub fn supabase_config_new_keys(&self) -> SupabaseConfig {
         SupabaseConfig {
-            supabase_url: None,
-            postgrest_url: Some(Url::parse(&self.rest_url).expect("url")),
-            anon_key: Some(self.anon_key.clone()),
-            service_role_key: Some(self.service_key.clone()),
+            supabase_url: Some(Url::parse(&self.supabase_url).expect("url")),
+            publishable_key: Some(self.publishable_key.clone()),
+            secret_key: Some(self.secret_key.clone()),
+            ..Default::default()
         }
     }
 

@@ -231,3 +231,92 @@ fn install_deno() -> PathBuf {
     );
     bin
 }
+
+/// `npm ci` for a test folder with a package.json and a package-lock.json (e.g.
+/// tests/seed-js), unless its node_modules already holds `package` at the locked
+/// version. As for Deno: installed in a scratch folder and moved into place with one
+/// rename, so concurrent runs never see a half-written tree.
+pub fn ensure_node_modules(dir: &Path, package: &str) -> PathBuf {
+    let node_modules = dir.join("node_modules");
+    let locked = |lock: &Path| -> Option<String> {
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(lock).ok()?).ok()?;
+        doc["packages"][format!("node_modules/{package}")]["version"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    let wanted = locked(&dir.join("package-lock.json")).unwrap_or_else(|| {
+        panic!(
+            "{}/package-lock.json does not lock {package}",
+            dir.display()
+        )
+    });
+    let current = || {
+        let text = std::fs::read_to_string(node_modules.join(package).join("package.json")).ok()?;
+        let doc: Value = serde_json::from_str(&text).ok()?;
+        doc["version"].as_str().map(str::to_owned)
+    };
+    if current().as_deref() == Some(wanted.as_str()) {
+        return node_modules;
+    }
+    let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "npm-install-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&scratch).expect("create the scratch install folder");
+    for file in ["package.json", "package-lock.json"] {
+        std::fs::copy(dir.join(file), scratch.join(file))
+            .unwrap_or_else(|e| panic!("copy {}/{file}: {e}", dir.display()));
+    }
+    eprintln!(
+        "installing {package} {wanted} with npm ci ({}) ...",
+        dir.display()
+    );
+    let out = std::process::Command::new("npm")
+        .args([
+            "ci",
+            "--ignore-scripts",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+        ])
+        .current_dir(&scratch)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("npm could not run ({e}); install Node.js with npm"));
+    assert!(
+        out.status.success(),
+        "npm ci in {} failed:\n{}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if node_modules.exists() {
+        let _ = std::fs::rename(&node_modules, scratch.join("stale_node_modules"));
+    }
+    // Losing the race to another run is fine: its tree is just as good. (The target
+    // directory on another file system: copy with `cp -a` instead.)
+    if std::fs::rename(scratch.join("node_modules"), &node_modules).is_err()
+        && current().as_deref() != Some(wanted.as_str())
+    {
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(scratch.join("node_modules"))
+            .arg(dir)
+            .status()
+            .expect("cp node_modules");
+        assert!(
+            status.success(),
+            "could not move node_modules into {}",
+            dir.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert_eq!(
+        current().as_deref(),
+        Some(wanted.as_str()),
+        "npm ci finished but {package} {wanted} is not in {}",
+        node_modules.display()
+    );
+    node_modules
+}

@@ -14,6 +14,7 @@ mod faults;
 mod foundation;
 mod generations;
 mod js_clients;
+mod keys;
 mod limits;
 mod load;
 #[cfg(feature = "local-model")]
@@ -21,3 +22,4 @@ mod local_model;
 mod mock_providers;
 mod resilience;
 mod security;
+mod seed_js;
