@@ -287,6 +287,7 @@ async fn policies_let_through(
         role,
         qualified: format!("public.{}", col.table),
         claims,
+        failures: Default::default(),
     };
 
     // The row as it is must pass USING (not asked of INSERT) ...
@@ -334,8 +335,17 @@ async fn policies_let_through(
     if !any {
         return Ok(None);
     }
-    let names: Vec<String> = through.iter().map(|n| format!("policy \"{n}\"")).collect();
-    Ok(Some(names.join(", ")))
+    let mut names = through
+        .iter()
+        .map(|n| format!("policy \"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if let Some(first) = eval.failures.lock().ok().and_then(|f| f.first().cloned()) {
+        names.push_str(&format!(
+            " (an expression could not be evaluated and counts as allowing: {first})"
+        ));
+    }
+    Ok(Some(names))
 }
 
 fn command_char(command: &str) -> &'static str {
@@ -354,6 +364,8 @@ struct Evaluator<'a> {
     role: &'a str,
     qualified: String,
     claims: Value,
+    /// Errors of expressions that could not be evaluated (counted as holding).
+    failures: std::sync::Mutex<Vec<String>>,
 }
 
 impl Evaluator<'_> {
@@ -371,6 +383,12 @@ impl Evaluator<'_> {
             Ok(holds) => Ok(holds),
             Err(e) => {
                 tracing::debug!(error = %e, expr, "policy expression not evaluated");
+                if let Ok(mut failures) = self.failures.lock() {
+                    failures.push(
+                        e.as_db_error()
+                            .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+                    );
+                }
                 Ok(true)
             }
         }

@@ -182,6 +182,26 @@ async fn doctor_flags_the_starter_profile_policy_and_is_quiet_once_the_guard_is_
     let found = findings(&report, "user_credits_tier_writable");
     assert_eq!(found.len(), 1, "{report:#}");
     assert!(objects(found[0]).contains("tier = 'enterprise' as authenticated"));
+
+    // A policy doctor cannot evaluate as the user counts as letting them through, and says so.
+    stack
+        .pg
+        .batch_execute(
+            "CREATE FUNCTION public.opaque_check() RETURNS boolean LANGUAGE sql AS 'SELECT false'; \
+             REVOKE EXECUTE ON FUNCTION public.opaque_check() FROM PUBLIC, anon, authenticated; \
+             DROP POLICY \"Users can update own credits\" ON public.user_credits; \
+             CREATE POLICY \"Opaque\" ON public.user_credits FOR UPDATE USING (public.opaque_check());",
+        )
+        .await
+        .expect("opaque policy");
+    let (_, report) = doctor(&stack, &[]);
+    let found = findings(&report, "user_credits_tier_writable");
+    assert_eq!(found.len(), 1, "{report:#}");
+    let named = objects(found[0]);
+    assert!(
+        named.contains("policy \\\"Opaque\\\"") && named.contains("could not be evaluated"),
+        "{named}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
