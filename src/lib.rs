@@ -7,6 +7,7 @@ pub mod assignments;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod engines;
 pub mod error;
 pub mod flow;

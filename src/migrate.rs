@@ -11,7 +11,8 @@ mod embedded {
 }
 
 const HISTORY_SCHEMA: &str = "bookengine";
-const HISTORY_TABLE: &str = "bookengine.refinery_schema_history";
+/// refinery's history of what `migrate` applied (read by `bookengine doctor`).
+pub const HISTORY_TABLE: &str = "bookengine.refinery_schema_history";
 
 /// One migration and whether the database has it.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -58,6 +59,11 @@ pub fn describe_host(config: &tokio_postgres::Config) -> String {
         "{host}:{port}/{}",
         config.get_dbname().unwrap_or("postgres")
     )
+}
+
+/// The migrations built into this binary, in version order (with their SQL).
+pub fn embedded() -> Vec<refinery::Migration> {
+    embedded::migrations::runner().get_migrations().clone()
 }
 
 fn runner() -> refinery::Runner {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod demo;
+mod doctor;
 mod foundation;
 #[cfg(feature = "local-model")]
 mod models;
@@ -49,6 +50,10 @@ pub enum Command {
     Assignments(admin::AssignmentsArgs),
     /// Which engine the token's user gets (--all: every engine, best first).
     Resolve(admin::ResolveArgs),
+    /// Check the host project (DATABASE_URL) and these settings: who can write profiles.role,
+    /// duplicate credits, pending migrations, webhook, keys, timeouts, policy lints.
+    /// Exits 8 on a security finding.
+    Doctor(doctor::DoctorArgs),
     /// Fetch and inspect the model file of the `local` provider (a small model on the CPU).
     #[cfg(feature = "local-model")]
     Models(models::ModelsArgs),
@@ -76,14 +81,15 @@ pub fn main() -> i32 {
     };
     let json = cli.json;
     match runtime.block_on(run(cli)) {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => report(&e, json),
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Error> {
+/// Run the command; returns the exit code of a command that finished (0 but for `doctor`).
+async fn run(cli: Cli) -> Result<i32, Error> {
     let json = cli.json;
-    match cli.command {
+    let done = match cli.command {
         Command::Demo(args) => demo::demo(args).await,
         Command::Migrate(args) => foundation::migrate(args, json).await,
         Command::Local(args) => foundation::local(args, json).await,
@@ -94,9 +100,11 @@ async fn run(cli: Cli) -> Result<(), Error> {
         Command::Assign(args) => admin::assign(args, json).await,
         Command::Assignments(args) => admin::assignments_cmd(args, json).await,
         Command::Resolve(args) => admin::resolve(args, json).await,
+        Command::Doctor(args) => return doctor::doctor(args, json).await,
         #[cfg(feature = "local-model")]
         Command::Models(args) => models::models(args, json).await,
-    }
+    };
+    done.map(|()| 0)
 }
 
 /// Print an error the way scripts and people both can read, and pick the exit code.
