@@ -6,8 +6,8 @@
 
 use super::finding::{Finding, Severity};
 use crate::config::SupabaseConfig;
+use crate::rest::keys::{is_jwt, role_claim};
 use crate::secret::Secret;
-use base64::Engine as _;
 
 pub fn check(settings: &SupabaseConfig) -> Vec<Finding> {
     let legacy: Vec<String> = [
@@ -23,10 +23,29 @@ pub fn check(settings: &SupabaseConfig) -> Vec<Finding> {
     if legacy.is_empty() {
         return Vec::new();
     }
+    let replacements = [
+        ("SUPABASE_PUBLISHABLE_KEY", &settings.publishable_key),
+        ("SUPABASE_SECRET_KEY", &settings.secret_key),
+    ]
+    .into_iter()
+    .filter(|(_, key)| key.as_ref().is_some_and(|k| !k.is_empty()))
+    .map(|(name, _)| name)
+    .collect::<Vec<_>>();
+    let already = if replacements.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " ({} already set: the service uses the new key and the legacy one can go)",
+            replacements.join(", ")
+        )
+    };
     vec![Finding::new(
         "legacy_api_keys",
         Severity::Warning,
-        format!("{} legacy JWT API key(s) in the service's settings", legacy.len()),
+        format!(
+            "{} legacy JWT API key(s) in the service's settings{already}",
+            legacy.len()
+        ),
     )
     .objects(legacy)
     .why(
@@ -36,30 +55,18 @@ pub fn check(settings: &SupabaseConfig) -> Vec<Finding> {
     )
     .fix(
         "-- not SQL: Dashboard -> Project Settings -> API Keys: create a publishable and a secret key,\n\
-         -- give them to the service (SUPABASE_PUBLISHABLE_KEY / SUPABASE_SECRET_KEY where supported),\n\
+         -- give them to the service (SUPABASE_PUBLISHABLE_KEY / SUPABASE_SECRET_KEY),\n\
          -- then disable the legacy JWT-based keys.",
     )]
 }
 
 /// The `role` claim of a key that is a JWT (`eyJ…`); the key itself is never shown.
 fn jwt_role(key: &Secret) -> Option<String> {
-    let value = key.expose();
-    if !value.starts_with("eyJ") {
+    let value = key.expose().trim();
+    if !is_jwt(value) {
         return None;
     }
-    let mut parts = value.split('.');
-    let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
-    let role = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-        .and_then(|claims| {
-            claims
-                .get("role")
-                .and_then(|r| r.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let role = role_claim(value).unwrap_or_else(|| "unknown".into());
     // Only the role's shape is echoed: a claim is not a secret, but keep it a word.
     Some(
         if role.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

@@ -39,7 +39,7 @@ pub fn is_jwt(key: &str) -> bool {
 
 /// The `role` claim of a JWT, read without verifying it (only to catch a key pasted
 /// into the wrong setting; PostgREST verifies every token it is given).
-fn role_claim(jwt: &str) -> Option<String> {
+pub fn role_claim(jwt: &str) -> Option<String> {
     let payload = jwt.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
