@@ -80,6 +80,7 @@ fn jwt_role(key: &Secret) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     fn with(anon: &str, service: &str) -> SupabaseConfig {
         SupabaseConfig {
