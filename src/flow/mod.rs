@@ -1,11 +1,16 @@
 //! Flow documents: parse, check and convert a SuperAdmin's multi-step AI flow,
 //! and render its prompt templates.
 //!
-//! [`parse_flow`] runs four stages and fails at the first stage that finds
-//! anything, listing every problem of that stage in
-//! `details.issues = [{"path", "code", "message", ...}]`:
+//! [`parse_flow`] first reads the React app's shapes (stage 0, `normalize`:
+//! camelCase keys, `for_each` as a template path, bare `{{name}}`; each rewrite
+//! becomes a [`Note`] on the flow), then runs four stages and fails at the first
+//! stage that finds anything, listing every problem of that stage in
+//! `details.issues = [{"path", "code", "message", ...}]` (and the notes in
+//! `details.notes`):
 //!
-//! 1. shape (`invalid_flow`): JSON types of the document and its members;
+//! 1. shape (`invalid_flow`): JSON types of the document and its members; then
+//!    what stage 0 could not read because it means two things (`invalid_flow`,
+//!    `ambiguous_key` / `ambiguous_reference`);
 //! 2. secrets (`secret_in_flow`): credential-like keys or values anywhere,
 //!    because an engine row is readable by every user it is assigned to;
 //! 3. readiness (`flow_not_ready`, with `details.readiness` 0..=100): every
@@ -19,6 +24,7 @@ mod convert;
 mod document;
 mod graph;
 mod issue;
+mod normalize;
 mod readiness;
 mod secrets;
 mod shape;
@@ -29,6 +35,7 @@ pub use convert::SCHEMA_VERSION;
 pub use document::{
     EngineRow, ExecutionMode, Flow, ForEach, ModelRef, OutputKind, Step, StepConfig, Tier,
 };
+pub use normalize::{aliases, Note};
 pub use template::{references, render};
 
 use serde_json::Value;
@@ -50,8 +57,27 @@ pub const PROVIDERS: &[&str] = &[
 /// Checks a flow document (see the module docs for the stages) and returns
 /// the typed flow.
 pub fn parse_flow(doc: &Value) -> Result<Flow> {
+    let normalized = normalize::normalize(doc);
+    let notes = normalized.notes;
+    parse_normalized(&normalized.doc, &normalized.issues)
+        .map(|mut flow| {
+            flow.notes.clone_from(&notes);
+            flow
+        })
+        .map_err(|e| with_notes(e, &notes))
+}
+
+fn parse_normalized(doc: &Value, ambiguities: &[issue::Issue]) -> Result<Flow> {
     let raw = shape::check(doc)
         .map_err(|issues| stage_error(codes::INVALID_FLOW, "invalid flow", &issues, None))?;
+    if !ambiguities.is_empty() {
+        return Err(stage_error(
+            codes::INVALID_FLOW,
+            "invalid flow",
+            ambiguities,
+            None,
+        ));
+    }
     let found = secrets::scan(doc);
     if !found.is_empty() {
         return Err(stage_error(
@@ -71,6 +97,21 @@ pub fn parse_flow(doc: &Value) -> Result<Flow> {
     })?;
     validate::build(&raw)
         .map_err(|issues| stage_error(codes::INVALID_FLOW, "invalid flow", &issues, None))
+}
+
+/// The rewrites stage 0 made, next to the issues of a refused flow: the admin
+/// fixes the rest knowing how their spelling was read.
+fn with_notes(mut err: crate::error::Error, notes: &[Note]) -> crate::error::Error {
+    if notes.is_empty() {
+        return err;
+    }
+    if let Some(Value::Object(details)) = err.details.as_mut() {
+        details.insert(
+            "notes".into(),
+            serde_json::to_value(notes).unwrap_or_default(),
+        );
+    }
+    err
 }
 
 /// Builders shared by the tests of this module's files.
