@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::issue::{index_path, key_path, quote, Issue};
@@ -20,7 +20,7 @@ use super::shape::CONFIG_KEYS;
 use super::template::{self, ITEM_VARS, ROOT_INPUT, ROOT_STEPS};
 
 /// One rewrite: at `path`, `from` was read as `to`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Note {
     pub path: String,
     pub from: String,

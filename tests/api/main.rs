@@ -9,6 +9,7 @@ mod auth;
 mod browser;
 mod cli;
 mod demo;
+mod engine_checks;
 mod engines;
 mod faults;
 mod foundation;
