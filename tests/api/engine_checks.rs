@@ -523,7 +523,7 @@ async fn an_insert_missing_what_sql_can_check_is_refused_naming_the_field() {
         .table(&caller, "ai_engines")
         .expect("builder")
         .insert(json!({"name": "x", "flow_config": {"steps": []}, "models": []}).to_string());
-    let err = rest.send::<Value>(builder).await.err().expect("refused");
+    let err = rest.send::<Value>(builder).await.expect_err("refused");
     assert_eq!(
         (err.code, err.message.as_str()),
         ("invalid_flow", "flow_config.steps must not be empty")
