@@ -299,6 +299,7 @@ GRANT EXECUTE ON FUNCTION public.engine_check_for(uuid) TO authenticated, servic
 -- service checks pending engines every BOOKENGINE_CHECK_INTERVAL_MS (1 s).
 CREATE FUNCTION public.engine_check_wait_seconds() RETURNS double precision
 LANGUAGE sql IMMUTABLE AS $$ SELECT 4.0::double precision $$;
+REVOKE ALL ON FUNCTION public.engine_check_wait_seconds() FROM PUBLIC, anon, authenticated, service_role;
 GRANT EXECUTE ON FUNCTION public.engine_check_wait_seconds() TO authenticated, service_role;
 
 -- As V5, with the engine's check as the gate:
