@@ -193,20 +193,26 @@ pub async fn update(rest: &Rest, caller: &Caller, id: Uuid, patch: EnginePatch) 
             "nothing to update: give name, description, active, tier or flow",
         ));
     }
+    // Only these columns change what the service checks (sql/V7 engine_flow_hash).
+    let rechecks = ["flow_config", "name", "tier", "execution_mode"]
+        .iter()
+        .any(|k| body.contains_key(*k));
     let builder = rest
         .table(caller, "ai_engines")?
         .eq("id", id.to_string())
-        .update(Value::Object(body).to_string());
+        .update(Value::Object(body).to_string())
+        .select(columns());
     let rows: Vec<Engine> = rest
         .send(builder)
         .await
         .map_err(admin_only("update engines"))?;
     match rows.into_iter().next() {
-        Some(engine) => {
+        Some(engine) if rechecks => {
             let mut engine = checked(rest, caller, engine).await;
             engine.notes = notes;
             Ok(engine)
         }
+        Some(engine) => Ok(engine),
         None => Err(explain_no_rows(rest, caller, id, "update engines").await),
     }
 }

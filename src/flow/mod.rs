@@ -297,6 +297,58 @@ mod tests {
         assert_eq!(readiness, Some(json!(0)));
     }
 
+    #[test]
+    fn react_spellings_are_read_and_noted_even_when_the_flow_is_refused() {
+        let doc = json!({"name": "n", "type": "full", "steps": [
+            {"id": "a", "configuration": {"provider": "openai", "model": "m",
+              "prompt": "About {{topic}} and {{topic}}.", "maxTokens": 10, "timeout": 30}}]});
+        let f = match parse_flow(&doc) {
+            Ok(f) => f,
+            Err(e) => panic!("{e} {:?}", e.details),
+        };
+        assert_eq!(f.steps[0].config.max_tokens, Some(10));
+        assert_eq!(f.steps[0].config.timeout_s, Some(30));
+        assert_eq!(
+            f.steps[0].config.prompt,
+            "About {{ input.topic }} and {{ input.topic }}."
+        );
+        assert_eq!(f.notes.len(), 3, "{:?}", f.notes);
+        // Stored canonical: reading the row again changes nothing and notes nothing.
+        let row = f.to_engine_row();
+        let again = Flow::from_engine(&row.name, &row.flow_config, None, None);
+        assert!(again.is_ok_and(|g| g.notes.is_empty() && g.steps == f.steps));
+        // A timeout in milliseconds is refused at the canonical path, with the note.
+        let mut ms = doc.clone();
+        ms["steps"][0]["configuration"]["timeout"] = json!(30000);
+        let err = parse_flow(&ms).err();
+        let got = err.as_ref().map(issues).unwrap_or_default();
+        assert!(
+            has(&got, "steps[0].configuration.timeout_s", "out_of_range"),
+            "{got:?}"
+        );
+        let notes = err
+            .and_then(|e| e.details)
+            .map(|d| d["notes"].clone())
+            .unwrap_or_default();
+        assert!(
+            notes
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["from"] == "timeout")),
+            "{notes}"
+        );
+        // Two readings: refused with both named, before secrets and readiness.
+        let both = json!({"name": "n", "type": "full", "steps": [
+            {"id": "a", "configuration": {"maxTokens": 1, "max_tokens": 2}}]});
+        let got = refused(&both, codes::INVALID_FLOW);
+        assert_eq!(
+            got,
+            [(
+                "steps[0].configuration.maxTokens".to_string(),
+                "ambiguous_key".to_string()
+            )]
+        );
+    }
+
     // ---- property tests -------------------------------------------------
 
     fn arb_key() -> impl Strategy<Value = String> {
@@ -401,6 +453,24 @@ mod tests {
             let wrapped = json!({"name": "n", "type": "full", "steps": [doc.clone()]});
             let _ = parse_flow(&wrapped);
             let _ = Flow::from_engine("n", &json!({"type": "full", "steps": doc}), Some("parallel"), None);
+        }
+
+        #[test]
+        fn normalizing_twice_changes_nothing(doc in arb_json(), tmpl in arb_template(), key in arb_key()) {
+            let mut cfg = serde_json::Map::new();
+            cfg.insert(key.clone(), doc.clone());
+            cfg.insert("prompt".into(), Value::from(tmpl.clone()));
+            cfg.insert("forEach".into(), Value::from(tmpl.clone()));
+            let shaped = json!({"steps": [{"id": "a", "configuration": cfg},
+                                          {"id": key, "configuration": {"systemPrompt": tmpl}}]});
+            for d in [doc, shaped] {
+                let once = normalize::normalize(&d);
+                if once.issues.is_empty() {
+                    let twice = normalize::normalize(&once.doc);
+                    prop_assert_eq!(&twice.doc, &once.doc);
+                    prop_assert!(twice.notes.is_empty(), "{:?}", twice.notes);
+                }
+            }
         }
 
         #[test]

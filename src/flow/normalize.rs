@@ -276,11 +276,15 @@ fn placeholders(
                 out.push_str(whole);
             }
             Reading::As(to) => {
-                notes.push(Note {
+                let note = Note {
                     path: path.to_string(),
                     from: whole.to_string(),
                     to: to.clone(),
-                });
+                };
+                // `{{topic}}` twice in one prompt is one reading.
+                if !notes.contains(&note) {
+                    notes.push(note);
+                }
                 out.push_str(&to);
             }
         }
