@@ -135,6 +135,7 @@ async fn seed_base(pg: &tokio_postgres::Client, flow: &serde_json::Value) -> Res
         &[&row.description, &row.flow_config, &row.models],
     )
     .await?;
+    mark_checked(pg).await?;
     println!(
         "seeded {USERS} users (profiles, user_credits: 50% hobby / 35% pro / 15% enterprise) and {ENGINES} engines (2% inactive, flow_config = the example book flow) in {:.1} s",
         t.elapsed().as_secs_f64()

@@ -46,6 +46,10 @@ pub mod codes {
     pub const ASSIGNMENT_NOT_FOUND: &str = "assignment_not_found";
     pub const GENERATION_NOT_FOUND: &str = "generation_not_found";
     pub const NO_ENGINE_ASSIGNED: &str = "no_engine_assigned";
+    /// The engine's flow failed the service's check; `details.issues` says why.
+    pub const ENGINE_NOT_RUNNABLE: &str = "engine_not_runnable";
+    /// The engine changed moments ago and its check is not done: retry shortly.
+    pub const ENGINE_CHECK_PENDING: &str = "engine_check_pending";
     pub const CONFLICT: &str = "conflict";
     pub const LEASE_LOST: &str = "lease_lost";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";

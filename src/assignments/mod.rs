@@ -40,6 +40,15 @@ pub struct EngineChoice {
     pub assignment_priority: Option<i32>,
     pub assigned_at: Option<String>,
     pub rank: i32,
+    /// The service's check: `pending`, `runnable` or `not_runnable`. Resolution
+    /// skips a not_runnable engine for the next one.
+    #[serde(default)]
+    pub check_state: Option<String>,
+    /// true: checked; false: known broken (see check_issues); null: pending.
+    #[serde(default)]
+    pub runnable: Option<bool>,
+    #[serde(default)]
+    pub check_issues: Option<Value>,
 }
 
 /// Who an assignment is for.
@@ -50,10 +59,14 @@ pub enum Target {
 }
 
 /// The request body for one assignment: exactly one of `tier` and `user_id`.
+/// `assignment_type` (the table's own column, which the React app sends) may be
+/// given too; it must agree with them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewAssignment {
     pub engine_id: Uuid,
+    #[serde(default)]
+    pub assignment_type: Option<String>,
     #[serde(default)]
     pub tier: Option<Tier>,
     #[serde(default)]
@@ -66,14 +79,42 @@ pub struct NewAssignment {
 
 impl NewAssignment {
     pub fn target(&self) -> Result<Target> {
-        match (self.tier, self.user_id) {
-            (Some(t), None) => Ok(Target::Tier(t)),
-            (None, Some(u)) => Ok(Target::User(u)),
-            _ => Err(Error::invalid(
+        let target = match (self.tier, self.user_id) {
+            (Some(t), None) => Target::Tier(t),
+            (None, Some(u)) => Target::User(u),
+            _ => {
+                return Err(Error::invalid(
+                    codes::INVALID_ASSIGNMENT,
+                    "give exactly one of tier and user_id",
+                )
+                .with_details(json!({"path": "tier"})))
+            }
+        };
+        let implied = match target {
+            Target::Tier(_) => "tier",
+            Target::User(_) => "user_id",
+        };
+        match self.assignment_type.as_deref() {
+            None => Ok(target),
+            Some("tier") if implied == "tier" => Ok(target),
+            Some("user") if implied == "user_id" => Ok(target),
+            Some(kind @ ("tier" | "user")) => Err(Error::invalid(
                 codes::INVALID_ASSIGNMENT,
-                "give exactly one of tier and user_id",
+                format!(
+                    "assignment_type is \"{kind}\" but the assignment names a {}; give {} or leave assignment_type out",
+                    if implied == "tier" { "tier" } else { "user_id" },
+                    if kind == "tier" { "tier (and no user_id)" } else { "user_id (and no tier)" },
+                ),
             )
-            .with_details(json!({"path": "tier"}))),
+            .with_details(json!({"path": "assignment_type"}))),
+            Some(other) => Err(Error::invalid(
+                codes::INVALID_ASSIGNMENT,
+                format!(
+                    "unknown assignment_type {}; expected \"tier\" or \"user\"",
+                    Value::from(other)
+                ),
+            )
+            .with_details(json!({"path": "assignment_type"}))),
         }
     }
 
@@ -97,6 +138,9 @@ impl NewAssignment {
 #[serde(deny_unknown_fields)]
 pub struct BulkAssignment {
     pub engine_ids: Vec<Uuid>,
+    /// Optional, as on one assignment: `tier` allows only `tiers`, `user` only `user_ids`.
+    #[serde(default)]
+    pub assignment_type: Option<String>,
     #[serde(default)]
     pub tiers: Vec<Tier>,
     #[serde(default)]
@@ -126,6 +170,18 @@ impl BulkAssignment {
             )
             .with_details(json!({"path": "tiers"})));
         }
+        let contradiction = match self.assignment_type.as_deref() {
+            None => None,
+            Some("tier") => (!self.user_ids.is_empty())
+                .then_some("assignment_type is \"tier\" but user_ids are given"),
+            Some("user") => (!self.tiers.is_empty())
+                .then_some("assignment_type is \"user\" but tiers are given"),
+            Some(_) => Some("assignment_type must be \"tier\" or \"user\""),
+        };
+        if let Some(message) = contradiction {
+            return Err(Error::invalid(codes::INVALID_ASSIGNMENT, message)
+                .with_details(json!({"path": "assignment_type"})));
+        }
         let n = self.engine_ids.len() * (self.tiers.len() + self.user_ids.len());
         if n > BULK_LIMIT {
             return Err(Error::invalid(
@@ -138,6 +194,7 @@ impl BulkAssignment {
             for &tier in &self.tiers {
                 out.push(NewAssignment {
                     engine_id,
+                    assignment_type: None,
                     tier: Some(tier),
                     user_id: None,
                     priority: self.priority,
@@ -147,6 +204,7 @@ impl BulkAssignment {
             for &user in &self.user_ids {
                 out.push(NewAssignment {
                     engine_id,
+                    assignment_type: None,
                     tier: None,
                     user_id: Some(user),
                     priority: self.priority,

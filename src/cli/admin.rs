@@ -327,6 +327,7 @@ pub async fn assign(args: AssignArgs, json: bool) -> Result<()> {
     let (rest, caller, _) = args.auth.connect()?;
     let new = NewAssignment {
         engine_id: args.engine,
+        assignment_type: None,
         tier: args.tier,
         user_id: args.user,
         priority: Some(args.priority),

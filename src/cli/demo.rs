@@ -199,6 +199,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     step("assigning it to the pro tier");
     let new = NewAssignment {
         engine_id: engine.id,
+        assignment_type: None,
         tier: Some(Tier::Pro),
         user_id: None,
         priority: Some(10),

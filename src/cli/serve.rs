@@ -21,6 +21,15 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let app = Application::build(&config).await?;
     let shutdown = CancellationToken::new();
     let worker = if config.no_worker {
+        // The worker starts the engine checker; an API-only instance starts its own
+        // when it has the service key (otherwise its workers do it).
+        if config.supabase.service_role_key().is_ok() {
+            crate::engines::check::spawn(
+                app.state.rest.clone(),
+                std::time::Duration::from_millis(config.worker.check_interval_ms),
+                shutdown.clone(),
+            );
+        }
         None
     } else {
         let (_, handle) = crate::worker::spawn(

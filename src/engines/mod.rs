@@ -1,9 +1,13 @@
 //! Engine deployment: a flow document becomes an `ai_engines` row. Every call is
 //! made with the caller's JWT; the specified admin policy decides who may write.
+//! Each engine carries the service's check (`check.rs`), whoever wrote it.
+
+pub mod check;
 
 use crate::error::{codes, Error, Kind, Result};
-use crate::flow::{parse_flow, Tier};
+use crate::flow::{parse_flow, Note, Tier};
 use crate::rest::{Caller, Rest};
+use check::EngineCheck;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
@@ -22,6 +26,18 @@ pub struct Engine {
     pub created_by: Option<Uuid>,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
+    /// The service's check of this engine (`engine_checks`), when the caller can see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<EngineCheck>,
+    /// Deploy and update only: how the React app's spellings in the document sent
+    /// were read (the engine is stored in the canonical form).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<Note>,
+}
+
+/// The columns every engine read returns: the row and its check.
+fn columns() -> String {
+    format!("*,{}", check::EMBED)
 }
 
 /// What may change on a deployed engine. `flow` redeploys: a new flow document
@@ -85,16 +101,30 @@ pub async fn deploy(rest: &Rest, caller: &Caller, created_by: Uuid, doc: &Value)
         .table(caller, "ai_engines")?
         .insert(body.to_string())
         .single();
-    rest.send(builder)
+    let engine: Engine = rest
+        .send(builder)
         .await
-        .map_err(admin_only("deploy engines"))
+        .map_err(admin_only("deploy engines"))?;
+    let mut engine = checked(rest, caller, engine).await;
+    engine.notes = flow.notes;
+    Ok(engine)
+}
+
+/// The engine as the caller sees it after the service checked it. The flow has just
+/// passed the same rules, so the check is quick; without the service key it is left
+/// to the checker (`pending` until then).
+async fn checked(rest: &Rest, caller: &Caller, engine: Engine) -> Engine {
+    if let Err(e) = check::run_pending(rest, Some(engine.id)).await {
+        tracing::debug!(code = e.code, "engine left for the checker");
+    }
+    get(rest, caller, engine.id).await.unwrap_or(engine)
 }
 
 /// The engines the caller can see (admins: all), newest first.
 pub async fn list(rest: &Rest, caller: &Caller, filter: &EngineFilter) -> Result<Vec<Engine>> {
     let mut builder = rest
         .table(caller, "ai_engines")?
-        .select("*")
+        .select(columns())
         .order("created_at.desc");
     if let Some(active) = filter.active {
         builder = builder.eq("active", active.to_string());
@@ -109,7 +139,7 @@ pub async fn list(rest: &Rest, caller: &Caller, filter: &EngineFilter) -> Result
 pub async fn get(rest: &Rest, caller: &Caller, id: Uuid) -> Result<Engine> {
     let builder = rest
         .table(caller, "ai_engines")?
-        .select("*")
+        .select(columns())
         .eq("id", id.to_string());
     let rows: Vec<Engine> = rest.send(builder).await?;
     rows.into_iter().next().ok_or_else(|| not_found(id))
@@ -145,8 +175,11 @@ pub async fn update(rest: &Rest, caller: &Caller, id: Uuid, patch: EnginePatch) 
     if let Some(tier) = patch.tier {
         body.insert("tier".into(), json!(tier.map(|t| t.as_str())));
     }
+    let mut notes = Vec::new();
     if let Some(doc) = patch.flow {
-        let row = parse_flow(&doc)?.to_engine_row();
+        let flow = parse_flow(&doc)?;
+        let row = flow.to_engine_row();
+        notes = flow.notes;
         body.insert("flow_config".into(), row.flow_config);
         body.insert("models".into(), row.models);
         body.insert("execution_mode".into(), json!(row.execution_mode));
@@ -160,15 +193,25 @@ pub async fn update(rest: &Rest, caller: &Caller, id: Uuid, patch: EnginePatch) 
             "nothing to update: give name, description, active, tier or flow",
         ));
     }
+    // Only these columns change what the service checks (sql/V7 engine_flow_hash).
+    let rechecks = ["flow_config", "name", "tier", "execution_mode"]
+        .iter()
+        .any(|k| body.contains_key(*k));
     let builder = rest
         .table(caller, "ai_engines")?
         .eq("id", id.to_string())
-        .update(Value::Object(body).to_string());
+        .update(Value::Object(body).to_string())
+        .select(columns());
     let rows: Vec<Engine> = rest
         .send(builder)
         .await
         .map_err(admin_only("update engines"))?;
     match rows.into_iter().next() {
+        Some(engine) if rechecks => {
+            let mut engine = checked(rest, caller, engine).await;
+            engine.notes = notes;
+            Ok(engine)
+        }
         Some(engine) => Ok(engine),
         None => Err(explain_no_rows(rest, caller, id, "update engines").await),
     }

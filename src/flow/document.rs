@@ -185,6 +185,9 @@ pub struct Flow {
     pub execution_mode: ExecutionMode,
     pub tier: Option<Tier>,
     pub steps: Vec<Step>,
+    /// How the React app's spellings were read (stage 0); empty for a canonical document.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<super::Note>,
 }
 
 /// The `ai_engines` columns a deploy writes.

@@ -1,11 +1,16 @@
 //! Flow documents: parse, check and convert a SuperAdmin's multi-step AI flow,
 //! and render its prompt templates.
 //!
-//! [`parse_flow`] runs four stages and fails at the first stage that finds
-//! anything, listing every problem of that stage in
-//! `details.issues = [{"path", "code", "message", ...}]`:
+//! [`parse_flow`] first reads the React app's shapes (stage 0, `normalize`:
+//! camelCase keys, `for_each` as a template path, bare `{{name}}`; each rewrite
+//! becomes a [`Note`] on the flow), then runs four stages and fails at the first
+//! stage that finds anything, listing every problem of that stage in
+//! `details.issues = [{"path", "code", "message", ...}]` (and the notes in
+//! `details.notes`):
 //!
-//! 1. shape (`invalid_flow`): JSON types of the document and its members;
+//! 1. shape (`invalid_flow`): JSON types of the document and its members; then
+//!    what stage 0 could not read because it means two things (`invalid_flow`,
+//!    `ambiguous_key` / `ambiguous_reference`);
 //! 2. secrets (`secret_in_flow`): credential-like keys or values anywhere,
 //!    because an engine row is readable by every user it is assigned to;
 //! 3. readiness (`flow_not_ready`, with `details.readiness` 0..=100): every
@@ -19,6 +24,7 @@ mod convert;
 mod document;
 mod graph;
 mod issue;
+mod normalize;
 mod readiness;
 mod secrets;
 mod shape;
@@ -29,6 +35,7 @@ pub use convert::SCHEMA_VERSION;
 pub use document::{
     EngineRow, ExecutionMode, Flow, ForEach, ModelRef, OutputKind, Step, StepConfig, Tier,
 };
+pub use normalize::{aliases, Note};
 pub use template::{references, render};
 
 use serde_json::Value;
@@ -50,8 +57,27 @@ pub const PROVIDERS: &[&str] = &[
 /// Checks a flow document (see the module docs for the stages) and returns
 /// the typed flow.
 pub fn parse_flow(doc: &Value) -> Result<Flow> {
+    let normalized = normalize::normalize(doc);
+    let notes = normalized.notes;
+    parse_normalized(&normalized.doc, &normalized.issues)
+        .map(|mut flow| {
+            flow.notes.clone_from(&notes);
+            flow
+        })
+        .map_err(|e| with_notes(e, &notes))
+}
+
+fn parse_normalized(doc: &Value, ambiguities: &[issue::Issue]) -> Result<Flow> {
     let raw = shape::check(doc)
         .map_err(|issues| stage_error(codes::INVALID_FLOW, "invalid flow", &issues, None))?;
+    if !ambiguities.is_empty() {
+        return Err(stage_error(
+            codes::INVALID_FLOW,
+            "invalid flow",
+            ambiguities,
+            None,
+        ));
+    }
     let found = secrets::scan(doc);
     if !found.is_empty() {
         return Err(stage_error(
@@ -71,6 +97,21 @@ pub fn parse_flow(doc: &Value) -> Result<Flow> {
     })?;
     validate::build(&raw)
         .map_err(|issues| stage_error(codes::INVALID_FLOW, "invalid flow", &issues, None))
+}
+
+/// The rewrites stage 0 made, next to the issues of a refused flow: the admin
+/// fixes the rest knowing how their spelling was read.
+fn with_notes(mut err: crate::error::Error, notes: &[Note]) -> crate::error::Error {
+    if notes.is_empty() {
+        return err;
+    }
+    if let Some(Value::Object(details)) = err.details.as_mut() {
+        details.insert(
+            "notes".into(),
+            serde_json::to_value(notes).unwrap_or_default(),
+        );
+    }
+    err
 }
 
 /// Builders shared by the tests of this module's files.
@@ -256,6 +297,58 @@ mod tests {
         assert_eq!(readiness, Some(json!(0)));
     }
 
+    #[test]
+    fn react_spellings_are_read_and_noted_even_when_the_flow_is_refused() {
+        let doc = json!({"name": "n", "type": "full", "steps": [
+            {"id": "a", "configuration": {"provider": "openai", "model": "m",
+              "prompt": "About {{topic}} and {{topic}}.", "maxTokens": 10, "timeout": 30}}]});
+        let f = match parse_flow(&doc) {
+            Ok(f) => f,
+            Err(e) => panic!("{e} {:?}", e.details),
+        };
+        assert_eq!(f.steps[0].config.max_tokens, Some(10));
+        assert_eq!(f.steps[0].config.timeout_s, Some(30));
+        assert_eq!(
+            f.steps[0].config.prompt,
+            "About {{ input.topic }} and {{ input.topic }}."
+        );
+        assert_eq!(f.notes.len(), 3, "{:?}", f.notes);
+        // Stored canonical: reading the row again changes nothing and notes nothing.
+        let row = f.to_engine_row();
+        let again = Flow::from_engine(&row.name, &row.flow_config, None, None);
+        assert!(again.is_ok_and(|g| g.notes.is_empty() && g.steps == f.steps));
+        // A timeout in milliseconds is refused at the canonical path, with the note.
+        let mut ms = doc.clone();
+        ms["steps"][0]["configuration"]["timeout"] = json!(30000);
+        let err = parse_flow(&ms).err();
+        let got = err.as_ref().map(issues).unwrap_or_default();
+        assert!(
+            has(&got, "steps[0].configuration.timeout_s", "out_of_range"),
+            "{got:?}"
+        );
+        let notes = err
+            .and_then(|e| e.details)
+            .map(|d| d["notes"].clone())
+            .unwrap_or_default();
+        assert!(
+            notes
+                .as_array()
+                .is_some_and(|n| n.iter().any(|n| n["from"] == "timeout")),
+            "{notes}"
+        );
+        // Two readings: refused with both named, before secrets and readiness.
+        let both = json!({"name": "n", "type": "full", "steps": [
+            {"id": "a", "configuration": {"maxTokens": 1, "max_tokens": 2}}]});
+        let got = refused(&both, codes::INVALID_FLOW);
+        assert_eq!(
+            got,
+            [(
+                "steps[0].configuration.maxTokens".to_string(),
+                "ambiguous_key".to_string()
+            )]
+        );
+    }
+
     // ---- property tests -------------------------------------------------
 
     fn arb_key() -> impl Strategy<Value = String> {
@@ -360,6 +453,24 @@ mod tests {
             let wrapped = json!({"name": "n", "type": "full", "steps": [doc.clone()]});
             let _ = parse_flow(&wrapped);
             let _ = Flow::from_engine("n", &json!({"type": "full", "steps": doc}), Some("parallel"), None);
+        }
+
+        #[test]
+        fn normalizing_twice_changes_nothing(doc in arb_json(), tmpl in arb_template(), key in arb_key()) {
+            let mut cfg = serde_json::Map::new();
+            cfg.insert(key.clone(), doc.clone());
+            cfg.insert("prompt".into(), Value::from(tmpl.clone()));
+            cfg.insert("forEach".into(), Value::from(tmpl.clone()));
+            let shaped = json!({"steps": [{"id": "a", "configuration": cfg},
+                                          {"id": key, "configuration": {"systemPrompt": tmpl}}]});
+            for d in [doc, shaped] {
+                let once = normalize::normalize(&d);
+                if once.issues.is_empty() {
+                    let twice = normalize::normalize(&once.doc);
+                    prop_assert_eq!(&twice.doc, &once.doc);
+                    prop_assert!(twice.notes.is_empty(), "{:?}", twice.notes);
+                }
+            }
         }
 
         #[test]

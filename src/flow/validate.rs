@@ -122,6 +122,7 @@ pub(crate) fn build(raw: &RawFlow<'_>) -> Result<Flow, Vec<Issue>> {
         execution_mode,
         tier,
         steps,
+        notes: Vec::new(),
     })
 }
 
@@ -353,7 +354,7 @@ fn build_step(
                 Issue::new(
                     path.clone(),
                     "invalid_for_each",
-                    "for_each must be \"<step_id>\" or \"<step_id>.<field>…\" with no empty parts",
+                    "for_each must be \"<step_id>\" or \"<step_id>.<field>…\" (or the template path \"steps.<step_id>.output.<field>…\") with no empty parts",
                 )
                 .with("step_id", id),
             );
@@ -1056,7 +1057,7 @@ mod tests {
                 step("a", json!({"prompt": "{{ input.topic ", "output": "json"})),
                 step(
                     "b",
-                    json!({"prompt": "{{ topic }} {{ item.title }} {{ loop.index }}"}),
+                    json!({"prompt": "{{ topic | upper }} {{ item.title }} {{ loop.index }}"}),
                 ),
                 step(
                     "c",
@@ -1148,7 +1149,10 @@ mod tests {
             "sequential",
             vec![
                 step("a", json!({"provider": "nope", "temperature": 9})),
-                step("b", json!({"depends_on": ["zzz"], "prompt": "{{ what }}"})),
+                step(
+                    "b",
+                    json!({"depends_on": ["zzz"], "prompt": "{{ what | trim }}"}),
+                ),
             ],
         );
         let got = refused(&doc, INVALID_FLOW);

@@ -175,6 +175,9 @@ fn sql_code(details: Option<&str>) -> Option<&'static str> {
     const KNOWN: &[&str] = &[
         codes::NO_ENGINE_ASSIGNED,
         codes::ENGINE_NOT_FOUND,
+        codes::ENGINE_NOT_RUNNABLE,
+        codes::ENGINE_CHECK_PENDING,
+        codes::INVALID_FLOW,
         codes::GENERATION_NOT_FOUND,
         codes::LEASE_LOST,
         codes::RATE_LIMITED,
@@ -220,7 +223,15 @@ fn map_error(status: u16, err: PgrstError) -> Error {
             e = e.with_retry_after(secs);
         }
         if let Some(hint) = err.hint {
-            e = e.with_details(serde_json::json!({ "hint": hint }));
+            // engine_not_runnable carries the check's issues as JSON in the hint.
+            let issues = (code == codes::ENGINE_NOT_RUNNABLE)
+                .then(|| serde_json::from_str::<Value>(&hint).ok())
+                .flatten()
+                .filter(Value::is_array);
+            e = e.with_details(match issues {
+                Some(issues) => serde_json::json!({ "issues": issues }),
+                None => serde_json::json!({ "hint": hint }),
+            });
         }
         return e;
     }

@@ -51,6 +51,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "BOOKENGINE_RUNNING_MARK_MS", default_value_t = 500)]
     pub running_mark_ms: u64,
 
+    /// How often to look for engines whose check is pending (written by any client,
+    /// e.g. the React app through PostgREST), in milliseconds.
+    #[arg(long, env = "BOOKENGINE_CHECK_INTERVAL_MS", default_value_t = 1000)]
+    pub check_interval_ms: u64,
+
     /// This worker's name in leases (default: host-pid).
     #[arg(long, env = "BOOKENGINE_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -67,6 +72,7 @@ impl Default for WorkerConfig {
             backoff_ms: 500,
             call_timeout_seconds: 120,
             running_mark_ms: 500,
+            check_interval_ms: 1000,
             worker_id: None,
         }
     }
@@ -180,6 +186,12 @@ pub async fn spawn(
     let registry = providers.registry().await?;
     let labels = registry.labels();
     tracing::info!(providers = ?labels, "providers");
+    // The engine checker rides along: a worker is where engines must be known good.
+    crate::engines::check::spawn(
+        rest.clone(),
+        Duration::from_millis(config.check_interval_ms),
+        shutdown.clone(),
+    );
     let worker = Worker::new(Queue::new(rest), registry, config.clone());
     let handle = tokio::spawn(worker.clone().run(wake, shutdown, Duration::from_secs(10)));
     Ok((worker, handle))

@@ -27,6 +27,25 @@ export interface Engine {
   created_by: string | null;
   created_at: string | null;
   updated_at: string | null;
+  /** The service's check of the engine, whoever wrote it (engine_checks). */
+  check?: EngineCheck | null;
+  /** Deploy and update only: how the React app's spellings were read. */
+  notes?: Note[];
+}
+
+/** One rewrite of the React app's spelling: at `path`, `from` was read as `to`. */
+export interface Note {
+  path: string;
+  from: string;
+  to: string;
+}
+
+export interface EngineCheck {
+  state: "pending" | "runnable" | "not_runnable";
+  /** Why it cannot run, each with the path of the field. */
+  issues: { path: string; code: string; message: string; [key: string]: Json }[];
+  notes: Note[];
+  checked_at: string | null;
 }
 
 export interface EngineFilter {
@@ -92,13 +111,20 @@ export interface AssignmentPatch {
   active?: boolean;
 }
 
-/** An engine the caller may use, with the assignment that gives it; rank 1 is the one used by default. */
-export interface EngineChoice extends Omit<Engine, "active" | "created_by"> {
+/**
+ * An engine the caller may use, with the assignment that gives it, in precedence order
+ * (`rank`). The one used by default is the first whose `runnable` is not false.
+ */
+export interface EngineChoice extends Omit<Engine, "active" | "created_by" | "check" | "notes"> {
   assignment_id: string;
   assignment_type: "tier" | "user";
   assignment_priority: number | null;
   assigned_at: string | null;
   rank: number;
+  check_state: "pending" | "runnable" | "not_runnable";
+  /** true: checked; false: known broken, skipped by resolution; null: check pending. */
+  runnable: boolean | null;
+  check_issues: { path: string; code: string; message: string; [key: string]: Json }[];
 }
 
 export interface GenerationJob {

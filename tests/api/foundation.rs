@@ -274,7 +274,7 @@ async fn admins_and_service_role_can_write_all_four_operations() {
                 Method::POST,
                 "ai_engines",
                 Some(token),
-                Some(json!({"name": format!("{who} engine"), "flow_config": {"steps": []}, "models": []})),
+                Some(json!({"name": format!("{who} engine"), "flow_config": crate::helpers::one_step_flow_config(), "models": []})),
             )
             .await;
         assert_eq!(s, 201, "{who}: {b}");

@@ -331,8 +331,8 @@ impl TestStack {
             .pg
             .query_one(
                 "INSERT INTO public.ai_engines (name, flow_config, models, active) \
-                 VALUES ($1, '{\"type\":\"full\",\"steps\":[]}', '[]', $2) RETURNING id",
-                &[&name, &active],
+                 VALUES ($1, $3, '[]', $2) RETURNING id",
+                &[&name, &active, &one_step_flow_config()],
             )
             .await
             .expect("insert engine");
@@ -504,6 +504,13 @@ impl TestApp {
             .and_then(|s| Uuid::parse_str(s).ok())
             .expect("engine id")
     }
+}
+
+/// The smallest flow_config the database accepts (sql/V7: steps with id, provider,
+/// model and prompt) and the service's check passes.
+pub fn one_step_flow_config() -> Value {
+    serde_json::json!({"type": "full", "steps": [{"id": "write", "name": "Write",
+        "configuration": {"provider": "offline", "model": "fixture", "prompt": "Write a short book."}}]})
 }
 
 pub fn example_flow() -> Value {

@@ -10,6 +10,7 @@ mod browser;
 mod cli;
 mod demo;
 mod doctor;
+mod engine_checks;
 mod engines;
 mod faults;
 mod foundation;

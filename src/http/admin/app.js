@@ -370,6 +370,25 @@ function modelChips(models) {
   }));
 }
 
+/**
+ * The service's check of an engine (engine_checks): whether it can run, why not
+ * (each issue with its path), and how the React app's spellings were read.
+ */
+function engineCheck(check) {
+  if (!check) return null;
+  const label = { runnable: ['runnable', 'ok'], not_runnable: ['not runnable', 'failed'], pending: ['checking…', 'pending'] }[check.state]
+    ?? [check.state, 'pending'];
+  const issues = Array.isArray(check.issues) ? check.issues : [];
+  const notes = Array.isArray(check.notes) ? check.notes : [];
+  return h('div', { class: 'engine-check' },
+    badge(label[0], label[1]),
+    issues.length ? h('ul', { class: 'issues', 'aria-label': 'Why this engine cannot run' },
+      ...issues.map((i) => h('li', {}, i.path ? h('code', {}, i.path) : null, i.path ? ': ' : '', i.message ?? i.code))) : null,
+    notes.length ? h('details', {},
+      h('summary', {}, `${notes.length} normalisation${notes.length === 1 ? '' : 's'}`),
+      h('ul', {}, ...notes.map((n) => h('li', {}, h('code', {}, n.path), ': ', h('code', {}, n.from), ' read as ', h('code', {}, n.to))))) : null);
+}
+
 function renderEngines() {
   const body = $('engines-table').querySelector('tbody');
   if (state.engines.length === 0) {
@@ -378,7 +397,7 @@ function renderEngines() {
   }
   body.replaceChildren(...state.engines.map((e) => h('tr', { dataset: { engineId: e.id } },
     h('td', {}, h('strong', {}, e.name), e.description ? h('div', { class: 'muted' }, e.description) : null,
-      h('div', { class: 'muted mono', title: 'engine id' }, e.id)),
+      h('div', { class: 'muted mono', title: 'engine id' }, e.id), engineCheck(e.check)),
     h('td', {}, e.tier ? badge(e.tier, 'tier') : '—'),
     h('td', {}, e.execution_mode || 'sequential'),
     h('td', {}, modelChips(e.models)),
@@ -794,8 +813,11 @@ async function loadMine() {
   try {
     const list = await api('GET', '/v1/me/engines');
     const body = table.querySelector('tbody');
+    // Resolution skips an engine the service found broken (runnable === false).
+    const used = list.find((c) => c.runnable !== false);
     body.replaceChildren(...list.map((c) => h('tr', { dataset: { engineId: c.id } },
-      h('td', {}, String(c.rank), c.rank === 1 ? h('span', {}, ' ', badge('default', 'ok')) : null),
+      h('td', {}, String(c.rank), c === used ? h('span', {}, ' ', badge('default', 'ok')) : null,
+        c.runnable === false ? h('span', {}, ' ', badge('skipped: not runnable', 'failed')) : null),
       h('td', {}, c.name),
       h('td', {}, c.assignment_type === 'user' ? 'assigned to the user directly' : "the user's tier"),
       h('td', {}, String(c.assignment_priority ?? 0)))));
