@@ -51,6 +51,7 @@ pub mod codes {
     /// The engine changed moments ago and its check is not done: retry shortly.
     pub const ENGINE_CHECK_PENDING: &str = "engine_check_pending";
     pub const CONFLICT: &str = "conflict";
+    pub const PORT_IN_USE: &str = "port_in_use";
     pub const LEASE_LOST: &str = "lease_lost";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     pub const RATE_LIMITED: &str = "rate_limited";

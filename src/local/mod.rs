@@ -3,6 +3,7 @@
 //! `supabase/baseline.sql`, the migrations, and a real PostgREST 12 process.
 
 pub mod gateway;
+mod ports;
 mod postgres;
 mod postgrest;
 

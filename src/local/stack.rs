@@ -1,6 +1,7 @@
 //! `bookengine local up | down | status`.
 
 use super::gateway::{self, GatewayConfig};
+use super::ports;
 use super::{
     apply_baseline, create_database, ensure_server, find_or_install_postgrest, local_api_keys,
     local_jwt_secret, local_keys, spawn_postgrest, state_dir, stop_private_cluster, wait_ready,
@@ -107,6 +108,13 @@ pub async fn up(
     let dir = state_dir();
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
+    // Another checkout's stack on our ports would answer with its own JWT secret (every
+    // token of ours "invalid"): refuse before touching anything.
+    for (name, p) in [("postgrest", port), ("gateway", gateway_port)] {
+        if read_pid(&dir, name).filter(|pid| pid_alive(*pid)).is_none() {
+            ports::ensure_free(p, &dir)?;
+        }
+    }
     let server = ensure_server(db, Some(&dir.join("postgres"))).await?;
     let database_url = if migrate::describe_host(&server) == migrate::describe_host(db) {
         database_url.clone()
@@ -141,6 +149,7 @@ pub async fn up(
         })?;
         std::fs::write(dir.join("postgrest.pid"), child.id().to_string())
             .map_err(|e| Error::internal(format!("writing pid file: {e}")))?;
+        ports::claim(port, &dir);
         wait_ready(&postgrest_url, Duration::from_secs(20))
             .await
             .map_err(|e| {
@@ -242,6 +251,7 @@ async fn ensure_gateway(
         .map_err(|e| Error::unavailable(format!("starting the local gateway: {e}")))?;
     std::fs::write(dir.join("gateway.pid"), child.id().to_string())
         .map_err(|e| Error::internal(format!("writing pid file: {e}")))?;
+    ports::claim(gateway_port, dir);
     if gateway_ready(url, Duration::from_secs(10)).await {
         Ok(())
     } else {
@@ -308,6 +318,7 @@ pub fn down() -> Result<Vec<String>> {
             let _ = std::fs::remove_file(dir.join(format!("{name}.pid")));
         }
     }
+    ports::release_all(&dir);
     if stop_private_cluster(&dir.join("postgres"))? {
         done.push("stopped the private Postgres cluster".into());
     }
@@ -328,7 +339,19 @@ pub async fn status(port: u16, gateway_port: u16) -> String {
         }
         None => "the local gateway is not running (bookengine local up)".into(),
     };
-    format!("{}\n{gateway}", postgrest_status(&dir, port).await)
+    let mut out = format!("{}\n{gateway}", postgrest_status(&dir, port).await);
+    let others = ports::others(&dir);
+    if !others.is_empty() {
+        out.push_str("\nother local stacks on this machine:");
+        for (p, home) in others {
+            out.push_str(&format!(
+                "\n  port {p}: {} (stop: BOOKENGINE_HOME={} bookengine local down)",
+                home.display(),
+                home.display()
+            ));
+        }
+    }
+    out
 }
 
 async fn postgrest_status(dir: &Path, port: u16) -> String {

@@ -162,3 +162,39 @@ async fn with_the_local_model_the_demo_book_is_written_by_smollm2() {
     }
     eprintln!("local-model demo (debug test binary): {secs:.1} s\n{line}\n{stdout}");
 }
+
+/// Two checkouts on one machine: the second `local up` on the first one's ports stops
+/// with one line naming the first stack's home and how to stop it (before, it used the
+/// other PostgREST and every token it minted was refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_checkout_on_the_same_ports_is_told_whose_stack_holds_them() {
+    let first = Demo::new();
+    let mut second = Demo::new();
+    let port = first
+        .env
+        .iter()
+        .find(|(k, _)| *k == "BOOKENGINE_POSTGREST_PORT")
+        .map(|(_, v)| v.clone())
+        .expect("port");
+    for (k, v) in second.env.iter_mut() {
+        if *k == "BOOKENGINE_POSTGREST_PORT" {
+            *v = port.clone();
+        }
+    }
+    let up = first.run(&["local", "up"], &[]);
+    assert!(up.status.success(), "{}", text(&up.stderr));
+
+    let refused = second.run(&["local", "up"], &[]);
+    let said = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(5), "{said}");
+    assert!(said.contains(&first.home.display().to_string()), "{said}");
+    assert!(said.contains("bookengine local down"), "{said}");
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+
+    let status = second.run(&["local", "status"], &[]);
+    let listed = text(&status.stdout);
+    assert!(
+        listed.contains(&first.home.display().to_string()),
+        "{listed}"
+    );
+}
