@@ -3,4 +3,5 @@
 //! straight through PostgREST and through the API, and checks that it no longer does.
 
 mod jwks;
+mod ops;
 mod streams;

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 /// PostgREST reads by kind: `join` (a viewer's authorisation), `light` (the shared
 /// reader's change check), `full` (job + steps, when something moved), `other`.
-type Counts = Arc<Mutex<BTreeMap<&'static str, u64>>>;
+pub(super) type Counts = Arc<Mutex<BTreeMap<&'static str, u64>>>;
 
 #[derive(Clone)]
 struct Proxy {
@@ -91,7 +91,7 @@ async fn proxy_handler(
         .unwrap_or_else(|_| axum::http::StatusCode::BAD_GATEWAY.into_response())
 }
 
-async fn start_proxy(upstream: &str) -> (String, Counts) {
+pub(super) async fn start_proxy(upstream: &str) -> (String, Counts) {
     let counts: Counts = Arc::default();
     let state = Proxy {
         upstream: upstream.to_owned(),
@@ -109,14 +109,14 @@ async fn start_proxy(upstream: &str) -> (String, Counts) {
     (format!("http://127.0.0.1:{port}"), counts)
 }
 
-fn take(counts: &Counts) -> BTreeMap<&'static str, u64> {
+pub(super) fn take(counts: &Counts) -> BTreeMap<&'static str, u64> {
     std::mem::take(&mut *counts.lock().unwrap())
 }
 
 // ------------------------------------------------------------------ the service
 
-struct App {
-    address: String,
+pub(super) struct App {
+    pub(super) address: String,
     streams: WatchHub,
     http: reqwest::Client,
     stop: CancellationToken,
@@ -130,6 +130,23 @@ impl Drop for App {
 
 /// The service in front of `rest_url` (PostgREST or the proxy), with these stream limits.
 async fn serve(stack: &TestStack, rest_url: &str, streams: StreamConfig) -> App {
+    serve_ops(
+        stack,
+        rest_url,
+        bookengine::http::OpsConfig {
+            metrics_token: None,
+            streams,
+        },
+    )
+    .await
+}
+
+/// The service in front of `rest_url`, with these operations settings.
+pub(super) async fn serve_ops(
+    stack: &TestStack,
+    rest_url: &str,
+    ops: bookengine::http::OpsConfig,
+) -> App {
     let mut supabase = stack.supabase_config();
     supabase.postgrest_url = Some(Url::parse(rest_url).unwrap());
     let config = bookengine::http::ServeConfig {
@@ -143,10 +160,7 @@ async fn serve(stack: &TestStack, rest_url: &str, streams: StreamConfig) -> App 
         no_worker: true,
         worker: Default::default(),
         providers: Default::default(),
-        ops: bookengine::http::OpsConfig {
-            metrics_token: None,
-            streams,
-        },
+        ops,
     };
     let app = bookengine::http::Application::build(&config).await.unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
