@@ -146,13 +146,8 @@ async fn scenario(
     Ok((Stats::of(&sample), random_stats))
 }
 
-async fn run() -> Res<()> {
-    let window = if quick() {
-        Duration::from_secs(2)
-    } else {
-        Duration::from_secs(5)
-    };
-    let endpoint = jwks_endpoint().await?;
+/// The service verifying with the JWKS at `jwks_url`; returns the URL of the timed route.
+async fn serve(jwks_url: &str) -> Res<String> {
     let config = bookengine::http::ServeConfig {
         addr: "127.0.0.1:0".into(),
         webhook_secret: None,
@@ -163,7 +158,7 @@ async fn run() -> Res<()> {
         },
         auth: bookengine::config::AuthConfig {
             jwt_secret: None,
-            jwks_url: Some(endpoint.url.clone()),
+            jwks_url: Some(jwks_url.to_owned()),
         },
         no_worker: true,
         worker: Default::default(),
@@ -173,17 +168,28 @@ async fn run() -> Res<()> {
     let app = bookengine::http::Application::build(&config).await?;
     let url = format!("http://127.0.0.1:{}/v1/generations/not-a-uuid", app.port());
     tokio::spawn(app.run_until(std::future::pending()));
+    Ok(url)
+}
+
+async fn run() -> Res<()> {
+    let window = if quick() {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(5)
+    };
+    let endpoint = jwks_endpoint().await?;
     let http = reqwest::Client::new();
     let valid = es256("test-es256")?;
-    println!(
-        "jwks: valid ES256 requests at concurrency 4 for {window:?}, through HTTP (auth only)"
-    );
+    println!("jwks: valid ES256 requests at concurrency 4 for {window:?}, through HTTP (auth only); a fresh service per row");
 
     for (label, mode, random) in [
         ("JWKS healthy, no random kids", OK, false),
         ("JWKS answering in 10 s + 1,000 random kids", SLOW, true),
         ("JWKS down (503) + 1,000 random kids", DOWN, true),
     ] {
+        // A fresh service (it loads the JWKS at start), so no row inherits a fetch.
+        endpoint.mode.store(OK, Ordering::SeqCst);
+        let url = serve(&endpoint.url).await?;
         endpoint.mode.store(mode, Ordering::SeqCst);
         let before = endpoint.hits.load(Ordering::SeqCst);
         let (v, r) = scenario(&http, &url, &valid, window, random).await?;
