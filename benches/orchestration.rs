@@ -184,6 +184,7 @@ async fn run() -> Res<()> {
         no_worker: true,
         worker: worker_config(16),
         providers: providers.clone(),
+        ops: Default::default(),
     };
     let app = bookengine::http::Application::build(&config).await?;
     let wake = app.state.wake.clone();

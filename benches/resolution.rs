@@ -309,6 +309,7 @@ async fn run() -> Res<()> {
         no_worker: true,
         worker: Default::default(),
         providers: Default::default(),
+        ops: Default::default(),
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let (port_tx, port_rx) = std::sync::mpsc::channel();

@@ -40,6 +40,7 @@ pub mod codes {
     pub const UNKNOWN_REFERENCE: &str = "unknown_reference";
     pub const MISSING_TOKEN: &str = "missing_token";
     pub const INVALID_TOKEN: &str = "invalid_token";
+    pub const TOKEN_EXPIRED: &str = "token_expired";
     pub const PERMISSION_DENIED: &str = "permission_denied";
     pub const NOT_FOUND: &str = "not_found";
     pub const ENGINE_NOT_FOUND: &str = "engine_not_found";
@@ -55,6 +56,7 @@ pub mod codes {
     pub const LEASE_LOST: &str = "lease_lost";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     pub const RATE_LIMITED: &str = "rate_limited";
+    pub const TOO_MANY_STREAMS: &str = "too_many_streams";
     pub const BACKEND_UNAVAILABLE: &str = "backend_unavailable";
     pub const CONFIG_INVALID: &str = "config_invalid";
     pub const INTERNAL: &str = "internal_error";

@@ -4,7 +4,7 @@
 mod jwks;
 mod token;
 
-pub use jwks::{JwksSource, JwtVerifier};
+pub use jwks::{JwksPolicy, JwksSource, JwtVerifier};
 pub use token::{mint, parse_ttl, MintRequest};
 
 use crate::error::Error;

@@ -3,6 +3,7 @@
 //! snapshot itself (`request_generation`), and RLS shows each user only their jobs.
 
 mod report;
+pub mod watch;
 pub use report::{run_report, RunReport, StepLine};
 
 use crate::error::{codes, Error, Result};

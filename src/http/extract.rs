@@ -46,6 +46,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
 pub struct AuthUser {
     pub id: Uuid,
     pub caller: Caller,
+    /// When the token expires (unix seconds): long-lived responses end then.
+    pub expires_at: i64,
 }
 
 impl FromRequestParts<AppState> for AuthUser {
@@ -88,6 +90,7 @@ impl FromRequestParts<AppState> for AuthUser {
         Ok(AuthUser {
             id,
             caller: Caller::User(Secret::new(token)),
+            expires_at: claims.exp,
         })
     }
 }

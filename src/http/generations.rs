@@ -4,15 +4,15 @@ use super::error::{ApiError, ApiResult};
 use super::extract::{AuthUser, Id, Json, Q};
 use super::AppState;
 use crate::generations::{self, GenerationRequest, Job, JobDetail};
+use crate::rest::Caller;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::{get, post};
 use axum::Router;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use std::convert::Infallible;
-use std::time::Duration;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -80,51 +80,28 @@ async fn cancel(State(state): State<AppState>, user: AuthUser, Id(id): Id) -> Ap
 }
 
 /// Progress as Server-Sent Events: a `progress` event whenever the job changes
-/// (status, progress, steps), then `done` when it ends. Read with the user's JWT,
-/// so the stream shows exactly what RLS lets them see.
+/// (status, progress, steps), then `done` when it ends; `error` events carry
+/// `{code, message}` and end the stream when final (`token_expired`,
+/// `generation_not_found`, `invalid_token`). All streams of one user on one job share
+/// one reader (crate::generations::watch), which reads with that user's JWT, so the
+/// stream shows exactly what RLS lets them see. Capped per user and per job (429
+/// `too_many_streams`).
 async fn events(
     State(state): State<AppState>,
     user: AuthUser,
     Id(id): Id,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
-    let first = generations::get(&state.rest, &user.caller, id).await?;
-    let rest = state.rest.clone();
-    let caller = user.caller;
-    let stream = async_stream::stream! {
-        let mut last = String::new();
-        let mut current: JobDetail = first;
-        loop {
-            let fingerprint = format!(
-                "{}|{}|{}",
-                current.job.updated_at.as_deref().unwrap_or(""),
-                current.job.status,
-                current.steps.iter().map(|s| format!("{}{}{}", s.step_id, s.item_index, s.status)).collect::<String>()
-            );
-            let finished = current.job.is_finished();
-            if fingerprint != last {
-                last = fingerprint;
-                let kind = if finished { "done" } else { "progress" };
-                if let Ok(e) = Event::default().event(kind).json_data(&current) {
-                    yield Ok(e);
-                }
-            }
-            if finished {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            match generations::get(&rest, &caller, id).await {
-                Ok(d) => current = d,
-                Err(e) => {
-                    let body = serde_json::json!({"code": e.code, "message": e.message});
-                    if let Ok(ev) = Event::default().event("error").json_data(body) {
-                        yield Ok(ev);
-                    }
-                    if e.kind == crate::error::Kind::NotFound {
-                        break;
-                    }
-                }
-            }
-        }
+    let Caller::User(token) = user.caller else {
+        return Err(ApiError(crate::error::Error::internal(
+            "a signed-in user without a token",
+        )));
     };
+    let viewer = state
+        .streams
+        .watch(id, user.id, token, user.expires_at)
+        .await?;
+    let stream = viewer
+        .updates()
+        .map(|u| Ok(Event::default().event(u.event).data(u.data.as_str())));
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -9,14 +9,17 @@ pub mod error;
 pub mod extract;
 mod generations;
 mod health;
+mod readiness;
 mod webhooks;
 
 use crate::auth::JwtVerifier;
 use crate::config::{AuthConfig, SupabaseConfig};
 use crate::error::{Error, Result};
+use crate::generations::watch::{StreamConfig, WatchHub};
 use crate::rest::Rest;
 use crate::secret::Secret;
 use axum::Router;
+use readiness::Readiness;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -31,6 +34,24 @@ pub struct AppState {
     /// Wakes the worker (webhook deliveries).
     pub wake: Arc<Notify>,
     pub webhook_secret: Option<Secret>,
+    /// Shared readers behind the event streams, and their caps.
+    pub streams: WatchHub,
+    /// `/readyz`'s recent result.
+    pub readiness: Arc<Readiness>,
+    /// Bearer token `/metrics` requires; `None` leaves it open.
+    pub metrics_token: Option<Secret>,
+}
+
+/// Operations settings of `serve`: event stream limits and the metrics endpoint.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct OpsConfig {
+    /// Bearer token `GET /metrics` requires (`Authorization: Bearer ...`); unset leaves
+    /// /metrics open (it holds counts and latencies only).
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<Secret>,
+
+    #[command(flatten)]
+    pub streams: StreamConfig,
 }
 
 /// Settings for `bookengine serve`.
@@ -59,6 +80,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub providers: crate::providers::ProvidersConfig,
+
+    #[command(flatten)]
+    pub ops: OpsConfig,
 }
 
 /// Largest request body accepted anywhere (flow documents included).
@@ -94,10 +118,13 @@ impl Application {
         let rest = Rest::new(&config.supabase)?;
         let verifier = crate::auth::verifier_from(&config.auth, &config.supabase).await?;
         let state = AppState {
+            streams: WatchHub::new(rest.clone(), config.ops.streams.clone()),
+            readiness: Arc::new(Readiness::new(rest.clone())),
             rest,
             verifier,
             wake: Arc::new(Notify::new()),
             webhook_secret: config.webhook_secret.clone().filter(|s| !s.is_empty()),
+            metrics_token: config.ops.metrics_token.clone().filter(|s| !s.is_empty()),
         };
         let listener = TcpListener::bind(&config.addr).await.map_err(|e| {
             Error::config(format!(

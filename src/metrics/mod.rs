@@ -1,8 +1,9 @@
 //! Prometheus metrics for the worker and the API (`GET /metrics`).
 
 use prometheus::{
-    register_histogram_vec_with_registry, register_int_counter_vec_with_registry, Encoder,
-    HistogramVec, IntCounterVec, Registry, TextEncoder,
+    register_histogram_vec_with_registry, register_int_counter_vec_with_registry,
+    register_int_gauge_with_registry, Encoder, HistogramVec, IntCounterVec, IntGauge, Registry,
+    TextEncoder,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -24,6 +25,14 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     /// Webhook deliveries, by outcome.
     pub webhooks: IntCounterVec,
+    /// Event streams open now.
+    pub streams_open: IntGauge,
+    /// PostgREST reads made for event streams, by kind (join, light, full).
+    pub stream_reads: IntCounterVec,
+    /// JWKS fetches, by outcome (ok, error).
+    pub jwks_fetches: IntCounterVec,
+    /// Readiness checks that reached PostgREST (the rest are answered from the last one).
+    pub readiness_checks: IntCounterVec,
 }
 
 impl Metrics {
@@ -76,6 +85,29 @@ impl Metrics {
             webhooks: register_int_counter_vec_with_registry!(
                 "webhooks_total",
                 "Webhook deliveries",
+                &["outcome"],
+                r
+            )?,
+            streams_open: register_int_gauge_with_registry!(
+                "event_streams_open",
+                "Event streams open now",
+                r
+            )?,
+            stream_reads: register_int_counter_vec_with_registry!(
+                "event_stream_reads_total",
+                "PostgREST reads made for event streams (shared by all viewers of a job)",
+                &["kind"],
+                r
+            )?,
+            jwks_fetches: register_int_counter_vec_with_registry!(
+                "jwks_fetches_total",
+                "JWKS fetches",
+                &["outcome"],
+                r
+            )?,
+            readiness_checks: register_int_counter_vec_with_registry!(
+                "readiness_checks_total",
+                "Readiness checks that reached PostgREST",
                 &["outcome"],
                 r
             )?,

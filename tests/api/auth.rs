@@ -93,6 +93,7 @@ async fn an_es256_user_token_works_end_to_end_through_the_api_and_postgrest() {
         no_worker: true,
         worker: Default::default(),
         providers: Default::default(),
+        ops: Default::default(),
     };
     let app = bookengine::http::Application::build(&config).await.unwrap();
     let url = format!("http://127.0.0.1:{}/v1/me/engine", app.port());

@@ -422,6 +422,7 @@ pub async fn spawn_app_on(stack: TestStack, worker: Option<WorkerSetup>) -> Test
         no_worker: worker.is_none(),
         worker: Default::default(),
         providers: Default::default(),
+        ops: Default::default(),
     };
     let app = bookengine::http::Application::build(&config)
         .await

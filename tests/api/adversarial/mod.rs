@@ -2,4 +2,7 @@
 //! an ordinary signed-in user, or a dependency, could cost other users something,
 //! straight through PostgREST and through the API, and checks that it no longer does.
 
+mod jwks;
+mod ops;
 pub mod profiles;
+mod streams;

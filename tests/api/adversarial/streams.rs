@@ -1,0 +1,589 @@
+//! Event streams (#13, item 2): a stream ends soon after its token expires or its job
+//! disappears; open streams are capped per user and per job; and many viewers of a
+//! job share one reader, so PostgREST reads do not grow with them (counted by a
+//! pass-through proxy in front of the real PostgREST).
+
+use crate::helpers::TestStack;
+use bookengine::auth::{mint, MintRequest};
+use bookengine::generations::watch::{StreamConfig, WatchHub};
+use reqwest::Url;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+// ------------------------------------------------------------------ a counting proxy
+
+/// PostgREST reads by kind: `join` (a viewer's authorisation), `light` (the shared
+/// reader's change check), `full` (job + steps, when something moved), `other`.
+pub(super) type Counts = Arc<Mutex<BTreeMap<&'static str, u64>>>;
+
+#[derive(Clone)]
+struct Proxy {
+    upstream: String,
+    http: reqwest::Client,
+    counts: Counts,
+}
+
+fn kind_of(path_and_query: &str) -> &'static str {
+    let Ok(url) = Url::parse(&format!("http://proxy{path_and_query}")) else {
+        return "other";
+    };
+    if url.path() != "/generation_jobs" {
+        return "other";
+    }
+    let select = url
+        .query_pairs()
+        .find(|(k, _)| k == "select")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    if select == "id" {
+        "join"
+    } else if select.contains("output") {
+        "full"
+    } else if select.contains("generation_steps(") {
+        "light"
+    } else {
+        "other"
+    }
+}
+
+async fn proxy_handler(
+    axum::extract::State(p): axum::extract::State<Proxy>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|x| x.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    *p.counts.lock().unwrap().entry(kind_of(&pq)).or_default() += 1;
+    let mut rb = p
+        .http
+        .request(parts.method.clone(), format!("{}{pq}", p.upstream));
+    for (k, v) in parts.headers.iter() {
+        if k != axum::http::header::HOST && k != axum::http::header::CONTENT_LENGTH {
+            rb = rb.header(k, v);
+        }
+    }
+    let resp = match rb.body(bytes).send().await {
+        Ok(r) => r,
+        Err(e) => return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.unwrap_or_default();
+    let mut out = axum::response::Response::builder().status(status);
+    for (k, v) in headers.iter() {
+        if k != axum::http::header::TRANSFER_ENCODING && k != axum::http::header::CONTENT_LENGTH {
+            out = out.header(k, v);
+        }
+    }
+    out.body(axum::body::Body::from(body))
+        .unwrap_or_else(|_| axum::http::StatusCode::BAD_GATEWAY.into_response())
+}
+
+pub(super) async fn start_proxy(upstream: &str) -> (String, Counts) {
+    let counts: Counts = Arc::default();
+    let state = Proxy {
+        upstream: upstream.to_owned(),
+        http: reqwest::Client::new(),
+        counts: counts.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new()
+        .fallback(proxy_handler)
+        .with_state(state);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://127.0.0.1:{port}"), counts)
+}
+
+pub(super) fn take(counts: &Counts) -> BTreeMap<&'static str, u64> {
+    std::mem::take(&mut *counts.lock().unwrap())
+}
+
+// ------------------------------------------------------------------ the service
+
+pub(super) struct App {
+    pub(super) address: String,
+    streams: WatchHub,
+    http: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// The service in front of `rest_url` (PostgREST or the proxy), with these stream limits.
+async fn serve(stack: &TestStack, rest_url: &str, streams: StreamConfig) -> App {
+    serve_ops(
+        stack,
+        rest_url,
+        bookengine::http::OpsConfig {
+            metrics_token: None,
+            streams,
+        },
+    )
+    .await
+}
+
+/// The service in front of `rest_url`, with these operations settings.
+pub(super) async fn serve_ops(
+    stack: &TestStack,
+    rest_url: &str,
+    ops: bookengine::http::OpsConfig,
+) -> App {
+    let mut supabase = stack.supabase_config();
+    supabase.postgrest_url = Some(Url::parse(rest_url).unwrap());
+    let config = bookengine::http::ServeConfig {
+        addr: "127.0.0.1:0".into(),
+        webhook_secret: None,
+        supabase,
+        auth: bookengine::config::AuthConfig {
+            jwt_secret: Some(stack.jwt_secret.clone()),
+            jwks_url: None,
+        },
+        no_worker: true,
+        worker: Default::default(),
+        providers: Default::default(),
+        ops,
+    };
+    let app = bookengine::http::Application::build(&config).await.unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let streams = app.state.streams.clone();
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(app.run_until(async move { s.cancelled().await }));
+    App {
+        address,
+        streams,
+        http: reqwest::Client::new(),
+        stop,
+    }
+}
+
+/// A queued job of `token`'s user (no worker runs: the test moves it by SQL).
+async fn job_of(app: &App, token: &str) -> Uuid {
+    let r = app
+        .http
+        .post(format!("{}/v1/generations", app.address))
+        .bearer_auth(token)
+        .json(&json!({"input": {"topic": "streams"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let body: Value = r.json().await.unwrap();
+    Uuid::parse_str(body["id"].as_str().unwrap()).unwrap()
+}
+
+/// A user of tier `pro` with an engine assigned to that tier.
+async fn pro_user_with_engine(stack: &TestStack) -> crate::helpers::TestUser {
+    let engine = stack.engine_fixture("stream engine", true).await;
+    stack
+        .assign_fixture(engine, Some("pro"), None, 0, true)
+        .await;
+    stack.user(Some("pro"), false).await
+}
+
+async fn set_running(stack: &TestStack, job: Uuid) {
+    stack
+        .pg
+        .execute(
+            "UPDATE generation_jobs SET status = 'running', attempt = 1, started_at = now(), \
+             updated_at = now() WHERE id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+}
+
+async fn set_progress(stack: &TestStack, job: Uuid, done: i64) {
+    stack
+        .pg
+        .execute(
+            "UPDATE generation_jobs SET progress = jsonb_build_object('done', $2::bigint, 'total', 10), \
+             updated_at = now() WHERE id = $1",
+            &[&job, &done],
+        )
+        .await
+        .unwrap();
+}
+
+fn short_token(stack: &TestStack, user: Uuid, ttl: Duration) -> (String, i64) {
+    let token = mint(
+        &stack.jwt_secret,
+        &MintRequest {
+            user: Some(user),
+            role: "authenticated".into(),
+            ttl,
+            email: None,
+        },
+    )
+    .unwrap();
+    (token.expose().to_owned(), unix_now() + ttl.as_secs() as i64)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+// ------------------------------------------------------------------ reading SSE
+
+struct Sse {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Sse {
+    async fn open(app: &App, job: Uuid, token: &str) -> Result<Sse, (u16, Option<String>, Value)> {
+        let resp = app
+            .http
+            .get(format!("{}/v1/generations/{job}/events", app.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        if resp.status().as_u16() != 200 {
+            let status = resp.status().as_u16();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = resp.json().await.unwrap_or(Value::Null);
+            return Err((status, retry, body));
+        }
+        Ok(Sse {
+            resp,
+            buf: String::new(),
+        })
+    }
+
+    /// The next event (name, JSON data), or None when the stream ended.
+    async fn next(&mut self) -> Option<(String, Value)> {
+        loop {
+            if let Some(cut) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..cut + 2).collect();
+                let mut event = "message".to_owned();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // keep-alive comment
+                }
+                return Some((event, serde_json::from_str(&data).unwrap_or(Value::Null)));
+            }
+            match self.resp.chunk().await {
+                Ok(Some(bytes)) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
+
+    async fn next_within(&mut self, limit: Duration) -> Option<(String, Value)> {
+        tokio::time::timeout(limit, self.next())
+            .await
+            .expect("an event (or the end) in time")
+    }
+}
+
+// ------------------------------------------------------------------ the tests
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires_and_when_its_job_disappears() {
+    let stack = TestStack::start().await;
+    let app = serve(&stack, &stack.rest_url, StreamConfig::default()).await;
+    let user = pro_user_with_engine(&stack).await;
+    let job = job_of(&app, &user.token).await;
+    set_running(&stack, job).await;
+
+    // A token that expires in 3 s, on a job that runs far longer.
+    let (short, exp) = short_token(&stack, user.id, Duration::from_secs(3));
+    let mut expiring = Sse::open(&app, job, &short).await.expect("stream opens");
+    let mut lasting = Sse::open(&app, job, &user.token)
+        .await
+        .expect("stream opens");
+    let (event, first) = expiring.next_within(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(event, "progress");
+    assert_eq!(first["status"], "running");
+    assert_eq!(
+        lasting
+            .next_within(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .0,
+        "progress"
+    );
+
+    // Progress moves: both see it (the shared reader read it once).
+    set_progress(&stack, job, 3).await;
+    let (event, moved) = expiring.next_within(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(event, "progress");
+    assert_eq!(moved["progress"]["done"], 3);
+
+    let (event, body) = expiring
+        .next_within(Duration::from_secs(15))
+        .await
+        .expect("an error event, not a silent end");
+    let ended = unix_now();
+    assert_eq!(event, "error", "{body}");
+    assert_eq!(body["code"], "token_expired");
+    assert!(
+        ended >= exp - 1,
+        "ended before the token expired: {ended} < {exp}"
+    );
+    assert!(
+        ended <= exp + 10,
+        "ended {}s after the token expired",
+        ended - exp
+    );
+    assert!(
+        expiring.next_within(Duration::from_secs(5)).await.is_none(),
+        "the stream closes after token_expired"
+    );
+
+    // The other stream (a fresh token) goes on, and ends when the job is gone.
+    assert_eq!(
+        lasting.next_within(Duration::from_secs(5)).await.unwrap().1["progress"]["done"],
+        3
+    );
+    stack
+        .pg
+        .execute("DELETE FROM generation_jobs WHERE id = $1", &[&job])
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let (event, body) = lasting.next_within(Duration::from_secs(15)).await.unwrap();
+    assert_eq!(event, "error", "{body}");
+    assert_eq!(body["code"], "generation_not_found");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(lasting.next_within(Duration::from_secs(5)).await.is_none());
+
+    // An expired token cannot open a stream at all.
+    let (gone, _) = short_token(&stack, user.id, Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_secs(7)).await; // past the 5 s leeway
+    let job2 = job_of(&app, &user.token).await;
+    let refused = Sse::open(&app, job2, &gone).await.err().expect("refused");
+    assert_eq!(refused.0, 401);
+}
+
+#[tokio::test]
+async fn open_streams_are_capped_per_user_and_per_job() {
+    let stack = TestStack::start().await;
+    let app = serve(
+        &stack,
+        &stack.rest_url,
+        StreamConfig {
+            streams_per_user: 2,
+            streams_per_job: 2,
+            stream_poll_ms: 400,
+        },
+    )
+    .await;
+    let user = pro_user_with_engine(&stack).await;
+    let admin = stack.admin().await;
+    let job = job_of(&app, &user.token).await;
+    let other_job = job_of(&app, &user.token).await;
+
+    let a1 = Sse::open(&app, job, &user.token).await.expect("first");
+    let _a2 = Sse::open(&app, other_job, &user.token)
+        .await
+        .expect("second");
+    // A third stream of the same user, on any job: 429 with Retry-After.
+    let (status, retry, body) = Sse::open(&app, job, &user.token)
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "too_many_streams");
+    assert!(retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|s| s > 0)));
+
+    // Per job: the admin's stream brings `job` to 2; a third viewer is refused
+    // although the admin is under the per-user cap.
+    let _b1 = Sse::open(&app, job, &admin.token).await.expect("admin 1");
+    let (status, _, body) = Sse::open(&app, job, &admin.token)
+        .await
+        .err()
+        .expect("job full");
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "too_many_streams");
+
+    // Closing a stream frees its slot.
+    drop(a1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Sse::open(&app, job, &user.token).await {
+            Ok(_) => break,
+            Err((429, _, _)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("slot not freed: {e:?}"),
+        }
+    }
+    // Someone else's job: 404 as before (and the refused slot is given back).
+    let stranger = stack.user(Some("pro"), false).await;
+    let (status, _, body) = Sse::open(&app, job, &stranger.token)
+        .await
+        .err()
+        .expect("404");
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "generation_not_found");
+}
+
+#[tokio::test]
+async fn two_hundred_viewers_of_one_running_job_cost_the_reads_of_one() {
+    const VIEWERS: usize = 200;
+    const WINDOW: Duration = Duration::from_secs(4);
+    let stack = TestStack::start().await;
+    let (proxy, counts) = start_proxy(&stack.rest_url).await;
+    let app = Arc::new(
+        serve(
+            &stack,
+            &proxy,
+            StreamConfig {
+                streams_per_user: 1000,
+                streams_per_job: 1000,
+                stream_poll_ms: 400,
+            },
+        )
+        .await,
+    );
+    let user = pro_user_with_engine(&stack).await;
+    let job = job_of(&app, &user.token).await;
+    set_running(&stack, job).await;
+
+    // One viewer: what one shared reader costs over the window.
+    let mut one = Sse::open(&app, job, &user.token).await.unwrap();
+    one.next_within(Duration::from_secs(10)).await.unwrap();
+    take(&counts);
+    tokio::time::sleep(WINDOW).await;
+    let single = take(&counts);
+    drop(one);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.streams.readers() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the reader retires when its last viewer leaves"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    take(&counts);
+
+    // 200 viewers of the same user.
+    let received = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..VIEWERS {
+        let app = app.clone();
+        let token = user.token.clone();
+        let received = received.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut sse = Sse::open(&app, job, &token).await.expect("viewer opens");
+            let mut events = Vec::new();
+            while let Some(e) = sse.next().await {
+                received.fetch_add(1, Ordering::SeqCst);
+                let last = e.0 == "done";
+                events.push(e);
+                if last {
+                    break;
+                }
+            }
+            events
+        }));
+    }
+    let wait = |n: usize| {
+        let received = received.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while received.load(Ordering::SeqCst) < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} of {n} events",
+                    received.load(Ordering::SeqCst)
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait(VIEWERS).await;
+    let joining = take(&counts);
+    assert_eq!(
+        app.streams.readers(),
+        1,
+        "one reader for all viewers of one user"
+    );
+    tokio::time::sleep(WINDOW).await;
+    let many = take(&counts);
+
+    // A change: read once, sent to all.
+    set_progress(&stack, job, 5).await;
+    wait(2 * VIEWERS).await;
+    let changed = take(&counts);
+
+    // The end: every viewer gets `done`, and the reader goes.
+    stack
+        .pg
+        .execute(
+            "UPDATE generation_jobs SET status = 'succeeded', finished_at = now(), updated_at = now() WHERE id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    for t in tasks {
+        let events = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("viewer ends")
+            .unwrap();
+        assert_eq!(events.last().map(|e| e.0.as_str()), Some("done"));
+        assert!(events.iter().any(|e| e.1["progress"]["done"] == 5));
+    }
+    eprintln!(
+        "stream reads over {WINDOW:?} at 400 ms: 1 viewer {single:?}; {VIEWERS} viewers joining {joining:?}, \
+         steady {many:?}, one change {changed:?}"
+    );
+    let n = |m: &BTreeMap<&str, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+    assert!(n(&single, "light") >= 3, "the reader polls: {single:?}");
+    assert!(
+        n(&many, "light") <= n(&single, "light") + 2,
+        "200 viewers read more than one: {many:?} vs {single:?}"
+    );
+    assert_eq!(
+        n(&single, "full") + n(&many, "full"),
+        0,
+        "nothing changed, nothing re-read"
+    );
+    assert_eq!(
+        n(&joining, "join"),
+        VIEWERS as u64,
+        "one authorising read per viewer"
+    );
+    assert!(n(&joining, "full") <= 1, "{joining:?}");
+    assert_eq!(
+        n(&changed, "full"),
+        1,
+        "one change, one read for all: {changed:?}"
+    );
+    assert_eq!(n(&many, "other") + n(&changed, "other"), 0);
+}
