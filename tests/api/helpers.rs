@@ -336,7 +336,19 @@ impl TestStack {
             )
             .await
             .expect("insert engine");
-        row.get(0)
+        let id: Uuid = row.get(0);
+        // The fixture's flow is valid by construction: record it as checked, as a running
+        // service's checker would within a second (sql/V7), so tests without a worker can
+        // request generations on it.
+        self.pg
+            .execute(
+                "UPDATE public.engine_checks SET state = 'runnable', checked_at = now() \
+                 WHERE engine_id = $1 AND state = 'pending'",
+                &[&id],
+            )
+            .await
+            .expect("mark the fixture engine checked");
+        id
     }
 
     pub async fn assign_fixture(
