@@ -630,7 +630,8 @@ async fn webhooks_wake_the_worker_and_refuse_bad_deliveries() {
     assert_eq!(r.status().as_u16(), 400);
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "invalid_json");
-    let big = json!({"type": "INSERT", "table": "generation_jobs", "record": {"pad": "x".repeat(100_000)}});
+    // Over the 2 MiB a whole job row can take (webhooks.rs).
+    let big = json!({"type": "INSERT", "table": "generation_jobs", "record": {"pad": "x".repeat(3 << 20)}});
     assert_eq!(
         send(Some(&ok), big.to_string())
             .await
