@@ -173,10 +173,17 @@ $$;
 -- generation_get, generation_steps_of below), each with an explicit caller test.
 -- The cost: an admin reading generation_jobs straight through PostgREST now sees only
 -- their own jobs; the service's API and the admin page show them every job.
-DROP POLICY "Users can view their generation jobs" ON public.generation_jobs;
-DROP POLICY "Admins can view all generation jobs" ON public.generation_jobs;
-DROP POLICY "Users can request generation jobs" ON public.generation_jobs;
-DROP POLICY "Users can view steps of visible jobs" ON public.generation_steps;
+-- The complete set of policies of these two tables (the service's own, not the
+-- specification's) is defined here: whatever an earlier migration named them, they go.
+DO $drop$
+DECLARE p record;
+BEGIN
+  FOR p IN SELECT policyname, tablename FROM pg_catalog.pg_policies
+            WHERE schemaname = 'public' AND tablename IN ('generation_jobs', 'generation_steps') LOOP
+    EXECUTE format('DROP POLICY %I ON public.%I', p.policyname, p.tablename);
+  END LOOP;
+END
+$drop$;
 
 CREATE POLICY "Users can view their generation jobs" ON public.generation_jobs
   FOR SELECT USING (user_id = (select auth.uid()));
