@@ -326,6 +326,23 @@ async fn repeated_sigkills_lose_and_repeat_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(rows, jobs as i64 * 6);
+    // No provider ever failed: every lost lease was refunded, none cost an attempt.
+    let row = app
+        .stack
+        .pg
+        .query_one(
+            "SELECT max(attempt), coalesce(sum(lease_losses), 0)::bigint, max(lease_losses) FROM generation_jobs",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (max_attempt, losses, max_losses): (i32, i64, i32) = (row.get(0), row.get(1), row.get(2));
+    println!("sigkill: {losses} lost leases in all, at most {max_losses} for one job");
+    assert_eq!(max_attempt, 1, "a lost lease cost a job an attempt");
+    assert!(
+        losses >= 1,
+        "no kill ever took a lease: the test did not test"
+    );
     // Provider calls: the 5 per job, plus at most the calls in flight at each kill
     // (4 jobs x (1 + 3 chapters) per worker): finished work is never requested again.
     let calls = (mocks.openai.calls().len()
