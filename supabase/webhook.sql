@@ -1,9 +1,10 @@
 -- bookengine: wake the worker when a generation is requested.
 --
--- Creates an AFTER INSERT trigger on public.generation_jobs that POSTs the same payload
--- a Supabase Database Webhook sends:
+-- Creates an AFTER INSERT trigger on public.generation_jobs that POSTs the shape of a
+-- Supabase Database Webhook, with only what the service reads, the job's id:
 --   {"type": "INSERT", "table": "generation_jobs", "schema": "public",
---    "record": <the new row>, "old_record": null}
+--    "record": {"id": "<job id>"}, "old_record": null}
+-- (a whole row is up to ~1.1 MiB: the input and the engine snapshot; nothing reads it).
 -- to bookengine's POST /webhooks/generation, with `Authorization: Bearer <secret>`
 -- (the service's WEBHOOK_SECRET), through pg_net's net.http_post.
 --
@@ -87,7 +88,7 @@ BEGIN
         'type', 'INSERT',
         'table', TG_TABLE_NAME,
         'schema', TG_TABLE_SCHEMA,
-        'record', pg_catalog.row_to_json(NEW)::jsonb,
+        'record', pg_catalog.jsonb_build_object('id', NEW.id),
         'old_record', NULL),
       headers := pg_catalog.jsonb_build_object(
         'Content-Type', 'application/json',

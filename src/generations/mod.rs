@@ -1,8 +1,11 @@
 //! Generation requests as the user sees them: request, list, show (with steps),
 //! cancel. Every call carries the user's JWT: the database takes the engine
-//! snapshot itself (`request_generation`), and RLS shows each user only their jobs.
+//! snapshot itself (`request_generation`), and shows each user only their jobs
+//! (an admin every job) through `generation_list`/`generation_get`/
+//! `generation_steps_of`, which test the caller explicitly (sql/V8 says why).
 
 mod report;
+pub mod rows;
 pub mod watch;
 pub use report::{run_report, RunReport, StepLine};
 
@@ -14,7 +17,7 @@ use uuid::Uuid;
 
 /// The columns a user is shown (the engine snapshot and lease stay internal).
 pub const JOB_COLUMNS: &str = "id,user_id,engine_id,engine_name,input,status,progress,attempt,max_attempts,\
-cancel_requested,error,errors,result,usage,scheduled_at,created_at,started_at,finished_at,updated_at";
+lease_losses,cancel_requested,error,errors,result,usage,scheduled_at,created_at,started_at,finished_at,updated_at";
 
 pub const STEP_COLUMNS: &str =
     "step_id,item_index,status,provider,model,fallback_used,attempts,output,error,\
@@ -33,6 +36,9 @@ pub struct Job {
     pub progress: Value,
     pub attempt: i32,
     pub max_attempts: i32,
+    /// Claims lost because a worker died (not counted in `attempt`).
+    #[serde(default)]
+    pub lease_losses: i32,
     pub cancel_requested: bool,
     pub error: Option<String>,
     #[serde(default)]
@@ -51,6 +57,60 @@ impl Job {
     pub fn is_finished(&self) -> bool {
         matches!(self.status.as_str(), "succeeded" | "failed" | "cancelled")
     }
+
+    /// One row of a reply: whole when it can be read, else its scalar columns.
+    fn from_row(row: &serde_json::value::RawValue) -> Option<Job> {
+        rows::decode(row, |h: JobHeader, e| {
+            tracing::warn!(job_id = %h.id, error = %e, "a job's JSON columns could not be read");
+            Job {
+                id: h.id,
+                user_id: h.user_id,
+                engine_id: h.engine_id,
+                engine_name: h.engine_name,
+                input: Value::Null,
+                status: h.status,
+                progress: Value::Null,
+                attempt: h.attempt,
+                max_attempts: h.max_attempts,
+                lease_losses: h.lease_losses,
+                cancel_requested: h.cancel_requested,
+                error: Some(h.error.unwrap_or_else(|| UNREADABLE.to_owned())),
+                errors: json!([]),
+                result: None,
+                usage: Value::Null,
+                scheduled_at: h.scheduled_at,
+                created_at: h.created_at,
+                started_at: h.started_at,
+                finished_at: h.finished_at,
+                updated_at: h.updated_at,
+            }
+        })
+    }
+}
+
+/// Shown in place of JSON columns the service could not decode.
+const UNREADABLE: &str =
+    "this job's data is nested too deeply (or holds a number too large) to be shown";
+
+/// The columns of a job row that can always be decoded (no JSON values).
+#[derive(Deserialize)]
+struct JobHeader {
+    id: Uuid,
+    user_id: Uuid,
+    engine_id: Option<Uuid>,
+    engine_name: String,
+    status: String,
+    attempt: i32,
+    max_attempts: i32,
+    #[serde(default)]
+    lease_losses: i32,
+    cancel_requested: bool,
+    error: Option<String>,
+    scheduled_at: Option<String>,
+    created_at: Option<String>,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    updated_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +131,61 @@ pub struct StepRecord {
     pub attempt_log: Value,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// Its JSON columns could not be decoded: `output` is missing, not empty.
+    #[serde(skip)]
+    pub unreadable: bool,
+}
+
+impl StepRecord {
+    /// One row of a reply: whole when it can be read, else its scalar columns.
+    pub fn from_row(row: &serde_json::value::RawValue) -> Option<StepRecord> {
+        rows::decode(row, |h: StepHeader, e| {
+            tracing::warn!(step = %h.step_id, error = %e, "a step's JSON columns could not be read");
+            StepRecord {
+                step_id: h.step_id,
+                item_index: h.item_index,
+                status: h.status,
+                provider: h.provider,
+                model: h.model,
+                fallback_used: h.fallback_used,
+                attempts: h.attempts,
+                output: None,
+                error: Some(h.error.unwrap_or_else(|| {
+                    "this step's output is nested too deeply (or holds a number too large) to be shown"
+                        .to_owned()
+                })),
+                usage: Value::Null,
+                latency_ms: h.latency_ms,
+                attempt_log: json!([]),
+                started_at: h.started_at,
+                finished_at: h.finished_at,
+                unreadable: true,
+            }
+        })
+    }
+
+    /// Decode a reply row by row (see [`rows`]).
+    pub fn from_rows(rows: &[Box<serde_json::value::RawValue>]) -> Vec<StepRecord> {
+        rows.iter()
+            .filter_map(|r| StepRecord::from_row(r))
+            .collect()
+    }
+}
+
+/// The columns of a step row that can always be decoded (no JSON values).
+#[derive(Deserialize)]
+struct StepHeader {
+    step_id: String,
+    item_index: i32,
+    status: String,
+    provider: Option<String>,
+    model: Option<String>,
+    fallback_used: bool,
+    attempts: i32,
+    error: Option<String>,
+    latency_ms: Option<i32>,
+    started_at: Option<String>,
+    finished_at: Option<String>,
 }
 
 /// A job with its steps, in execution order.
@@ -90,6 +205,25 @@ pub struct GenerationRequest {
     /// A specific engine; by default the one `resolve_engine` picks.
     #[serde(default)]
     pub engine_id: Option<Uuid>,
+}
+
+/// Does any string or key hold U+0000? (The request body parser bounds the depth.)
+fn holds_nul(v: &Value) -> bool {
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) if s.contains('\0') => return true,
+            Value::Array(a) => stack.extend(a),
+            Value::Object(m) => {
+                if m.keys().any(|k| k.contains('\0')) {
+                    return true;
+                }
+                stack.extend(m.values());
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 fn empty_object() -> Value {
@@ -112,6 +246,14 @@ pub async fn request(rest: &Rest, caller: &Caller, req: &GenerationRequest) -> R
                 .with_details(json!({"path": "input"})),
         );
     }
+    // Postgres's jsonb cannot store \u0000; say so instead of passing on its error.
+    if holds_nul(&req.input) {
+        return Err(Error::invalid(
+            codes::INVALID_REQUEST,
+            "input cannot contain the character \\u0000",
+        )
+        .with_details(json!({"path": "input"})));
+    }
     let builder = rest
         .rpc(
             caller,
@@ -122,39 +264,50 @@ pub async fn request(rest: &Rest, caller: &Caller, req: &GenerationRequest) -> R
     rest.send(builder).await
 }
 
+/// The caller's jobs, newest first (every job for an admin). The database filters by
+/// the caller explicitly, on the (user_id, created_at) index: one user's jobs never
+/// cost another's scan. Rows are decoded one at a time: an unreadable job is shown
+/// without its JSON columns instead of failing the whole list.
 pub async fn list(
     rest: &Rest,
     caller: &Caller,
     limit: usize,
     status: Option<&str>,
 ) -> Result<Vec<Job>> {
-    let mut builder = rest
-        .table(caller, "generation_jobs")?
-        .select(JOB_COLUMNS)
-        .order("created_at.desc")
-        .limit(limit.clamp(1, 500));
-    if let Some(s) = status {
-        builder = builder.eq("status", s);
-    }
-    rest.send(builder).await
+    let params = json!({"max_rows": limit.clamp(1, 500), "only_status": status});
+    let builder = rest
+        .rpc(caller, "generation_list", &params)?
+        .select(JOB_COLUMNS);
+    let rows = rows::fetch(rest, builder).await?;
+    Ok(rows.iter().filter_map(|r| Job::from_row(r)).collect())
 }
 
 pub async fn get_job(rest: &Rest, caller: &Caller, id: Uuid) -> Result<Job> {
     let builder = rest
-        .table(caller, "generation_jobs")?
-        .select(JOB_COLUMNS)
-        .eq("id", id.to_string());
-    let rows: Vec<Job> = rest.send(builder).await?;
-    rows.into_iter().next().ok_or_else(|| not_found(id))
+        .rpc(caller, "generation_get", &json!({"job_id": id}))?
+        .select(JOB_COLUMNS);
+    let rows = rows::fetch(rest, builder).await?;
+    rows.first()
+        .and_then(|r| Job::from_row(r))
+        .ok_or_else(|| not_found(id))
 }
 
+/// The steps of a job, in execution order. A person reads them through
+/// `generation_steps_of` (their own job's, or any for an admin); the service role
+/// (the worker resuming a job) reads the table.
 pub async fn steps(rest: &Rest, caller: &Caller, id: Uuid) -> Result<Vec<StepRecord>> {
-    let builder = rest
-        .table(caller, "generation_steps")?
-        .select(STEP_COLUMNS)
-        .eq("job_id", id.to_string())
-        .order("started_at.asc,item_index.asc");
-    rest.send(builder).await
+    let builder = match caller {
+        Caller::Service => rest
+            .table(caller, "generation_steps")?
+            .select(STEP_COLUMNS)
+            .eq("job_id", id.to_string())
+            .order("started_at.asc,item_index.asc"),
+        Caller::User(_) => rest
+            .rpc(caller, "generation_steps_of", &json!({"job_id": id}))?
+            .select(STEP_COLUMNS),
+    };
+    let rows = rows::fetch(rest, builder).await?;
+    Ok(StepRecord::from_rows(&rows))
 }
 
 pub async fn get(rest: &Rest, caller: &Caller, id: Uuid) -> Result<JobDetail> {
@@ -169,5 +322,8 @@ pub async fn cancel(rest: &Rest, caller: &Caller, id: Uuid) -> Result<Job> {
     let builder = rest
         .rpc(caller, "cancel_generation", &json!({"job_id": id}))?
         .select(JOB_COLUMNS);
-    rest.send(builder).await
+    let body = rest.send_raw(builder).await?;
+    let row: Box<serde_json::value::RawValue> = serde_json::from_slice(&body)
+        .map_err(|e| Error::internal(format!("unexpected PostgREST response: {e}")))?;
+    Job::from_row(&row).ok_or_else(|| not_found(id))
 }

@@ -95,8 +95,9 @@ pub fn router(state: AppState) -> Router {
         .merge(engines::router())
         .merge(assignments::router())
         .merge(generations::router())
-        .merge(webhooks::router())
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        // After the API's limit: a webhook may carry a whole job row (webhooks.rs).
+        .merge(webhooks::router())
         .layer(axum::middleware::from_fn(error::log_errors))
         // A bug (ours or a dependency's) answers 500 JSON instead of dropping the connection.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

@@ -3,26 +3,168 @@
 //! lease token; the database refuses a stale one with `lease_lost` (fencing).
 
 use crate::error::Result;
-use crate::generations::StepRecord;
+use crate::generations::{rows, StepRecord};
 use crate::rest::{Caller, Rest};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// A claimed job: everything the worker needs, including the engine snapshot.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct ClaimedJob {
     pub id: Uuid,
     pub user_id: Uuid,
     pub engine_id: Option<Uuid>,
     pub engine_name: String,
     pub engine_snapshot: Value,
-    #[serde(default)]
     pub input: Value,
     pub attempt: i32,
     pub max_attempts: i32,
+    /// Earlier claims lost with their worker (not counted in `attempt`).
+    pub lease_losses: i32,
     pub lease_token: Uuid,
     pub cancel_requested: bool,
+}
+
+/// One job of a claim: ready to run, or held by this worker but unreadable, to be
+/// failed on its own (its lease makes the failure this worker's to record).
+#[derive(Debug, Clone)]
+pub enum Claim {
+    Ready(ClaimedJob),
+    Unreadable {
+        id: Uuid,
+        lease_token: Uuid,
+        reason: String,
+    },
+}
+
+/// The claim's columns. The two JSON documents come as text and are decoded one job
+/// at a time: a job whose input cannot be read (nested past serde_json's 128 levels,
+/// a number beyond a float) fails alone instead of failing the whole batch.
+const CLAIM_COLUMNS: &str = "id,user_id,engine_id,engine_name,engine_snapshot::text,input::text,\
+attempt,max_attempts,lease_losses,lease_token,cancel_requested";
+
+#[derive(Deserialize)]
+struct ClaimRow {
+    id: Uuid,
+    user_id: Uuid,
+    engine_id: Option<Uuid>,
+    engine_name: String,
+    engine_snapshot: String,
+    input: Option<String>,
+    attempt: i32,
+    max_attempts: i32,
+    #[serde(default)]
+    lease_losses: i32,
+    lease_token: Uuid,
+    cancel_requested: bool,
+}
+
+/// What a claim row holds whatever else is wrong with it.
+#[derive(Deserialize)]
+struct ClaimHeader {
+    id: Uuid,
+    lease_token: Uuid,
+}
+
+impl Claim {
+    fn from_row(row: &RawValue) -> Option<Claim> {
+        let parsed = serde_json::from_str::<ClaimRow>(row.get())
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                let snapshot = serde_json::from_str(&r.engine_snapshot)
+                    .map_err(|e| format!("its engine snapshot cannot be read ({e})"))?;
+                let input = match r.input.as_deref() {
+                    Some(text) => serde_json::from_str(text)
+                        .map_err(|e| format!("its input cannot be read ({e})"))?,
+                    None => json!({}),
+                };
+                Ok(ClaimedJob {
+                    id: r.id,
+                    user_id: r.user_id,
+                    engine_id: r.engine_id,
+                    engine_name: r.engine_name,
+                    engine_snapshot: snapshot,
+                    input,
+                    attempt: r.attempt,
+                    max_attempts: r.max_attempts,
+                    lease_losses: r.lease_losses,
+                    lease_token: r.lease_token,
+                    cancel_requested: r.cancel_requested,
+                })
+            });
+        match parsed {
+            Ok(job) => Some(Claim::Ready(job)),
+            Err(reason) => match serde_json::from_str::<ClaimHeader>(row.get()) {
+                Ok(h) => Some(Claim::Unreadable {
+                    id: h.id,
+                    lease_token: h.lease_token,
+                    reason,
+                }),
+                Err(e) => {
+                    // Not even the id: the lease expires and the release's poison guard
+                    // ends it after a bounded number of claims.
+                    tracing::error!(error = %e, %reason, "a claimed job could not be identified");
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// The step columns the worker resumes from; `output` as text for the same reason
+/// as the claim's input (a model may answer up to serde_json's limit, and the row
+/// around it would add levels).
+const RESUME_COLUMNS: &str = "step_id,item_index,status,provider,model,fallback_used,attempts,\
+output::text,error,usage,latency_ms,attempt_log,started_at,finished_at";
+
+/// A recorded step as the worker reads it.
+#[derive(Deserialize)]
+struct StoredStep {
+    step_id: String,
+    item_index: i32,
+    status: String,
+    provider: Option<String>,
+    model: Option<String>,
+    fallback_used: bool,
+    attempts: i32,
+    output: Option<String>,
+    error: Option<String>,
+    #[serde(default)]
+    usage: Value,
+    latency_ms: Option<i32>,
+    #[serde(default)]
+    attempt_log: Value,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+}
+
+impl From<StoredStep> for StepRecord {
+    fn from(s: StoredStep) -> StepRecord {
+        let (output, unreadable) = match s.output.as_deref().map(serde_json::from_str::<Value>) {
+            None => (None, false),
+            Some(Ok(v)) => (Some(v), false),
+            Some(Err(_)) => (None, true),
+        };
+        StepRecord {
+            step_id: s.step_id,
+            item_index: s.item_index,
+            status: s.status,
+            provider: s.provider,
+            model: s.model,
+            fallback_used: s.fallback_used,
+            attempts: s.attempts,
+            output,
+            error: s.error,
+            usage: s.usage,
+            latency_ms: s.latency_ms,
+            attempt_log: s.attempt_log,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            unreadable,
+        }
+    }
 }
 
 /// The job row fields a heartbeat needs.
@@ -64,11 +206,15 @@ impl Queue {
         worker: &str,
         max_jobs: usize,
         lease_seconds: u64,
-    ) -> Result<Vec<ClaimedJob>> {
+    ) -> Result<Vec<Claim>> {
         let params =
             json!({"worker": worker, "max_jobs": max_jobs, "lease_seconds": lease_seconds});
-        let builder = self.rest.rpc(&Caller::Service, "job_claim", &params)?;
-        self.rest.send(builder).await
+        let builder = self
+            .rest
+            .rpc(&Caller::Service, "job_claim", &params)?
+            .select(CLAIM_COLUMNS);
+        let rows = rows::fetch(&self.rest, builder).await?;
+        Ok(rows.iter().filter_map(|r| Claim::from_row(r)).collect())
     }
 
     pub async fn heartbeat(
@@ -85,9 +231,26 @@ impl Queue {
         self.rest.send(builder).await
     }
 
-    /// The steps already recorded for a job (to resume without repeating work).
+    /// The steps already recorded for a job (to resume without repeating work),
+    /// decoded one at a time; a step whose output cannot be read is marked `unreadable`.
     pub async fn steps(&self, job: Uuid) -> Result<Vec<StepRecord>> {
-        crate::generations::steps(&self.rest, &Caller::Service, job).await
+        let builder = self
+            .rest
+            .table(&Caller::Service, "generation_steps")?
+            .select(RESUME_COLUMNS)
+            .eq("job_id", job.to_string())
+            .order("started_at.asc,item_index.asc");
+        let rows = rows::fetch(&self.rest, builder).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| match serde_json::from_str::<StoredStep>(r.get()) {
+                Ok(s) => Some(StepRecord::from(s)),
+                Err(e) => {
+                    tracing::warn!(job_id = %job, error = %e, "a recorded step could not be read; left out");
+                    None
+                }
+            })
+            .collect())
     }
 
     pub async fn save_step(
@@ -103,7 +266,14 @@ impl Queue {
             .rest
             .rpc(&Caller::Service, "step_save", &params)?
             .select(crate::generations::STEP_COLUMNS);
-        self.rest.send(builder).await
+        let body = self.rest.send_raw(builder).await?;
+        // The stored row (a finished step is never overwritten), read on its own terms.
+        let row: Box<RawValue> = serde_json::from_slice(&body).map_err(|e| {
+            crate::error::Error::internal(format!("unexpected PostgREST response: {e}"))
+        })?;
+        StepRecord::from_row(&row).ok_or_else(|| {
+            crate::error::Error::internal("the saved step could not be read".to_owned())
+        })
     }
 
     /// Finish the job, saving `steps` (records the worker held back) in the same

@@ -183,6 +183,8 @@ fn sql_code(details: Option<&str>) -> Option<&'static str> {
         codes::RATE_LIMITED,
         "invalid_input",
         "input_too_large",
+        "input_too_deep",
+        "input_too_wide",
         "not_authenticated",
         codes::INVALID_REQUEST,
     ];

@@ -197,8 +197,9 @@ impl Worker {
             snapshot["tier"].as_str(),
         )
         .map_err(|e| Stop::Fatal(format!("the engine's flow is invalid: {}", e.message)))?;
-        // A first attempt has nothing recorded yet: skip the read.
-        let existing = if job.attempt <= 1 {
+        // A first claim has nothing recorded yet: skip the read. A job taken over from
+        // a lost worker keeps its attempt number but has lease_losses.
+        let existing = if job.attempt <= 1 && job.lease_losses == 0 {
             HashMap::new()
         } else {
             self.queue
@@ -208,6 +209,17 @@ impl Worker {
                 .map(|s| ((s.step_id.clone(), s.item_index), s))
                 .collect::<HashMap<_, _>>()
         };
+        // A finished step whose record cannot be read back: running it again would bill
+        // it twice and resume would never see it. Only rows written outside the worker.
+        if let Some(s) = existing
+            .values()
+            .find(|s| s.unreadable && s.status == "succeeded")
+        {
+            return Err(Stop::Fatal(format!(
+                "step {}: its recorded output cannot be read back",
+                s.step_id
+            )));
+        }
         let run = Run {
             worker: self,
             job,

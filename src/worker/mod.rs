@@ -8,7 +8,7 @@ mod writer;
 
 use crate::metrics::Metrics;
 use crate::providers::ProviderRegistry;
-use crate::queue::Queue;
+use crate::queue::{Claim, Queue};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -130,12 +130,23 @@ impl Worker {
                     Ok(jobs) => {
                         failures = 0;
                         claimed_all = jobs.len() == free;
-                        for job in jobs {
+                        for claim in jobs {
                             self.metrics
                                 .jobs_claimed
                                 .with_label_values(&[self.id.as_str()])
                                 .inc();
-                            running.spawn(self.clone().execute(job));
+                            match claim {
+                                Claim::Ready(job) => {
+                                    running.spawn(self.clone().execute(job));
+                                }
+                                Claim::Unreadable {
+                                    id,
+                                    lease_token,
+                                    reason,
+                                } => {
+                                    running.spawn(self.clone().reject(id, lease_token, reason));
+                                }
+                            }
                         }
                     }
                     Err(e) => {
@@ -170,6 +181,26 @@ impl Worker {
         })
         .await;
         running.abort_all();
+    }
+}
+
+impl Worker {
+    /// A claimed job this worker cannot read fails on its own, at once and for good
+    /// (a retry would read the same row); the rest of its batch runs as usual.
+    async fn reject(self: Arc<Self>, id: uuid::Uuid, lease: uuid::Uuid, reason: String) {
+        let message = format!("the job cannot be run: {reason}");
+        tracing::warn!(job_id = %id, %reason, "unreadable job failed");
+        match self.queue.fail(id, lease, &message, false, 0).await {
+            Ok(()) => self
+                .metrics
+                .jobs_finished
+                .with_label_values(&["failed"])
+                .inc(),
+            // Its lease expires; the release's poison guard bounds how often this repeats.
+            Err(e) => {
+                tracing::warn!(job_id = %id, code = e.code, "could not fail the unreadable job")
+            }
+        }
     }
 }
 

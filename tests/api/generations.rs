@@ -410,7 +410,7 @@ async fn cancelling_stops_a_running_job_within_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_streams_as_server_sent_events() {
     let (app, mocks) = app_with_mocks().await;
-    let (_admin, pro, _) = book_setup(&app).await;
+    let (admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.latency(Duration::from_millis(1500));
     let (_, job) = app
         .post(
@@ -420,6 +420,15 @@ async fn progress_streams_as_server_sent_events() {
         )
         .await;
     let id = job["id"].as_str().unwrap().to_owned();
+    // An admin follows someone else's book too (sql/V10: owner-only tables, definer reads).
+    let admin_view = app
+        .http
+        .get(format!("{}/v1/generations/{id}/events", app.address))
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin_view.status().as_u16(), 200);
     let resp = app
         .http
         .get(format!("{}/v1/generations/{id}/events", app.address))
@@ -440,6 +449,11 @@ async fn progress_streams_as_server_sent_events() {
     assert!(progress >= 2, "expected several progress events: {text}");
     assert!(text.contains("event: done"));
     assert!(text.contains("\"succeeded\""));
+    let admin_text = tokio::time::timeout(Duration::from_secs(30), admin_view.text())
+        .await
+        .expect("the admin's stream ends")
+        .unwrap();
+    assert!(admin_text.contains("event: done"), "{admin_text}");
     // Someone else's job: 404 before any stream starts.
     let other = app.stack.user(Some("pro"), false).await;
     let (s, _) = app
@@ -630,7 +644,8 @@ async fn webhooks_wake_the_worker_and_refuse_bad_deliveries() {
     assert_eq!(r.status().as_u16(), 400);
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "invalid_json");
-    let big = json!({"type": "INSERT", "table": "generation_jobs", "record": {"pad": "x".repeat(100_000)}});
+    // Over the 2 MiB a whole job row can take (webhooks.rs).
+    let big = json!({"type": "INSERT", "table": "generation_jobs", "record": {"pad": "x".repeat(3 << 20)}});
     assert_eq!(
         send(Some(&ok), big.to_string())
             .await
