@@ -261,7 +261,7 @@ fn map_error(status: u16, err: PgrstError) -> Error {
                 None => e,
             }
         }
-        (_, "23514") | (_, "23502") | (_, "22P02") | (_, "22023") | (_, "22007") => {
+        (_, "23514") | (_, "23502") | (_, "22P02") | (_, "22P05") | (_, "22023") | (_, "22007") => {
             Error::invalid(codes::INVALID_REQUEST, message)
         }
         (404, _) => Error::not_found(codes::NOT_FOUND, "not found"),
