@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// The columns a user is shown (the engine snapshot and lease stay internal).
-pub const JOB_COLUMNS: &str = "id,user_id,engine_id,engine_name,input,status,progress,attempt,max_attempts,\
+pub const JOB_COLUMNS: &str = "id,user_id,engine_id,engine_name,engine_version,input,status,progress,attempt,max_attempts,\
 cancel_requested,error,errors,result,usage,scheduled_at,created_at,started_at,finished_at,updated_at";
 
 pub const STEP_COLUMNS: &str =
@@ -25,6 +25,9 @@ pub struct Job {
     pub user_id: Uuid,
     pub engine_id: Option<Uuid>,
     pub engine_name: String,
+    /// The engine version the job runs (its snapshot's), sql/V9.
+    #[serde(default)]
+    pub engine_version: Option<i32>,
     #[serde(default)]
     pub input: Value,
     pub status: String,
