@@ -120,7 +120,8 @@ pub async fn start(
     if let Err(e) = super::versions::run_pending(rest, Some(engine)).await {
         tracing::debug!(code = e.code, "version left for the checker");
     }
-    let params = json!({"engine_id": engine, "version": request.version, "percent": request.percent});
+    let params =
+        json!({"engine_id": engine, "version": request.version, "percent": request.percent});
     let r: Release = rest
         .send(rest.rpc(caller, "engine_rollout_start", &params)?)
         .await?;
@@ -131,7 +132,11 @@ pub async fn start(
 #[tracing::instrument(skip_all, fields(engine_id = %engine))]
 pub async fn promote(rest: &Rest, caller: &Caller, engine: Uuid) -> Result<RolloutState> {
     let r: Release = rest
-        .send(rest.rpc(caller, "engine_rollout_promote", &json!({"engine_id": engine}))?)
+        .send(rest.rpc(
+            caller,
+            "engine_rollout_promote",
+            &json!({"engine_id": engine}),
+        )?)
         .await?;
     // The engine's flow changed: check it now, as a deploy does.
     if let Err(e) = super::check::run_pending(rest, Some(engine)).await {
@@ -144,7 +149,11 @@ pub async fn promote(rest: &Rest, caller: &Caller, engine: Uuid) -> Result<Rollo
 #[tracing::instrument(skip_all, fields(engine_id = %engine))]
 pub async fn abort(rest: &Rest, caller: &Caller, engine: Uuid) -> Result<RolloutState> {
     let r: Release = rest
-        .send(rest.rpc(caller, "engine_rollout_abort", &json!({"engine_id": engine}))?)
+        .send(rest.rpc(
+            caller,
+            "engine_rollout_abort",
+            &json!({"engine_id": engine}),
+        )?)
         .await?;
     Ok(r.into())
 }

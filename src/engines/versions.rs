@@ -91,7 +91,11 @@ fn engine_not_found(id: Uuid) -> Error {
 
 /// Per-version numbers of one engine; refuses non-admins (`permission_denied`).
 pub async fn stats(rest: &Rest, caller: &Caller, engine: Uuid) -> Result<Vec<VersionStats>> {
-    let builder = rest.rpc(caller, "engine_version_stats", &json!({"engine_id": engine}))?;
+    let builder = rest.rpc(
+        caller,
+        "engine_version_stats",
+        &json!({"engine_id": engine}),
+    )?;
     rest.send(builder).await
 }
 
@@ -138,7 +142,12 @@ fn annotate(v: &mut EngineVersion, release: &Release) {
 }
 
 /// One version with its flow (and its numbers).
-pub async fn get(rest: &Rest, caller: &Caller, engine: Uuid, version: i32) -> Result<EngineVersion> {
+pub async fn get(
+    rest: &Rest,
+    caller: &Caller,
+    engine: Uuid,
+    version: i32,
+) -> Result<EngineVersion> {
     let numbers = stats(rest, caller, engine).await?;
     let release = rollout::release(rest, caller, engine)
         .await?

@@ -33,7 +33,10 @@ pub fn router() -> Router<AppState> {
         .route("/v1/engines/{id}/versions/{n}/diff/{m}", get(version_diff))
         .route("/v1/engines/{id}/diff", get(version_diff_query))
         .route("/v1/engines/{id}/rollback", post(rollback))
-        .route("/v1/engines/{id}/rollout", get(rollout_show).post(rollout_start))
+        .route(
+            "/v1/engines/{id}/rollout",
+            get(rollout_show).post(rollout_start),
+        )
         .route("/v1/engines/{id}/rollout/promote", post(rollout_promote))
         .route("/v1/engines/{id}/rollout/abort", post(rollout_abort))
 }

@@ -231,10 +231,13 @@ fn map_error(status: u16, err: PgrstError) -> Error {
         }
         if let Some(hint) = err.hint {
             // engine_not_runnable carries the check's issues as JSON in the hint.
-            let issues = matches!(code, codes::ENGINE_NOT_RUNNABLE | codes::VERSION_NOT_RUNNABLE)
-                .then(|| serde_json::from_str::<Value>(&hint).ok())
-                .flatten()
-                .filter(Value::is_array);
+            let issues = matches!(
+                code,
+                codes::ENGINE_NOT_RUNNABLE | codes::VERSION_NOT_RUNNABLE
+            )
+            .then(|| serde_json::from_str::<Value>(&hint).ok())
+            .flatten()
+            .filter(Value::is_array);
             e = e.with_details(match issues {
                 Some(issues) => serde_json::json!({ "issues": issues }),
                 None => serde_json::json!({ "hint": hint }),
