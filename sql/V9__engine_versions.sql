@@ -152,10 +152,8 @@ BEGIN
       origin := 'update';
       restored := NULL;
     END IF;
-    UPDATE public.engine_releases r
-       SET current_version = n, last_version = n,
-           -- a candidate that is the new current version is no longer a candidate
-           rollout_version = CASE WHEN r.rollout_version = n THEN NULL ELSE r.rollout_version END
+    -- A running rollout goes on: its candidate now competes with this new version.
+    UPDATE public.engine_releases r SET current_version = n, last_version = n
      WHERE r.engine_id = NEW.id;
   END IF;
   INSERT INTO public.engine_versions (engine_id, version, flow_config, models, execution_mode,
