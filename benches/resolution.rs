@@ -143,6 +143,68 @@ async fn seed_base(pg: &tokio_postgres::Client, flow: &serde_json::Value) -> Res
     Ok(())
 }
 
+/// Share of each engine's users on its candidate while the rollout case runs.
+const ROLLOUT_PERCENT: i32 = 50;
+
+/// Gives every engine a checked version 2 (another model in the first step): a
+/// rollout candidate. Written as the service role would see it after its check.
+async fn seed_candidates(pg: &tokio_postgres::Client) -> Res<()> {
+    pg.batch_execute(
+        "INSERT INTO public.engine_versions (engine_id, version, flow_config, models, execution_mode,
+                                             origin, note, check_state, checked_at)
+           SELECT e.id, 2, jsonb_set(e.flow_config, '{steps,0,configuration,model}', '\"gpt-4.1-mini\"'),
+                  e.models, e.execution_mode, 'proposal', 'bench candidate', 'runnable', now()
+             FROM public.ai_engines e;
+         UPDATE public.engine_releases SET last_version = 2;
+         ANALYZE public.engine_versions, public.engine_releases;",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Starts (or ends) a rollout of version 2 on every engine.
+async fn set_rollout(pg: &tokio_postgres::Client, on: bool) -> Res<()> {
+    let sql = if on {
+        format!(
+            "UPDATE public.engine_releases SET rollout_version = 2, rollout_percent = {ROLLOUT_PERCENT},
+                    rollout_started_at = now(), rollout_updated_at = now()"
+        )
+    } else {
+        "UPDATE public.engine_releases SET rollout_version = NULL, rollout_percent = NULL,
+                rollout_started_at = NULL, rollout_updated_at = now()"
+            .to_owned()
+    };
+    pg.batch_execute(&sql).await?;
+    Ok(())
+}
+
+/// Share of 1,000 users whose resolved engine is a candidate (proves the case is live).
+async fn candidate_share(pg: &tokio_postgres::Client) -> Res<f64> {
+    pg.batch_execute(&format!(
+        "DROP TABLE IF EXISTS pg_temp.probe;
+         CREATE TEMP TABLE probe (rollout boolean);
+         DO $$
+         DECLARE g integer; c public.engine_choice;
+         BEGIN
+           FOR g IN 1..1000 LOOP
+             PERFORM set_config('request.jwt.claims', json_build_object('sub',
+               ('00000000-0000-4000-8000-' || lpad(to_hex(g * 97 % {USERS} + 1), 12, '0')),
+               'role', 'authenticated')::text, true);
+             SELECT * INTO c FROM public.my_engines() x WHERE x.check_state <> 'not_runnable' ORDER BY x.rank LIMIT 1;
+             IF c.id IS NOT NULL THEN INSERT INTO probe VALUES (c.rollout); END IF;
+           END LOOP;
+         END $$;"
+    ))
+    .await?;
+    let row = pg
+        .query_one(
+            "SELECT coalesce(avg(CASE WHEN rollout THEN 1.0 ELSE 0.0 END), 0)::float8 FROM probe",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Replace all assignments with `total`: 90 tier assignments (30 engines per tier)
 /// and `total - 90` user assignments spread evenly over the users, random priorities,
 /// 5% inactive.
@@ -295,6 +357,7 @@ async fn run() -> Res<()> {
     );
     let flow = book_flow("openai", "parallel", "Bench engine");
     seed_base(&stack.pg, &flow).await?;
+    seed_candidates(&stack.pg).await?;
     stack.restart_postgrest().await?;
 
     // The service, in this process on its own runtime (as a separate process would be).
@@ -368,6 +431,9 @@ async fn run() -> Res<()> {
     let mut growth_rows: Vec<(i64, Stats, Stats)> = Vec::new();
     let mut overhead = None;
     let mut main_figures = None;
+    // Same, with a rollout running: (size, b at c=1, c at c=1, share on a candidate).
+    let mut rollout_rows: Vec<(i64, Stats, Stats, f64)> = Vec::new();
+    let mut rollout_main = None;
     let mut explain_report = String::new();
     let mut generation_report = String::new();
     for &size in &sizes {
@@ -411,6 +477,49 @@ async fn run() -> Res<()> {
         let c1 = Stats::of(&t.floor(1, p.serial_min, p.serial_n, p.serial_limit).await);
         println!("{}", c1.line("(c) floor, c=1"));
         growth_rows.push((size, b1, c1));
+
+        // The same targets with a rollout running on every engine, measured right after.
+        set_rollout(&stack.pg, true).await?;
+        let share = candidate_share(&stack.pg).await?;
+        println!(
+            "rollout of version 2 to {ROLLOUT_PERCENT} % on all {ENGINES} engines: {:.1} % of 1,000 sampled users resolve to a candidate",
+            share * 100.0
+        );
+        t.service(1, 1, 200, warm).await;
+        t.postgrest(1, 1, 200, warm).await;
+        t.floor(1, 1, 200, warm).await;
+        let mut r16 = None;
+        if concurrent {
+            let a = Stats::of(&t.service(CONCURRENCY, 0, p.main_n, p.main_limit).await);
+            println!("{}", a.line("rollout (a) service, c=16"));
+            let b = Stats::of(&t.postgrest(CONCURRENCY, 0, p.main_n, p.main_limit).await);
+            println!("{}", b.line("rollout (b) PostgREST, c=16"));
+            let c = Stats::of(&t.floor(CONCURRENCY, 0, p.main_n, p.main_limit).await);
+            println!("{}", c.line("rollout (c) floor, c=16"));
+            r16 = Some((a, b, c));
+        }
+        let ra1 = if concurrent {
+            let a1 = Stats::of(&t.service(1, p.serial_min, p.serial_n, p.serial_limit).await);
+            println!("{}", a1.line("rollout (a) service, c=1"));
+            Some(a1)
+        } else {
+            None
+        };
+        let rb1 = Stats::of(
+            &t.postgrest(1, p.serial_min, p.serial_n, p.serial_limit)
+                .await,
+        );
+        println!("{}", rb1.line("rollout (b) PostgREST, c=1"));
+        let rc1 = Stats::of(&t.floor(1, p.serial_min, p.serial_n, p.serial_limit).await);
+        println!("{}", rc1.line("rollout (c) floor, c=1"));
+        set_rollout(&stack.pg, false).await?;
+        rollout_rows.push((size, rb1, rc1, share));
+        if let (Some(r), Some(ra1)) = (r16, ra1) {
+            if size == p.main_size {
+                rollout_main = Some((r.0, r.1, r.2, ra1, rb1, rc1));
+            }
+        }
+
         if let (Some((a, b, c)), Some(a1)) = (c16, a1) {
             if size == OVERHEAD_SIZE {
                 overhead = Some((a, b, c, a1, b1, c1));
@@ -468,6 +577,30 @@ async fn run() -> Res<()> {
         show(
             format!("at {OVERHEAD_SIZE} assignments (database share small: the service's own overhead):"),
             f,
+        );
+    }
+    if let Some(f) = rollout_main {
+        show(
+            format!(
+                "at {} assignments WITH A ROLLOUT ({ROLLOUT_PERCENT} % on every engine), same run:",
+                p.main_size
+            ),
+            f,
+        );
+    }
+    println!("growth with and without a rollout, concurrency 1 (p50):");
+    println!(
+        "  {:>11}  {:>14}  {:>14}  {:>12}  {:>12}  {:>9}",
+        "assignments", "(b) no rollout", "(b) rollout", "(c) none", "(c) rollout", "candidate"
+    );
+    for ((n, b, c), (_, rb, rc, share)) in growth_rows.iter().zip(&rollout_rows) {
+        println!(
+            "  {n:>11}  {:>11.2} ms  {:>11.2} ms  {:>9.2} ms  {:>9.2} ms  {:>8.1}%",
+            b.p50,
+            rb.p50,
+            c.p50,
+            rc.p50,
+            share * 100.0
         );
     }
     println!(

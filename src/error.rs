@@ -53,6 +53,16 @@ pub mod codes {
     pub const ENGINE_CHECK_PENDING: &str = "engine_check_pending";
     pub const CONFLICT: &str = "conflict";
     pub const PORT_IN_USE: &str = "port_in_use";
+    /// An engine has no version with that number.
+    pub const VERSION_NOT_FOUND: &str = "version_not_found";
+    /// A version the service's check found broken cannot be rolled back to or out.
+    pub const VERSION_NOT_RUNNABLE: &str = "version_not_runnable";
+    /// Rolling back or out to the version the engine runs already.
+    pub const VERSION_IS_CURRENT: &str = "version_is_current";
+    /// Another candidate is being rolled out: promote or abort it first.
+    pub const ROLLOUT_IN_PROGRESS: &str = "rollout_in_progress";
+    /// Promote or abort with no rollout.
+    pub const NO_ROLLOUT: &str = "no_rollout";
     pub const LEASE_LOST: &str = "lease_lost";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
     pub const RATE_LIMITED: &str = "rate_limited";

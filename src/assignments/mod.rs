@@ -49,6 +49,12 @@ pub struct EngineChoice {
     pub runnable: Option<bool>,
     #[serde(default)]
     pub check_issues: Option<Value>,
+    /// The engine version the caller gets (sql/V9).
+    #[serde(default)]
+    pub version: Option<i32>,
+    /// true when that version is a rollout's candidate (the caller is in its share).
+    #[serde(default)]
+    pub rollout: Option<bool>,
 }
 
 /// Who an assignment is for.

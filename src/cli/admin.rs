@@ -3,7 +3,7 @@
 
 use crate::assignments::{self, AssignmentFilter, AssignmentPatch, BulkAssignment, NewAssignment};
 use crate::config::SupabaseConfig;
-use crate::engines::{self, EngineFilter, EnginePatch};
+use crate::engines::{self, rollout, versions, EngineFilter, EnginePatch};
 use crate::error::{codes, Error, Result};
 use crate::flow::Tier;
 use crate::rest::{Caller, Rest};
@@ -156,6 +156,48 @@ pub enum EnginesAction {
     },
     /// Delete an engine and its assignments.
     Delete { id: Uuid },
+    /// An engine's versions, newest first, with jobs and outcomes per version (or one
+    /// version's flow with `N`).
+    Versions {
+        id: Uuid,
+        #[arg(value_name = "VERSION")]
+        number: Option<i32>,
+    },
+    /// What changed between two versions: steps added, removed, changed (fields, old → new).
+    Diff { id: Uuid, from: i32, to: i32 },
+    /// Make version N current again, as a new version.
+    Rollback {
+        id: Uuid,
+        #[arg(value_name = "VERSION")]
+        number: i32,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Store a flow document (a file, or - for stdin) as a new version that is not
+    /// current: a candidate for `rollout`.
+    Propose {
+        id: Uuid,
+        flow: PathBuf,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Show the rollout; or start one (--candidate N --percent P, again to change the
+    /// share), --promote the candidate to current, or --abort it.
+    Rollout {
+        id: Uuid,
+        /// The version to roll out.
+        #[arg(long, value_name = "VERSION", requires = "percent", conflicts_with_all = ["promote", "abort"])]
+        candidate: Option<i32>,
+        /// Share of the engine's users on the candidate, 0 to 100.
+        #[arg(long, requires = "candidate")]
+        percent: Option<f64>,
+        /// Make the candidate current (it keeps its number) and end the rollout.
+        #[arg(long, conflicts_with = "abort")]
+        promote: bool,
+        /// End the rollout: every user back on the current version.
+        #[arg(long)]
+        abort: bool,
+    },
 }
 
 pub async fn engines(args: EnginesArgs, json: bool) -> Result<()> {
@@ -177,6 +219,9 @@ pub async fn engines(args: EnginesArgs, json: bool) -> Result<()> {
             );
         }
     };
+    if let Some(done) = versions_action(&args.action, &rest, &caller, json).await {
+        return done;
+    }
     match args.action {
         EnginesAction::Deploy { flow } => {
             let doc = read_json(&flow)?;
@@ -278,8 +323,232 @@ pub async fn engines(args: EnginesArgs, json: bool) -> Result<()> {
                 println!("deleted engine {id}");
             }
         }
+        // Handled by versions_action above.
+        EnginesAction::Versions { .. }
+        | EnginesAction::Diff { .. }
+        | EnginesAction::Rollback { .. }
+        | EnginesAction::Propose { .. }
+        | EnginesAction::Rollout { .. } => {}
     }
     Ok(())
+}
+
+fn share(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.0} %", x * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.0} ms"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_versions(list: &[versions::EngineVersion]) {
+    table(
+        &[
+            "version",
+            "",
+            "origin",
+            "check",
+            "steps",
+            "jobs",
+            "ok",
+            "failed",
+            "median",
+            "p95",
+            "tokens/job",
+            "created",
+            "note",
+        ],
+        list.iter()
+            .map(|v| {
+                let s = v.stats.clone().unwrap_or_default();
+                let mark = match (v.current, v.candidate) {
+                    (true, _) => "current",
+                    (_, true) => "candidate",
+                    _ => "",
+                };
+                let origin = match v.restored_from {
+                    Some(n) => format!("{} of {n}", v.origin),
+                    None => v.origin.clone(),
+                };
+                vec![
+                    v.version.to_string(),
+                    mark.into(),
+                    origin,
+                    v.check_state.clone(),
+                    opt(&v.steps),
+                    s.jobs.to_string(),
+                    share(s.succeeded_share),
+                    share(s.failed_share),
+                    ms(s.median_wall_ms),
+                    ms(s.p95_wall_ms),
+                    s.tokens_per_job
+                        .map(|t| format!("{t:.0}"))
+                        .unwrap_or_else(|| "-".into()),
+                    opt(&v.created_at),
+                    v.note.clone().unwrap_or_default(),
+                ]
+            })
+            .collect(),
+    );
+}
+
+fn print_rollout(state: &rollout::RolloutState) {
+    match &state.rollout {
+        Some(r) => println!(
+            "current version {}; version {} rolled out to {} % of the users (since {})",
+            state.current_version,
+            r.version,
+            r.percent,
+            r.started_at.as_deref().unwrap_or("-")
+        ),
+        None => println!("current version {}; no rollout", state.current_version),
+    }
+}
+
+fn print_diff(d: &versions::VersionDiff) {
+    if d.identical {
+        println!("versions {} and {} are identical", d.from, d.to);
+        return;
+    }
+    println!("version {} → version {}", d.from, d.to);
+    for id in &d.added {
+        println!("+ step {id}");
+    }
+    for id in &d.removed {
+        println!("- step {id}");
+    }
+    let mut rows = Vec::new();
+    for c in &d.changed {
+        for f in &c.fields {
+            rows.push(vec![
+                c.id.clone(),
+                f.field.clone(),
+                f.from.to_string(),
+                f.to.to_string(),
+            ]);
+        }
+    }
+    for f in d.order.iter().chain(&d.flow) {
+        rows.push(vec![
+            "(flow)".into(),
+            f.field.clone(),
+            f.from.to_string(),
+            f.to.to_string(),
+        ]);
+    }
+    if !rows.is_empty() {
+        table(&["step", "field", "from", "to"], rows);
+    }
+}
+
+/// The version and rollout subcommands; `None` for the others.
+async fn versions_action(
+    action: &EnginesAction,
+    rest: &Rest,
+    caller: &Caller,
+    json: bool,
+) -> Option<Result<()>> {
+    let run = async {
+        match action {
+            EnginesAction::Versions { id, number: None } => {
+                let h = versions::list(rest, caller, *id).await?;
+                if json {
+                    print_json(&h);
+                } else {
+                    print_versions(&h.versions);
+                    print_rollout(&rollout::RolloutState {
+                        engine_id: h.engine_id,
+                        current_version: h.current_version,
+                        rollout: h.rollout.clone(),
+                    });
+                }
+            }
+            EnginesAction::Versions {
+                id,
+                number: Some(n),
+            } => {
+                let v = versions::get(rest, caller, *id, *n).await?;
+                if json {
+                    print_json(&v);
+                } else {
+                    print_versions(std::slice::from_ref(&v));
+                    print_json(&v.flow_config);
+                }
+            }
+            EnginesAction::Diff { id, from, to } => {
+                let d = versions::diff_versions(rest, caller, *id, *from, *to).await?;
+                if json {
+                    print_json(&d);
+                } else {
+                    print_diff(&d);
+                }
+            }
+            EnginesAction::Rollback { id, number, note } => {
+                let request = versions::RollbackRequest {
+                    version: *number,
+                    note: note.clone(),
+                };
+                let v = versions::rollback(rest, caller, *id, &request).await?;
+                if json {
+                    print_json(&v);
+                } else {
+                    println!(
+                        "version {} is current: it restores version {number}",
+                        v.version
+                    );
+                }
+            }
+            EnginesAction::Propose { id, flow, note } => {
+                let request = versions::ProposalRequest {
+                    flow: read_json(flow)?,
+                    note: note.clone(),
+                };
+                let v = versions::propose(rest, caller, *id, &request).await?;
+                if json {
+                    print_json(&v);
+                } else {
+                    println!(
+                        "version {} proposed (check: {}); roll it out with `bookengine engines rollout {id} --candidate {} --percent 10`",
+                        v.version, v.check_state, v.version
+                    );
+                }
+            }
+            EnginesAction::Rollout {
+                id,
+                candidate,
+                percent,
+                promote,
+                abort,
+            } => {
+                let state = match (candidate, percent) {
+                    (Some(version), Some(percent)) => {
+                        let request = rollout::RolloutRequest {
+                            version: *version,
+                            percent: *percent,
+                        };
+                        rollout::start(rest, caller, *id, &request).await?
+                    }
+                    _ if *promote => rollout::promote(rest, caller, *id).await?,
+                    _ if *abort => rollout::abort(rest, caller, *id).await?,
+                    _ => rollout::state(rest, caller, *id).await?,
+                };
+                if json {
+                    print_json(&state);
+                } else {
+                    print_rollout(&state);
+                }
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    };
+    match run.await {
+        Ok(false) => None,
+        Ok(true) => Some(Ok(())),
+        Err(e) => Some(Err(e)),
+    }
 }
 
 #[derive(Args, Debug)]

@@ -367,6 +367,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     }
     println!("\nRun report ({} job {})", report.status, job.id);
     println!("{t}");
+    if let Some(v) = report.engine_version {
+        println!("engine:        {} version {v}", job.engine_name);
+    }
     println!("models used:   {}", report.models_used.join(", "));
     println!(
         "calls:         {} ({} attempts, {} fallbacks)",

@@ -143,7 +143,12 @@ pub fn spawn(
     tokio::spawn(async move {
         let mut failures = 0u32;
         loop {
-            match run_pending(&rest, None).await {
+            // Versions (rollout candidates) are checked by the same rules, same round.
+            let round = match run_pending(&rest, None).await {
+                Ok(_) => super::versions::run_pending(&rest, None).await,
+                Err(e) => Err(e),
+            };
+            match round {
                 Ok(_) => failures = 0,
                 Err(e) => {
                     failures = failures.saturating_add(1);

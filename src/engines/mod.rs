@@ -1,8 +1,11 @@
 //! Engine deployment: a flow document becomes an `ai_engines` row. Every call is
 //! made with the caller's JWT; the specified admin policy decides who may write.
-//! Each engine carries the service's check (`check.rs`), whoever wrote it.
+//! Each engine carries the service's check (`check.rs`), whoever wrote it, and a
+//! history of versions (`versions.rs`) that a rollout (`rollout.rs`) draws on.
 
 pub mod check;
+pub mod rollout;
+pub mod versions;
 
 use crate::error::{codes, Error, Kind, Result};
 use crate::flow::{parse_flow, Note, Tier};
@@ -116,6 +119,9 @@ pub async fn deploy(rest: &Rest, caller: &Caller, created_by: Uuid, doc: &Value)
 async fn checked(rest: &Rest, caller: &Caller, engine: Engine) -> Engine {
     if let Err(e) = check::run_pending(rest, Some(engine.id)).await {
         tracing::debug!(code = e.code, "engine left for the checker");
+    }
+    if let Err(e) = versions::run_pending(rest, Some(engine.id)).await {
+        tracing::debug!(code = e.code, "version left for the checker");
     }
     get(rest, caller, engine.id).await.unwrap_or(engine)
 }

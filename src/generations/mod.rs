@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 /// The columns a user is shown (the engine snapshot and lease stay internal).
-pub const JOB_COLUMNS: &str = "id,user_id,engine_id,engine_name,input,status,progress,attempt,max_attempts,\
+pub const JOB_COLUMNS: &str = "id,user_id,engine_id,engine_name,engine_version,input,status,progress,attempt,max_attempts,\
 lease_losses,cancel_requested,error,errors,result,usage,scheduled_at,created_at,started_at,finished_at,updated_at";
 
 pub const STEP_COLUMNS: &str =
@@ -29,6 +29,9 @@ pub struct Job {
     pub user_id: Uuid,
     pub engine_id: Option<Uuid>,
     pub engine_name: String,
+    /// The engine version the job runs (its snapshot's), sql/V9.
+    #[serde(default)]
+    pub engine_version: Option<i32>,
     #[serde(default)]
     pub input: Value,
     pub status: String,
@@ -67,6 +70,7 @@ impl Job {
                 user_id: h.user_id,
                 engine_id: h.engine_id,
                 engine_name: h.engine_name,
+                engine_version: h.engine_version,
                 input: Value::Null,
                 status: h.status,
                 progress: Value::Null,
@@ -99,6 +103,8 @@ struct JobHeader {
     user_id: Uuid,
     engine_id: Option<Uuid>,
     engine_name: String,
+    #[serde(default)]
+    engine_version: Option<i32>,
     status: String,
     attempt: i32,
     max_attempts: i32,

@@ -21,6 +21,8 @@ pub struct StepLine {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
     pub status: String,
+    /// The engine version the job ran (sql/V9); none for jobs older than versions.
+    pub engine_version: Option<i32>,
     pub steps: Vec<StepLine>,
     pub models_used: Vec<String>,
     pub calls: usize,
@@ -134,6 +136,7 @@ pub fn run_report(detail: &JobDetail, flow: &Flow) -> RunReport {
     }
     RunReport {
         status: detail.job.status.clone(),
+        engine_version: detail.job.engine_version,
         calls: lines.iter().map(|l| l.calls).sum(),
         attempts: lines.iter().map(|l| l.attempts).sum(),
         fallbacks: lines.iter().map(|l| l.fallbacks).sum(),

@@ -187,6 +187,12 @@ fn sql_code(details: Option<&str>) -> Option<&'static str> {
         "input_too_wide",
         "not_authenticated",
         codes::INVALID_REQUEST,
+        codes::PERMISSION_DENIED,
+        codes::VERSION_NOT_FOUND,
+        codes::VERSION_NOT_RUNNABLE,
+        codes::VERSION_IS_CURRENT,
+        codes::ROLLOUT_IN_PROGRESS,
+        codes::NO_ROLLOUT,
     ];
     KNOWN.iter().copied().find(|k| *k == d)
 }
@@ -204,6 +210,7 @@ fn map_error(status: u16, err: PgrstError) -> Error {
     if let Some(code) = sql_code(err.details.as_deref()) {
         let kind = match status {
             401 => Kind::Unauthenticated,
+            403 => Kind::Forbidden,
             404 => Kind::NotFound,
             409 => Kind::Conflict,
             429 => Kind::RateLimited,
@@ -226,10 +233,13 @@ fn map_error(status: u16, err: PgrstError) -> Error {
         }
         if let Some(hint) = err.hint {
             // engine_not_runnable carries the check's issues as JSON in the hint.
-            let issues = (code == codes::ENGINE_NOT_RUNNABLE)
-                .then(|| serde_json::from_str::<Value>(&hint).ok())
-                .flatten()
-                .filter(Value::is_array);
+            let issues = matches!(
+                code,
+                codes::ENGINE_NOT_RUNNABLE | codes::VERSION_NOT_RUNNABLE
+            )
+            .then(|| serde_json::from_str::<Value>(&hint).ok())
+            .flatten()
+            .filter(Value::is_array);
             e = e.with_details(match issues {
                 Some(issues) => serde_json::json!({ "issues": issues }),
                 None => serde_json::json!({ "hint": hint }),

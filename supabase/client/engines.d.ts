@@ -125,6 +125,87 @@ export interface EngineChoice extends Omit<Engine, "active" | "created_by" | "ch
   /** true: checked; false: known broken, skipped by resolution; null: check pending. */
   runnable: boolean | null;
   check_issues: { path: string; code: string; message: string; [key: string]: Json }[];
+  /** The engine version the caller gets. */
+  version: number | null;
+  /** true when that version is a rollout's candidate (the caller is in its share). */
+  rollout: boolean | null;
+}
+
+/** Jobs that ran one version: shares of finished jobs, wall time of succeeded ones. */
+export interface VersionStats {
+  version: number;
+  jobs: number;
+  finished: number;
+  succeeded: number;
+  failed: number;
+  cancelled: number;
+  succeeded_share: number | null;
+  failed_share: number | null;
+  median_wall_ms: number | null;
+  p95_wall_ms: number | null;
+  tokens_per_job: number | null;
+}
+
+export interface EngineVersion {
+  engine_id: string;
+  version: number;
+  origin: "deploy" | "update" | "rollback" | "proposal" | "migration";
+  /** rollback: the version it restores. */
+  restored_from: number | null;
+  note: string | null;
+  created_by: string | null;
+  created_at: string | null;
+  execution_mode: "sequential" | "parallel" | null;
+  /** The service's check of this version; a candidate reaches users only when runnable. */
+  check_state: "pending" | "runnable" | "not_runnable";
+  check_issues: { path: string; code: string; message: string; [key: string]: Json }[];
+  checked_at: string | null;
+  /** One version only (not in the history). */
+  flow_config?: Json;
+  models?: Json;
+  steps?: number;
+  current: boolean;
+  candidate: boolean;
+  stats?: VersionStats;
+}
+
+export interface Rollout {
+  version: number;
+  percent: number;
+  started_at: string | null;
+  started_by: string | null;
+  updated_at: string | null;
+}
+
+export interface RolloutState {
+  engine_id: string;
+  current_version: number;
+  rollout: Rollout | null;
+}
+
+export interface VersionHistory extends RolloutState {
+  versions: EngineVersion[];
+}
+
+export interface FieldChange {
+  /** Dotted path inside the step (`configuration.model`) or the flow. */
+  field: string;
+  /** null when absent. */
+  from: Json;
+  to: Json;
+}
+
+export interface VersionDiff {
+  from: number;
+  to: number;
+  /** Step ids. */
+  added: string[];
+  removed: string[];
+  changed: { id: string; fields: FieldChange[] }[];
+  order?: FieldChange;
+  /** execution_mode, models and the flow's own keys. */
+  flow: FieldChange[];
+  identical: boolean;
 }
 
 export interface GenerationJob {
@@ -132,6 +213,8 @@ export interface GenerationJob {
   user_id: string;
   engine_id: string | null;
   engine_name: string;
+  /** The engine version the job runs (its snapshot's). */
+  engine_version: number | null;
   input: Record<string, Json>;
   status: JobStatus;
   progress: Record<string, Json>;
@@ -198,6 +281,18 @@ export interface EngineClient {
   getEngine(id: string): Promise<Engine>;
   updateEngine(id: string, updates: EngineUpdates): Promise<Engine>;
   deleteEngine(id: string): Promise<true>;
+  getEngineVersions(id: string): Promise<VersionHistory>;
+  getEngineVersion(id: string, version: number): Promise<EngineVersion>;
+  diffEngineVersions(id: string, from: number, to: number): Promise<VersionDiff>;
+  /** Makes `version` current again as a new version (returned). */
+  rollbackEngine(id: string, version: number, note?: string): Promise<EngineVersion>;
+  /** A new version that is not current: a rollout candidate (checked before the answer). */
+  proposeEngineVersion(id: string, flow: FlowDocument, note?: string): Promise<EngineVersion>;
+  getRollout(id: string): Promise<RolloutState>;
+  /** `percent` 0-100 of the engine's users, fixed per user: the same users while it holds. */
+  startRollout(id: string, version: number, percent: number): Promise<RolloutState>;
+  promoteRollout(id: string): Promise<RolloutState>;
+  abortRollout(id: string): Promise<RolloutState>;
   assignEngine(assignment: NewAssignment): Promise<Assignment>;
   bulkAssign(spec: BulkAssignment): Promise<Assignment[]>;
   getAssignments(filter?: AssignmentFilter): Promise<Assignment[]>;

@@ -274,6 +274,65 @@ export function createEngineClient({ baseUrl, getAccessToken, fetch: fetchImpl }
     return true;
   }
 
+  // ---- versions and rollouts (admins) ----
+  // Every change of an engine's flow is a version, whoever made it (this client,
+  // supabase-js, the CLI): a trigger writes it. These read and act on them.
+
+  /** History, newest first: `{engine_id, current_version, rollout, versions: [...]}`
+   * with each version's numbers (`stats`: jobs, shares, median/p95 wall time, tokens per job). */
+  function getEngineVersions(id) {
+    return request("GET", `/v1/engines/${segment(id, "engine id")}/versions`);
+  }
+
+  /** One version with its flow_config. */
+  function getEngineVersion(id, version) {
+    return request("GET", `/v1/engines/${segment(id, "engine id")}/versions/${segment(version, "version")}`);
+  }
+
+  /** What changed from version `from` to `to`: steps added, removed, changed (fields, old -> new). */
+  function diffEngineVersions(id, from, to) {
+    return request(
+      "GET",
+      `/v1/engines/${segment(id, "engine id")}/versions/${segment(from, "version")}/diff/${segment(to, "version")}`,
+    );
+  }
+
+  /** Make `version` current again, as a new version. */
+  function rollbackEngine(id, version, note) {
+    return request("POST", `/v1/engines/${segment(id, "engine id")}/rollback`, {
+      body: compact({ version, note }),
+    });
+  }
+
+  /** Store a flow document as a new version that is not current: a rollout candidate. */
+  function proposeEngineVersion(id, flow, note) {
+    return request("POST", `/v1/engines/${segment(id, "engine id")}/versions`, {
+      body: compact({ flow, note }),
+    });
+  }
+
+  /** `{engine_id, current_version, rollout: {version, percent, ...} | null}`. */
+  function getRollout(id) {
+    return request("GET", `/v1/engines/${segment(id, "engine id")}/rollout`);
+  }
+
+  /** Roll `version` out to `percent` (0-100) of the engine's users, or change the share. */
+  function startRollout(id, version, percent) {
+    return request("POST", `/v1/engines/${segment(id, "engine id")}/rollout`, {
+      body: { version, percent },
+    });
+  }
+
+  /** The candidate becomes current for everyone (keeping its number). */
+  function promoteRollout(id) {
+    return request("POST", `/v1/engines/${segment(id, "engine id")}/rollout/promote`, { body: {} });
+  }
+
+  /** Every user back on the current version. */
+  function abortRollout(id) {
+    return request("POST", `/v1/engines/${segment(id, "engine id")}/rollout/abort`, { body: {} });
+  }
+
   // ---- assignments (admins) ----
 
   /** Assign an engine to a tier or to one user; assigning again updates it. */
@@ -438,6 +497,15 @@ export function createEngineClient({ baseUrl, getAccessToken, fetch: fetchImpl }
     getEngine,
     updateEngine,
     deleteEngine,
+    getEngineVersions,
+    getEngineVersion,
+    diffEngineVersions,
+    rollbackEngine,
+    proposeEngineVersion,
+    getRollout,
+    startRollout,
+    promoteRollout,
+    abortRollout,
     assignEngine,
     bulkAssign,
     getAssignments,

@@ -258,6 +258,28 @@ test("watchGeneration stops when aborted", async () => {
   await pro.watchGeneration(job.id, null, { signal: AbortSignal.timeout(90_000) });
 });
 
+test("versions: a redeploy is a version, the diff names the field, rollback and a rollout", async () => {
+  const admin = client("ADMIN_TOKEN");
+  const flow = exampleFlow("versions");
+  const engine = await admin.deployEngine(flow);
+  const changed = structuredClone(flow);
+  changed.steps[0].configuration.model = "gpt-4.1-mini";
+  await admin.updateEngine(engine.id, { flow: changed });
+  const history = await admin.getEngineVersions(engine.id);
+  assert.deepEqual(history.versions.map((v) => v.version), [2, 1]);
+  assert.equal(history.current_version, 2);
+  const diff = await admin.diffEngineVersions(engine.id, 1, 2);
+  assert.deepEqual(diff.changed[0].fields, [{ field: "configuration.model", from: "gpt-4o-mini", to: "gpt-4.1-mini" }]);
+  const restored = await admin.rollbackEngine(engine.id, 1, "js");
+  assert.equal(restored.version, 3);
+  assert.equal(restored.restored_from, 1);
+  const rollout = await admin.startRollout(engine.id, 2, 25);
+  assert.deepEqual([rollout.current_version, rollout.rollout.version, rollout.rollout.percent], [3, 2, 25]);
+  assert.equal((await admin.abortRollout(engine.id)).rollout, null);
+  await rejectsWith(client("PRO_TOKEN").getEngineVersions(engine.id), { code: "permission_denied", status: 403 });
+  await admin.deleteEngine(engine.id);
+});
+
 test("service errors, missing tokens and an unreachable service", async () => {
   const e = env();
   const pro = client("PRO_TOKEN");

@@ -176,6 +176,58 @@ describe('SuperAdmin page', { concurrency: false, skip: problem ? 'see the failu
     assert.equal((await api(env.ADMIN_TOKEN, 'GET', `/v1/engines/${made.body.id}`)).status, 404);
   });
 
+  test("an engine's versions: history with numbers, a diff, one-click rollback after confirming, a rollout", async () => {
+    const name = `Versioned ${stamp}`;
+    const made = await api(env.ADMIN_TOKEN, 'POST', '/v1/engines', JSON.parse(flowText(name)));
+    assert.equal(made.status, 201, JSON.stringify(made.body));
+    const id = made.body.id;
+    const changed = await api(env.ADMIN_TOKEN, 'PATCH', `/v1/engines/${id}`, {
+      flow: JSON.parse(flowText(name, (d) => { d.steps[0].configuration.model = 'gpt-4.1-mini'; return d; })),
+    });
+    assert.equal(changed.status, 200, JSON.stringify(changed.body));
+    await page.getByRole('tab', { name: 'Engines' }).click();
+    await page.getByRole('button', { name: 'Refresh' }).first().click();
+    const row = page.locator(`#engines-table tr[data-engine-id="${id}"]`);
+    await row.waitFor();
+    await row.getByRole('button', { name: `Versions of ${name}` }).click();
+    const versions = page.locator('#versions-table tbody tr');
+    await page.locator('#versions-table tr[data-version="2"]').waitFor();
+    assert.equal(await versions.count(), 2);
+    assert.match(await page.locator('#versions-table tr[data-version="2"]').innerText(), /current/);
+    assert.match(await page.locator('#rollout-state').innerText(), /Current version 2\. No rollout\./);
+
+    await page.getByRole('button', { name: 'Compare' }).click();
+    const diff = page.locator('#diff-result');
+    await diff.getByText('Version 1 → version 2').waitFor();
+    assert.match(await diff.innerText(), /outline/);
+    assert.match(await diff.innerText(), /configuration\.model/);
+    assert.match(await diff.innerText(), /gpt-4\.1-mini/);
+
+    const v1 = page.locator('#versions-table tr[data-version="1"]');
+    await v1.getByRole('button', { name: 'Roll back to this' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Roll back?' });
+    await dialog.waitFor();
+    await dialog.getByRole('button', { name: 'Cancel' }).click();
+    await dialog.waitFor({ state: 'hidden' });
+    assert.equal(await versions.count(), 2);
+    await v1.getByRole('button', { name: 'Roll back to this' }).click();
+    await dialog.getByRole('button', { name: 'Roll back to version 1' }).click();
+    await page.locator('#versions-table tr[data-version="3"]').waitFor();
+    assert.match(await page.locator('#versions-table tr[data-version="3"]').innerText(), /rollback of 1/);
+
+    await page.locator('#versions-table tr[data-version="2"]').getByRole('button', { name: 'Roll out to 10 %' }).click();
+    await page.locator('#rollout-state', { hasText: 'Version 2 is rolled out to 10 %' }).waitFor();
+    assert.match(await page.locator('#versions-table tr[data-version="2"]').innerText(), /candidate/);
+    await shot('versions.png');
+    await page.getByRole('button', { name: 'Abort rollout' }).click();
+    await page.locator('#rollout-state', { hasText: 'No rollout' }).waitFor();
+    assert.equal(pageErrors.length, 0, pageErrors.join('\n'));
+    await page.getByRole('button', { name: 'Close' }).first().click();
+    assert.equal((await api(env.ADMIN_TOKEN, 'DELETE', `/v1/engines/${id}`)).status, 204);
+    await page.getByRole('button', { name: 'Refresh' }).first().click();
+    await row.waitFor({ state: 'detached' });
+  });
+
   test('bulk-assign to pro and enterprise with a preview, then change a priority inline', async () => {
     const engineId = (await api(env.ADMIN_TOKEN, 'GET', '/v1/engines')).body.find((e) => e.name === ENGINE).id;
     await page.getByRole('tab', { name: 'Assignments' }).click();

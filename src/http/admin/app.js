@@ -23,6 +23,8 @@ const state = {
   genBusy: false,
   job: null, // {id, abort, detail}
   bulk: null, // the previewed request, as JSON text
+  versionsOf: null, // the engine whose versions are shown
+  history: null, // its GET /v1/engines/{id}/versions
 };
 
 // ---------------------------------------------------------------- DOM helpers
@@ -408,10 +410,185 @@ function renderEngines() {
     }, e.active ? 'Active' : 'Inactive')),
     h('td', {}, when(e.created_at)),
     h('td', {}, h('button', {
+      type: 'button', class: 'small secondary', 'aria-label': `Versions of ${e.name}`,
+      onclick: () => openVersions(e),
+    }, 'Versions'), ' ', h('button', {
       type: 'button', class: 'small link-danger', 'aria-label': `Delete engine ${e.name}`,
       onclick: () => deleteEngine(e),
     }, 'Delete')),
   )));
+}
+
+// Versions ----------------------------------------------------------
+
+const pct = (x) => (x == null ? '—' : `${Math.round(x * 100)} %`);
+const msText = (x) => (x == null ? '—' : duration(Math.round(x)));
+
+async function openVersions(engine) {
+  state.versionsOf = engine;
+  $('versions').hidden = false;
+  $('versions-title').textContent = `Versions of "${engine.name}"`;
+  $('diff-result').replaceChildren();
+  await refreshVersions();
+  $('versions-title').scrollIntoView({ block: 'nearest' });
+}
+
+function closeVersions() {
+  state.versionsOf = null;
+  $('versions').hidden = true;
+}
+
+async function refreshVersions() {
+  const engine = state.versionsOf;
+  if (!engine) return;
+  let history;
+  try {
+    history = await api('GET', `/v1/engines/${engine.id}/versions`);
+  } catch (e) {
+    showError('Loading the versions', e);
+    return;
+  }
+  state.history = history;
+  renderVersions(history);
+}
+
+function renderRollout(history) {
+  const r = history.rollout;
+  $('rollout-state').textContent = r
+    ? `Current version ${history.current_version}. Version ${r.version} is rolled out to ${r.percent} % of this engine's users (since ${r.started_at ? new Date(r.started_at).toLocaleString() : '—'}).`
+    : `Current version ${history.current_version}. No rollout.`;
+  const actions = [];
+  if (r) {
+    const share = h('input', { type: 'number', min: '0', max: '100', step: '1', value: String(r.percent), id: 'rollout-share', 'aria-label': 'Share of users on the candidate (percent)' });
+    actions.push(share,
+      h('button', { type: 'button', class: 'small secondary', onclick: () => startRollout(r.version, Number(share.value)) }, 'Change share'),
+      h('button', { type: 'button', class: 'small', onclick: promoteRollout }, `Promote version ${r.version}`),
+      h('button', { type: 'button', class: 'small link-danger', onclick: abortRollout }, 'Abort rollout'));
+  }
+  $('rollout-actions').replaceChildren(...actions);
+}
+
+function renderVersions(history) {
+  renderRollout(history);
+  const versions = Array.isArray(history.versions) ? history.versions : [];
+  const body = $('versions-table').querySelector('tbody');
+  body.replaceChildren(...versions.map((v) => {
+    const s = v.stats || {};
+    const mark = v.current ? badge('current', 'ok') : v.candidate ? badge('candidate', 'pending') : null;
+    const origin = v.restored_from ? `${v.origin} of ${v.restored_from}` : v.origin;
+    const check = { runnable: ['runnable', 'ok'], not_runnable: ['not runnable', 'failed'], pending: ['checking…', 'pending'] }[v.check_state] ?? [v.check_state, 'pending'];
+    const actions = [];
+    if (!v.current && v.check_state !== 'not_runnable') {
+      actions.push(h('button', { type: 'button', class: 'small secondary', onclick: () => rollbackTo(v) }, 'Roll back to this'));
+      if (!history.rollout || history.rollout.version === v.version) {
+        actions.push(' ', h('button', { type: 'button', class: 'small secondary', onclick: () => startRollout(v.version, 10) }, 'Roll out to 10 %'));
+      }
+    }
+    return h('tr', { dataset: { version: String(v.version) } },
+      h('td', {}, h('strong', {}, String(v.version)), ' ', mark),
+      h('td', {}, origin),
+      h('td', {}, badge(check[0], check[1])),
+      h('td', {}, String(s.jobs ?? 0)),
+      h('td', {}, pct(s.succeeded_share)),
+      h('td', {}, pct(s.failed_share)),
+      h('td', {}, msText(s.median_wall_ms)),
+      h('td', {}, msText(s.p95_wall_ms)),
+      h('td', {}, s.tokens_per_job == null ? '—' : String(Math.round(s.tokens_per_job))),
+      h('td', {}, when(v.created_at)),
+      h('td', {}, v.note || ''),
+      h('td', {}, ...actions));
+  }));
+  const options = (selected) => versions.map((v) => h('option', { value: String(v.version), selected: v.version === selected }, `${v.version}${v.current ? ' (current)' : ''}`));
+  const previous = versions.find((v) => !v.current)?.version;
+  $('diff-from').replaceChildren(...options(previous));
+  $('diff-to').replaceChildren(...options(history.current_version));
+}
+
+function changeText(value) {
+  return value === null || value === undefined ? '—' : JSON.stringify(value);
+}
+
+async function showDiff(event) {
+  event.preventDefault();
+  const engine = state.versionsOf;
+  if (!engine) return;
+  const from = $('diff-from').value;
+  const to = $('diff-to').value;
+  let d;
+  try {
+    d = await api('GET', `/v1/engines/${engine.id}/versions/${from}/diff/${to}`);
+  } catch (e) {
+    showError('Comparing versions', e);
+    return;
+  }
+  const field = (f) => h('li', {}, h('code', {}, f.field), ': ', h('del', {}, changeText(f.from)), ' → ', h('ins', {}, changeText(f.to)));
+  const parts = [h('h4', {}, `Version ${d.from} → version ${d.to}`)];
+  if (d.identical) parts.push(h('p', { class: 'muted' }, 'The two versions are identical.'));
+  for (const id of d.added || []) parts.push(h('p', {}, badge('added', 'ok'), ' step ', h('code', {}, id)));
+  for (const id of d.removed || []) parts.push(h('p', {}, badge('removed', 'failed'), ' step ', h('code', {}, id)));
+  for (const c of d.changed || []) parts.push(h('div', {}, h('p', {}, badge('changed', 'pending'), ' step ', h('code', {}, c.id)), h('ul', {}, ...c.fields.map(field))));
+  const flow = [...(d.order ? [d.order] : []), ...(d.flow || [])];
+  if (flow.length) parts.push(h('div', {}, h('p', {}, 'Flow'), h('ul', {}, ...flow.map(field))));
+  $('diff-result').replaceChildren(...parts);
+}
+
+async function rollbackTo(v) {
+  const engine = state.versionsOf;
+  const ok = await confirmDialog({
+    title: 'Roll back?',
+    text: `Make version ${v.version} of "${engine.name}" current again? It becomes a new version; generations already requested keep the version they started with.`,
+    ok: `Roll back to version ${v.version}`,
+  });
+  if (!ok) return;
+  try {
+    const created = await api('POST', `/v1/engines/${engine.id}/rollback`, { version: v.version });
+    say(`Version ${created.version} is current: it restores version ${v.version}.`);
+    await refreshVersions();
+    await refreshEngines();
+  } catch (e) {
+    showError('Rolling back', e);
+  }
+}
+
+async function startRollout(version, percent) {
+  const engine = state.versionsOf;
+  try {
+    const r = await api('POST', `/v1/engines/${engine.id}/rollout`, { version, percent });
+    say(`Version ${r.rollout?.version ?? version} is rolled out to ${r.rollout?.percent ?? percent} % of the users.`);
+    await refreshVersions();
+  } catch (e) {
+    showError('Starting the rollout', e);
+  }
+}
+
+async function promoteRollout() {
+  const engine = state.versionsOf;
+  const version = state.history?.rollout?.version;
+  const ok = await confirmDialog({
+    title: 'Promote?',
+    text: `Make version ${version} current for every user of "${engine.name}"?`,
+    ok: `Promote version ${version}`,
+  });
+  if (!ok) return;
+  try {
+    const r = await api('POST', `/v1/engines/${engine.id}/rollout/promote`, {});
+    say(`Version ${r.current_version} is current for everyone.`);
+    await refreshVersions();
+    await refreshEngines();
+  } catch (e) {
+    showError('Promoting the rollout', e);
+  }
+}
+
+async function abortRollout() {
+  const engine = state.versionsOf;
+  try {
+    await api('POST', `/v1/engines/${engine.id}/rollout/abort`, {});
+    say('Rollout aborted: every user is on the current version.');
+    await refreshVersions();
+  } catch (e) {
+    showError('Aborting the rollout', e);
+  }
 }
 
 async function toggleEngine(engine) {
@@ -1078,7 +1255,7 @@ function renderJob(job) {
   $('job').dataset.status = job.status;
   $('job-facts').replaceChildren(
     ...fact('Status', badge(job.status), job.cancel_requested && !finished ? ' cancel requested' : ''),
-    ...fact('Engine', job.engine_name || '—'),
+    ...fact('Engine', job.engine_name || '—', job.engine_version ? ` · version ${job.engine_version}` : ''),
     ...fact('User', h('span', { class: 'mono' }, job.user_id)),
     ...fact('Progress', p.total ? `${p.done ?? 0} of ${p.total} done${p.current && !finished ? ` · now ${p.current}` : ''}` : '—'),
     ...fact('Tokens', tokens(job.usage)),
@@ -1181,6 +1358,8 @@ function init() {
   $('deploy-form').addEventListener('submit', deployFlow);
   $('flow-file').addEventListener('change', loadFlowFile);
   $('flow-input').addEventListener('input', () => $('flow-input').removeAttribute('aria-invalid'));
+  $('versions-close').addEventListener('click', closeVersions);
+  $('diff-form').addEventListener('submit', showDiff);
 
   $('assignments-refresh').addEventListener('click', refreshAssignments);
   $('assign-filter').addEventListener('change', renderAssignments);
