@@ -25,3 +25,4 @@ mod mock_providers;
 mod resilience;
 mod security;
 mod seed_js;
+mod streaming_providers;
