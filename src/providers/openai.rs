@@ -144,6 +144,9 @@ pub(crate) fn stream_error(error: &Value) -> ProviderError {
 
 #[derive(Default)]
 struct Decoder {
+    /// OpenAI itself always ends with `[DONE]` (after the usage chunk): a stream
+    /// cut before it has lost its usage, so it is not complete without it.
+    require_done: bool,
     done: bool,
     finished: bool,
     usage: Option<Usage>,
@@ -176,8 +179,8 @@ impl StreamDecoder for Decoder {
     }
 
     fn complete(&self) -> bool {
-        // `[DONE]`; some compatible servers just close after the finish reason.
-        self.done || self.finished
+        // Some compatible servers just close after the finish reason.
+        self.done || (self.finished && !self.require_done)
     }
 
     fn usage(&self) -> Option<Usage> {
@@ -257,6 +260,25 @@ mod tests {
         );
         assert_eq!(feed(&mut d, "[DONE]").unwrap(), None);
         assert!(d.done());
+    }
+
+    #[test]
+    fn openai_itself_is_complete_only_at_done() {
+        let mut d = Decoder {
+            require_done: true,
+            ..Decoder::default()
+        };
+        feed(
+            &mut d,
+            r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}"#,
+        )
+        .unwrap();
+        assert!(
+            !d.complete(),
+            "the usage chunk and [DONE] are still to come"
+        );
+        feed(&mut d, "[DONE]").unwrap();
+        assert!(d.complete());
     }
 
     #[test]

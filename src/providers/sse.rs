@@ -151,3 +151,120 @@ pub(crate) fn chunk<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ProviderError> {
     serde_json::from_str(data).map_err(|_| ProviderError::malformed(&format!("not {what}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Text in every event; complete after an event whose data is `end`.
+    #[derive(Default)]
+    struct Plain {
+        ended: bool,
+        usage: Option<Usage>,
+    }
+
+    impl StreamDecoder for Plain {
+        fn event(&mut self, _name: &str, data: &str) -> Result<Option<String>, ProviderError> {
+            if data == "end" {
+                self.ended = true;
+                return Ok(None);
+            }
+            if data == "usage" {
+                self.usage = Some(Usage {
+                    input_tokens: 4,
+                    output_tokens: 2,
+                });
+                return Ok(None);
+            }
+            Ok(Some(data.to_owned()))
+        }
+        fn done(&self) -> bool {
+            false
+        }
+        fn complete(&self) -> bool {
+            self.ended
+        }
+        fn usage(&self) -> Option<Usage> {
+            self.usage
+        }
+    }
+
+    fn events(data: &[&str]) -> Vec<Result<eventsource_stream::Event, String>> {
+        data.iter()
+            .map(|d| {
+                Ok(eventsource_stream::Event {
+                    event: "message".into(),
+                    data: (*d).into(),
+                    id: String::new(),
+                    retry: None,
+                })
+            })
+            .collect()
+    }
+
+    async fn run(
+        stream: Events,
+        idle: Duration,
+    ) -> (Result<ChatResponse, ProviderError>, DeltaSink) {
+        let sink = DeltaSink::counting();
+        (read(stream, idle, &sink, Plain::default()).await, sink)
+    }
+
+    #[tokio::test]
+    async fn deltas_join_into_the_answer_and_usage_is_reported() {
+        let s = Box::pin(futures::stream::iter(events(&["a", "b", "usage", "end"])));
+        let (r, sink) = run(s, Duration::from_secs(5)).await;
+        let r = r.expect("complete");
+        assert_eq!(r.text, "ab");
+        assert_eq!(sink.sent_bytes(), 2);
+        assert_eq!(r.usage.output_tokens, 2);
+        assert_eq!(r.note, None);
+    }
+
+    #[tokio::test]
+    async fn missing_usage_is_zero_and_said_in_the_note() {
+        let s = Box::pin(futures::stream::iter(events(&["a", "end"])));
+        let r = run(s, Duration::from_secs(5)).await.0.expect("complete");
+        assert_eq!(r.usage, Usage::default());
+        assert!(r.note.unwrap_or_default().contains("no token usage"));
+    }
+
+    #[tokio::test]
+    async fn an_end_before_the_terminal_event_is_a_failed_attempt() {
+        let s = Box::pin(futures::stream::iter(events(&["a", "b"])));
+        let (r, sink) = run(s, Duration::from_secs(5)).await;
+        let e = r.expect_err("cut");
+        assert!(matches!(e, ProviderError::Transient { .. }));
+        assert!(e.to_string().contains("terminal event"), "{e}");
+        assert_eq!(
+            sink.sent_bytes(),
+            2,
+            "what was sent is the caller's to discard"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_quiet_stream_fails_after_the_idle_timeout() {
+        let s = Box::pin(futures::stream::iter(events(&["a"])).chain(futures::stream::pending()));
+        let e = run(s, Duration::from_millis(50))
+            .await
+            .0
+            .expect_err("stalled");
+        assert!(e.to_string().contains("stalled"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_transport_error_mid_stream_is_transient() {
+        let mut items = events(&["a"]);
+        items.push(Err("response body was cut short or unreadable".into()));
+        let e = run(
+            Box::pin(futures::stream::iter(items)),
+            Duration::from_secs(5),
+        )
+        .await
+        .0
+        .expect_err("broken");
+        assert!(matches!(e, ProviderError::Transient { .. }));
+        assert!(e.to_string().contains("broke"), "{e}");
+    }
+}
