@@ -35,6 +35,19 @@ pub struct StreamOptions {
     pub idle_timeout: Duration,
 }
 
+impl StreamOptions {
+    /// A gap this long between chunks is taken for a dead stream. Generous:
+    /// a model may think for a while before its first token.
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+    pub fn new(events: UnboundedSender<StreamEvent>) -> Self {
+        Self {
+            events,
+            idle_timeout: Self::DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
 /// The receiving end handed to a provider for one attempt: text deltas, and the
 /// usage the provider reported so far (kept for the attempt log if it fails).
 #[derive(Debug, Clone)]

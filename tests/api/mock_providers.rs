@@ -113,6 +113,8 @@ struct Behaviour {
     chunk_interval: Duration,
     /// After this many text chunks, the next stream waits for the gate.
     hold: Option<(usize, Gate)>,
+    /// Answer whole even when a stream is asked for (as some compatible servers do).
+    ignore_stream: bool,
 }
 
 #[derive(Clone)]
@@ -193,6 +195,13 @@ impl MockProvider {
         }
     }
 
+    /// Answer `stream: true` requests with a whole JSON answer.
+    pub fn ignore_stream(&self, on: bool) {
+        if let Ok(mut b) = self.shared.behaviour.lock() {
+            b.ignore_stream = on;
+        }
+    }
+
     /// The next stream sends `chunks` text chunks, then waits until the gate opens.
     pub fn hold_after(&self, chunks: usize) -> Gate {
         let gate = Gate(Arc::new(Semaphore::new(0)));
@@ -263,10 +272,12 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
     if let Ok(mut c) = s.calls.lock() {
         c.push(recorded);
     }
-    let streaming = match s.kind {
-        Kind::OpenAi | Kind::Anthropic => body["stream"] == true,
-        Kind::Gemini => path.contains(":streamGenerateContent"),
-    };
+    let ignore_stream = s.behaviour.lock().map(|b| b.ignore_stream).unwrap_or(false);
+    let streaming = !ignore_stream
+        && match s.kind {
+            Kind::OpenAi | Kind::Anthropic => body["stream"] == true,
+            Kind::Gemini => path.contains(":streamGenerateContent"),
+        };
     let call = s.calls.lock().map(|c| c.len()).unwrap_or_default();
     let (fault, latency, interval, hold) = {
         let mut b = s.behaviour.lock().expect("behaviour");

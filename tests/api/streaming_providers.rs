@@ -389,6 +389,67 @@ async fn the_offline_provider_streams_the_same_answer_it_gives_whole() {
     assert!(outcome.value.contains("not model output"));
 }
 
+#[tokio::test]
+async fn a_server_that_answers_whole_is_read_as_one_delta() {
+    let mocks = Mocks::start().await;
+    mocks.openai.ignore_stream(true);
+    let (outcome, events) = run(
+        registry(&mocks).await,
+        &[("openai_compatible", "some-model")],
+        policy(0),
+        Duration::from_secs(5),
+    )
+    .await;
+    let outcome = outcome.expect("answer");
+    assert_eq!(
+        deltas_of(&events, 1),
+        vec![format!("Text written for: {PROMPT}")]
+    );
+    assert_eq!(outcome.usage, usage_of("openai"));
+}
+
+#[tokio::test]
+async fn an_answer_that_parse_refuses_after_streaming_is_discarded_too() {
+    let mocks = Mocks::start().await;
+    let registry = registry(&mocks).await;
+    let (tx, mut rx) = unbounded_channel();
+    let seen = std::sync::atomic::AtomicU32::new(0);
+    let outcome = call_with_fallbacks_streaming(
+        &registry,
+        &chain(&[("anthropic", "claude-3-5-haiku-latest")]),
+        &request(),
+        &policy(2),
+        &StreamOptions::new(tx),
+        |t| {
+            // The first answer is refused (as a JSON step refuses prose).
+            if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                Err("not the JSON asked for".to_owned())
+            } else {
+                Ok(t.to_owned())
+            }
+        },
+    )
+    .await
+    .expect("the retry is accepted");
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    assert_eq!(discarded(&events), vec![1]);
+    assert_eq!(deltas_of(&events, 1).concat(), expected_text(1));
+    assert_eq!(outcome.value, expected_text(2));
+    assert_eq!(reassemble(&events), outcome.value);
+    // The refused answer was complete: its usage is in the attempt log.
+    assert_eq!(
+        outcome.log[0].usage,
+        Some(Usage {
+            input_tokens: ANTHROPIC_USAGE.0,
+            output_tokens: ANTHROPIC_USAGE.1
+        })
+    );
+    assert_eq!(outcome.log[1].usage, None);
+}
+
 /// A provider that only answers whole.
 struct WholeOnly;
 
