@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -40,6 +41,9 @@ pub enum Fault {
     StallAfter(usize),
     /// The stream ends cleanly but without its terminal event or finish reason.
     EndWithoutTerminalAfter(usize),
+    /// Keep-alives (Anthropic's `ping`, an SSE comment elsewhere) every 20 ms,
+    /// for as long as the client listens.
+    PingForeverAfter(usize),
 }
 
 impl Fault {
@@ -49,7 +53,8 @@ impl Fault {
             | Fault::MalformedChunkAfter(n)
             | Fault::ErrorEventAfter(n)
             | Fault::StallAfter(n)
-            | Fault::EndWithoutTerminalAfter(n) => Some(*n),
+            | Fault::EndWithoutTerminalAfter(n)
+            | Fault::PingForeverAfter(n) => Some(*n),
             _ => None,
         }
     }
@@ -122,6 +127,24 @@ struct Shared {
     kind: Kind,
     calls: Arc<Mutex<Vec<Recorded>>>,
     behaviour: Arc<Mutex<Behaviour>>,
+    /// Streams whose body is still being sent (a closed connection drops it).
+    open_streams: Arc<AtomicUsize>,
+}
+
+/// Counts a stream as open for as long as its body lives.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct MockProvider {
@@ -134,6 +157,7 @@ impl MockProvider {
         let shared = Shared {
             kind,
             calls: Default::default(),
+            open_streams: Default::default(),
             behaviour: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -193,6 +217,11 @@ impl MockProvider {
         if let Ok(mut b) = self.shared.behaviour.lock() {
             b.chunk_interval = d;
         }
+    }
+
+    /// Streams this mock is still sending.
+    pub fn open_streams(&self) -> usize {
+        self.shared.open_streams.load(Ordering::SeqCst)
     }
 
     /// Answer `stream: true` requests with a whole JSON answer.
@@ -366,7 +395,8 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         let text = streamed_text(call, &text);
         let include_usage = body["stream_options"]["include_usage"] == true;
         let frames = frames(s.kind, &body["model"], &text, include_usage);
-        return stream_response(s.kind, frames, interval, hold, stream_fault);
+        let open = OpenStream::new(&s.open_streams);
+        return stream_response(s.kind, frames, interval, hold, stream_fault, open);
     }
     let out = match s.kind {
         Kind::OpenAi => json!({
@@ -550,9 +580,11 @@ fn stream_response(
     interval: Duration,
     hold: Option<(usize, Gate)>,
     fault: Option<Fault>,
+    open: OpenStream,
 ) -> Response {
     let at = fault.as_ref().and_then(Fault::in_stream);
     let body = async_stream::stream! {
+        let _open = open;
         for f in frames.head {
             yield Ok::<_, std::io::Error>(bytes::Bytes::from(f));
         }
@@ -587,6 +619,14 @@ fn stream_response(
                 }
                 Fault::ErrorEventAfter(_) => yield Ok(bytes::Bytes::from(error_frame(kind))),
                 Fault::StallAfter(_) => futures::future::pending::<()>().await,
+                Fault::PingForeverAfter(_) => loop {
+                    let ping = match kind {
+                        Kind::Anthropic => frame(Some("ping"), &json!({"type": "ping"})),
+                        _ => ": keep-alive\n\n".to_owned(),
+                    };
+                    yield Ok(bytes::Bytes::from(ping));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                },
                 _ => {}
             }
             return;

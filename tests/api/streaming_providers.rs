@@ -450,6 +450,30 @@ async fn an_answer_that_parse_refuses_after_streaming_is_discarded_too() {
     assert_eq!(outcome.log[1].usage, None);
 }
 
+#[tokio::test]
+async fn dropping_a_streaming_call_closes_the_provider_stream() {
+    let mocks = Mocks::start().await;
+    // After one chunk the mock sends pings for as long as the connection lives.
+    mocks.anthropic.script(vec![Fault::PingForeverAfter(1)]);
+    let (call, mut rx) = start(
+        registry(&mocks).await,
+        &[("anthropic", "claude-3-5-haiku-latest")],
+        policy(0),
+        Duration::from_secs(10),
+    );
+    while !matches!(rx.recv().await, Some(StreamEvent::Delta { .. })) {}
+    assert_eq!(mocks.anthropic.open_streams(), 1);
+    call.abort();
+    let _ = call.await;
+    let mut waited = 0;
+    while mocks.anthropic.open_streams() > 0 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    assert_eq!(mocks.anthropic.open_streams(), 0, "the stream was closed");
+    assert_eq!(mocks.anthropic.calls().len(), 1, "and not called again");
+}
+
 /// A provider that only answers whole.
 struct WholeOnly;
 
