@@ -208,10 +208,9 @@ pub trait ChatProvider: Send + Sync {
         &self,
         req: &ChatRequest,
         timeout: Duration,
-        idle: Duration,
+        _idle: Duration,
         sink: &DeltaSink,
     ) -> Result<ChatResponse, ProviderError> {
-        let _ = idle;
         let response = self.chat(req, timeout).await?;
         sink.report_usage(response.usage);
         sink.delta(&response.text);
