@@ -1,6 +1,8 @@
 //! Anthropic Messages API.
 
-use super::{send, ChatProvider, ChatRequest, ChatResponse, ProviderError, Usage};
+use super::sse::{self, StreamDecoder};
+use super::stream::DeltaSink;
+use super::{send, summarize, ChatProvider, ChatRequest, ChatResponse, ProviderError, Usage};
 use crate::secret::Secret;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -61,6 +63,140 @@ pub fn body(req: &ChatRequest) -> Value {
     body
 }
 
+/// The streaming body: the answer comes as `message_start`, `content_block_delta`s,
+/// `message_delta` (with the output token count) and `message_stop`.
+pub fn stream_body(req: &ChatRequest) -> Value {
+    let mut body = body(req);
+    body["stream"] = json!(true);
+    body
+}
+
+fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
+    let parsed: Message =
+        serde_json::from_str(text).map_err(|_| ProviderError::malformed("not a message"))?;
+    let content: String = parsed
+        .content
+        .iter()
+        .filter(|b| b.kind == "text")
+        .filter_map(|b| b.text.as_deref())
+        .collect();
+    if content.is_empty() {
+        return Err(ProviderError::malformed("no text content"));
+    }
+    let usage = parsed
+        .usage
+        .map(|u| Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+        })
+        .unwrap_or_default();
+    Ok(ChatResponse {
+        text: content,
+        usage,
+        note: None,
+    })
+}
+
+/// An `error` event: overload and server errors are retried, the request's own
+/// faults are not.
+fn stream_error(error: &Value) -> ProviderError {
+    let kind = error["type"].as_str().unwrap_or("error");
+    let message = format!(
+        "{kind} event in the stream: {}",
+        summarize(error["message"].as_str().unwrap_or("no message"))
+    );
+    match kind {
+        "invalid_request_error"
+        | "authentication_error"
+        | "permission_error"
+        | "not_found_error" => ProviderError::Permanent {
+            status: None,
+            message,
+        },
+        _ => ProviderError::Transient {
+            status: None,
+            retry_after: None,
+            message,
+        },
+    }
+}
+
+#[derive(Default)]
+struct Decoder {
+    stopped: bool,
+    usage: Option<Usage>,
+}
+
+impl StreamDecoder for Decoder {
+    fn event(&mut self, _name: &str, data: &str) -> Result<Option<String>, ProviderError> {
+        let event: Value = sse::chunk(data, "a message stream event")?;
+        let count = |v: &Value| v.as_u64();
+        match event["type"].as_str() {
+            Some("message_start") => {
+                let u = &event["message"]["usage"];
+                self.usage = Some(Usage {
+                    input_tokens: count(&u["input_tokens"]).unwrap_or(0),
+                    output_tokens: count(&u["output_tokens"]).unwrap_or(0),
+                });
+            }
+            Some("content_block_delta") => {
+                let delta = &event["delta"];
+                if delta["type"] == "text_delta" {
+                    return match delta["text"].as_str() {
+                        Some(t) => Ok(Some(t.to_owned())),
+                        None => Err(ProviderError::malformed("a text_delta without text")),
+                    };
+                }
+            }
+            Some("message_delta") => {
+                // Counts here are cumulative for the whole message.
+                let u = &event["usage"];
+                let mut usage = self.usage.unwrap_or_default();
+                if let Some(n) = count(&u["output_tokens"]) {
+                    usage.output_tokens = n;
+                }
+                if let Some(n) = count(&u["input_tokens"]) {
+                    usage.input_tokens = n;
+                }
+                self.usage = Some(usage);
+            }
+            Some("message_stop") => self.stopped = true,
+            Some("error") => return Err(stream_error(&event["error"])),
+            // ping, content_block_start/stop, and event types added later.
+            Some(_) => {}
+            None => return Err(ProviderError::malformed("an event without a type")),
+        }
+        Ok(None)
+    }
+
+    fn done(&self) -> bool {
+        self.stopped
+    }
+
+    fn complete(&self) -> bool {
+        self.stopped
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+impl Anthropic {
+    fn request(&self, body: &Value, timeout: Duration) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .post(format!("{}/messages", self.base_url))
+            .timeout(timeout)
+            .header("anthropic-version", API_VERSION)
+            .json(body);
+        if let Some(key) = &self.api_key {
+            request = request.header("x-api-key", key.expose());
+        }
+        request
+    }
+}
+
 #[async_trait]
 impl ChatProvider for Anthropic {
     async fn chat(
@@ -68,38 +204,74 @@ impl ChatProvider for Anthropic {
         req: &ChatRequest,
         timeout: Duration,
     ) -> Result<ChatResponse, ProviderError> {
-        let mut request = self
-            .http
-            .post(format!("{}/messages", self.base_url))
-            .timeout(timeout)
-            .header("anthropic-version", API_VERSION)
-            .json(&body(req));
-        if let Some(key) = &self.api_key {
-            request = request.header("x-api-key", key.expose());
+        let text = send(self.request(&body(req), timeout)).await?;
+        parse(&text)
+    }
+
+    async fn stream(
+        &self,
+        req: &ChatRequest,
+        timeout: Duration,
+        idle: Duration,
+        sink: &DeltaSink,
+    ) -> Result<ChatResponse, ProviderError> {
+        match sse::open(self.request(&stream_body(req), timeout)).await? {
+            sse::Opened::Events(events) => sse::read(events, idle, sink, Decoder::default()).await,
+            sse::Opened::Whole(text) => sse::whole(&text, sink, parse),
         }
-        let text = send(request).await?;
-        let parsed: Message =
-            serde_json::from_str(&text).map_err(|_| ProviderError::malformed("not a message"))?;
-        let content: String = parsed
-            .content
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_event_stream_gives_text_and_exact_usage() {
+        let mut d = Decoder::default();
+        let events = [
+            r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude","stop_reason":null,"usage":{"input_tokens":25,"output_tokens":1}}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"!"}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}}"#,
+        ];
+        let text: String = events
             .iter()
-            .filter(|b| b.kind == "text")
-            .filter_map(|b| b.text.as_deref())
+            .filter_map(|e| d.event("message", e).unwrap())
             .collect();
-        if content.is_empty() {
-            return Err(ProviderError::malformed("no text content"));
-        }
-        let usage = parsed
-            .usage
-            .map(|u| Usage {
-                input_tokens: u.input_tokens,
-                output_tokens: u.output_tokens,
+        assert_eq!(text, "Hello!");
+        assert!(!d.complete());
+        d.event("message_stop", r#"{"type":"message_stop"}"#)
+            .unwrap();
+        assert!(d.complete() && d.done());
+        assert_eq!(
+            d.usage(),
+            Some(Usage {
+                input_tokens: 25,
+                output_tokens: 15
             })
-            .unwrap_or_default();
-        Ok(ChatResponse {
-            text: content,
-            usage,
-            note: None,
-        })
+        );
+    }
+
+    #[test]
+    fn an_error_event_fails_the_attempt_by_its_kind() {
+        let mut d = Decoder::default();
+        let e = d
+            .event(
+                "error",
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            )
+            .unwrap_err();
+        assert!(matches!(e, ProviderError::Transient { .. }), "{e:?}");
+        let e = d
+            .event(
+                "error",
+                r#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#,
+            )
+            .unwrap_err();
+        assert!(matches!(e, ProviderError::Permanent { .. }), "{e:?}");
     }
 }

@@ -1,6 +1,8 @@
 //! Google Gemini generateContent.
 
-use super::{send, ChatProvider, ChatRequest, ChatResponse, ProviderError, Usage};
+use super::sse::{self, StreamDecoder};
+use super::stream::DeltaSink;
+use super::{send, summarize, ChatProvider, ChatRequest, ChatResponse, ProviderError, Usage};
 use crate::secret::Secret;
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -24,9 +26,21 @@ struct Generated {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Candidate {
     #[serde(default)]
     content: Option<Content>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+/// One streamed chunk: a generateContent response, or an `error` object.
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(flatten)]
+    generated: Generated,
+    #[serde(default)]
+    error: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -41,7 +55,7 @@ struct Part {
     text: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Copy)]
 #[serde(rename_all = "camelCase")]
 struct GeUsage {
     #[serde(default)]
@@ -71,14 +85,112 @@ pub fn body(req: &ChatRequest) -> Value {
     body
 }
 
-#[async_trait]
-impl ChatProvider for Gemini {
-    async fn chat(
+impl From<GeUsage> for Usage {
+    fn from(u: GeUsage) -> Self {
+        Usage {
+            input_tokens: u.prompt_token_count,
+            output_tokens: u.candidates_token_count,
+        }
+    }
+}
+
+/// The text of a response's first candidate.
+fn candidate_text(g: &Generated) -> String {
+    g.candidates
+        .first()
+        .and_then(|c| c.content.as_ref())
+        .map(|c| c.parts.iter().filter_map(|p| p.text.as_deref()).collect())
+        .unwrap_or_default()
+}
+
+fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
+    let parsed: Generated = serde_json::from_str(text)
+        .map_err(|_| ProviderError::malformed("not a generateContent response"))?;
+    let content = candidate_text(&parsed);
+    if content.is_empty() {
+        return Err(ProviderError::malformed(
+            "no candidates[0].content.parts[].text",
+        ));
+    }
+    Ok(ChatResponse {
+        text: content,
+        usage: parsed.usage_metadata.map(Usage::from).unwrap_or_default(),
+        note: None,
+    })
+}
+
+/// An `error` object sent mid-stream (Google's `{code, message, status}`).
+fn stream_error(error: &Value) -> ProviderError {
+    let code = error["code"].as_u64().and_then(|c| u16::try_from(c).ok());
+    let message = format!(
+        "error in the stream: {}",
+        summarize(error["message"].as_str().unwrap_or("no message"))
+    );
+    match code {
+        Some(c) if (400..500).contains(&c) && c != 408 && c != 409 && c != 429 => {
+            ProviderError::Permanent {
+                status: None,
+                message,
+            }
+        }
+        _ => ProviderError::Transient {
+            status: None,
+            retry_after: None,
+            message,
+        },
+    }
+}
+
+/// Gemini's stream has no terminal event: it is finished when a candidate
+/// carries a `finishReason`, and over when the connection closes.
+#[derive(Default)]
+struct Decoder {
+    finished: bool,
+    usage: Option<Usage>,
+}
+
+impl StreamDecoder for Decoder {
+    fn event(&mut self, _name: &str, data: &str) -> Result<Option<String>, ProviderError> {
+        let chunk: Chunk = sse::chunk(data, "a generateContent chunk")?;
+        if let Some(error) = &chunk.error {
+            return Err(stream_error(error));
+        }
+        // Each chunk's usageMetadata covers the answer so far; the last is exact.
+        if let Some(u) = chunk.generated.usage_metadata {
+            self.usage = Some(u.into());
+        }
+        if chunk
+            .generated
+            .candidates
+            .first()
+            .is_some_and(|c| c.finish_reason.is_some())
+        {
+            self.finished = true;
+        }
+        Ok(Some(candidate_text(&chunk.generated)))
+    }
+
+    fn done(&self) -> bool {
+        false
+    }
+
+    fn complete(&self) -> bool {
+        self.finished
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+impl Gemini {
+    /// The model name goes in the path: refuse anything that could change the path.
+    fn request(
         &self,
         req: &ChatRequest,
+        method: &str,
         timeout: Duration,
-    ) -> Result<ChatResponse, ProviderError> {
-        // The model name goes in the path: refuse anything that could change the path.
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
         if req.model.is_empty()
             || !req
                 .model
@@ -92,40 +204,84 @@ impl ChatProvider for Gemini {
         }
         let mut request = self
             .http
-            .post(format!(
-                "{}/models/{}:generateContent",
-                self.base_url, req.model
-            ))
+            .post(format!("{}/models/{}:{method}", self.base_url, req.model))
             .timeout(timeout)
             .json(&body(req));
         if let Some(key) = &self.api_key {
             request = request.header("x-goog-api-key", key.expose());
         }
-        let text = send(request).await?;
-        let parsed: Generated = serde_json::from_str(&text)
-            .map_err(|_| ProviderError::malformed("not a generateContent response"))?;
-        let content: String = parsed
-            .candidates
-            .first()
-            .and_then(|c| c.content.as_ref())
-            .map(|c| c.parts.iter().filter_map(|p| p.text.as_deref()).collect())
-            .unwrap_or_default();
-        if content.is_empty() {
-            return Err(ProviderError::malformed(
-                "no candidates[0].content.parts[].text",
-            ));
+        Ok(request)
+    }
+}
+
+#[async_trait]
+impl ChatProvider for Gemini {
+    async fn chat(
+        &self,
+        req: &ChatRequest,
+        timeout: Duration,
+    ) -> Result<ChatResponse, ProviderError> {
+        let text = send(self.request(req, "generateContent", timeout)?).await?;
+        parse(&text)
+    }
+
+    async fn stream(
+        &self,
+        req: &ChatRequest,
+        timeout: Duration,
+        idle: Duration,
+        sink: &DeltaSink,
+    ) -> Result<ChatResponse, ProviderError> {
+        let request = self.request(req, "streamGenerateContent?alt=sse", timeout)?;
+        match sse::open(request).await? {
+            sse::Opened::Events(events) => sse::read(events, idle, sink, Decoder::default()).await,
+            sse::Opened::Whole(text) => sse::whole(&text, sink, parse),
         }
-        let usage = parsed
-            .usage_metadata
-            .map(|u| Usage {
-                input_tokens: u.prompt_token_count,
-                output_tokens: u.candidates_token_count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_give_text_and_the_last_usage() {
+        let mut d = Decoder::default();
+        let chunks = [
+            r#"{"candidates":[{"content":{"parts":[{"text":"Once "}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":8,"totalTokenCount":8},"modelVersion":"gemini-2.0-flash"}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"upon"},{"text":" a time"}],"role":"model"},"index":0}],"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":3,"totalTokenCount":11}}"#,
+        ];
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| d.event("message", c).unwrap())
+            .collect();
+        assert_eq!(text, "Once upon a time");
+        assert!(!d.complete(), "no finishReason yet");
+        d.event(
+            "message",
+            r#"{"candidates":[{"content":{"parts":[{"text":"."}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":4,"totalTokenCount":12}}"#,
+        )
+        .unwrap();
+        assert!(d.complete());
+        assert_eq!(
+            d.usage(),
+            Some(Usage {
+                input_tokens: 8,
+                output_tokens: 4
             })
-            .unwrap_or_default();
-        Ok(ChatResponse {
-            text: content,
-            usage,
-            note: None,
-        })
+        );
+    }
+
+    #[test]
+    fn an_error_object_fails_the_attempt() {
+        let mut d = Decoder::default();
+        let e = d
+            .event(
+                "message",
+                r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#,
+            )
+            .unwrap_err();
+        assert!(matches!(e, ProviderError::Transient { .. }), "{e:?}");
+        assert!(d.event("message", "{\"candidates\": [").is_err());
     }
 }

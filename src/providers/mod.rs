@@ -9,9 +9,15 @@ pub mod local;
 pub mod offline;
 mod openai;
 mod policy;
+mod sse;
+mod stream;
 
 pub use config::ProvidersConfig;
-pub use policy::{call_with_fallbacks, AttemptLog, CallFailure, CallOutcome, CallPolicy};
+pub use policy::{
+    call_with_fallbacks, call_with_fallbacks_streaming, AttemptLog, CallFailure, CallOutcome,
+    CallPolicy,
+};
+pub use stream::{reassemble, DeltaSink, StreamEvent, StreamOptions};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -191,6 +197,25 @@ pub trait ChatProvider: Send + Sync {
         req: &ChatRequest,
         timeout: Duration,
     ) -> Result<ChatResponse, ProviderError>;
+
+    /// The same answer, streamed: text goes to `sink` as the provider writes it,
+    /// and the returned text is exactly those deltas joined. `timeout` bounds the
+    /// whole call, `idle` a gap between two chunks. A stream cut short is an
+    /// error like any other (the caller discards what it had sent).
+    ///
+    /// The default, for a provider that cannot stream: the whole answer as one delta.
+    async fn stream(
+        &self,
+        req: &ChatRequest,
+        timeout: Duration,
+        _idle: Duration,
+        sink: &DeltaSink,
+    ) -> Result<ChatResponse, ProviderError> {
+        let response = self.chat(req, timeout).await?;
+        sink.report_usage(response.usage);
+        sink.delta(&response.text);
+        Ok(response)
+    }
 }
 
 /// A configured provider and the cap on its concurrent calls.

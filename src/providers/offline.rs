@@ -5,9 +5,12 @@
 //! says so in what it writes.
 
 use crate::error::{Error, Result};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use std::convert::Infallible;
 use tokio::sync::OnceCell;
 
 static SERVER: OnceCell<String> = OnceCell::const_new();
@@ -52,7 +55,7 @@ pub fn router() -> Router {
     Router::new().route("/v1/chat/completions", post(complete))
 }
 
-async fn complete(Json(body): Json<Value>) -> Json<Value> {
+async fn complete(Json(body): Json<Value>) -> Response {
     let model = body["model"].as_str().unwrap_or("offline").to_owned();
     let prompt: String = body["messages"]
         .as_array()
@@ -74,13 +77,72 @@ async fn complete(Json(body): Json<Value>) -> Json<Value> {
     };
     let input_tokens = prompt.split_whitespace().count() as u64;
     let output_tokens = text.split_whitespace().count() as u64;
+    let usage = json!({"prompt_tokens": input_tokens, "completion_tokens": output_tokens, "total_tokens": input_tokens + output_tokens});
+    if body["stream"] == true {
+        let with_usage = body["stream_options"]["include_usage"] == true;
+        return stream(&model, &text, with_usage.then_some(usage)).into_response();
+    }
     Json(json!({
         "id": "offline-1",
         "object": "chat.completion",
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": input_tokens, "completion_tokens": output_tokens, "total_tokens": input_tokens + output_tokens},
+        "usage": usage,
     }))
+    .into_response()
+}
+
+/// The answer as OpenAI streams it: a chunk per word, a finish chunk, the usage
+/// chunk (empty `choices`) when it was asked for, then `[DONE]`.
+fn stream(model: &str, text: &str, usage: Option<Value>) -> impl IntoResponse {
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": "offline-1", "object": "chat.completion.chunk", "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+        .to_string()
+    };
+    let mut data = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    data.extend(
+        words(text)
+            .into_iter()
+            .map(|w| chunk(json!({ "content": w }), Value::Null)),
+    );
+    data.push(chunk(json!({}), json!("stop")));
+    if let Some(usage) = usage {
+        data.push(
+            json!({"id": "offline-1", "object": "chat.completion.chunk", "model": model, "choices": [], "usage": usage})
+                .to_string(),
+        );
+    }
+    data.push("[DONE]".to_owned());
+    let events = data
+        .into_iter()
+        .map(|d| Ok::<_, Infallible>(Event::default().data(d)));
+    Sse::new(futures::stream::iter(events))
+}
+
+/// The text cut after each run of whitespace: joined, the pieces are the text.
+fn words(text: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut in_space = false;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            in_space = true;
+        } else if in_space {
+            pieces.push(&text[start..i]);
+            start = i;
+            in_space = false;
+        }
+    }
+    if start < text.len() {
+        pieces.push(&text[start..]);
+    }
+    pieces
 }
 
 /// A stable 64-bit hash (FNV-1a): the same prompt always gives the same text.
@@ -239,6 +301,15 @@ mod tests {
         let text = manuscript(&embedded_texts("Edit these:\n[\"one\", \"two\"]\nThanks").unwrap());
         assert_eq!(text, "## Chapter 1\n\none\n\n## Chapter 2\n\ntwo");
         assert!(embedded_texts("no array [1, 2] of texts").is_none());
+    }
+
+    #[test]
+    fn words_join_back_into_the_text() {
+        let text = "  One two\n\nthree  ";
+        let w = words(text);
+        assert_eq!(w, vec!["  ", "One ", "two\n\n", "three  "]);
+        assert_eq!(w.concat(), text);
+        assert!(words("").is_empty());
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! How one flow call is made: the step's model, then its fallbacks in order; on
 //! each, retries with exponential backoff and jitter for transient failures
 //! (honouring Retry-After); a permanent failure goes straight to the next model.
+//! A streamed call follows the same policy: an attempt whose stream breaks after
+//! it sent text is failed like any other, and its text is discarded.
 
+use super::stream::{DeltaSink, StreamEvent, StreamOptions};
 use super::{ChatRequest, ProviderError, ProviderRegistry, Usage};
 use crate::flow::ModelRef;
 use rand::Rng;
@@ -39,6 +42,10 @@ pub struct AttemptLog {
     pub latency_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Tokens a failed attempt was billed for, when the provider reported them
+    /// (a stream cut part-way, an answer `parse` refused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
 }
 
 #[derive(Debug)]
@@ -79,6 +86,32 @@ pub async fn call_with_fallbacks<T>(
     policy: &CallPolicy,
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Result<CallOutcome<T>, CallFailure> {
+    call_chain(registry, chain, request, policy, None, parse).await
+}
+
+/// [`call_with_fallbacks`], streamed: each attempt is announced
+/// ([`StreamEvent::Attempt`]), its text sent as it arrives, and an attempt that
+/// fails after sending text is followed by [`StreamEvent::Discard`]. The
+/// outcome's text is the successful attempt's deltas joined.
+pub async fn call_with_fallbacks_streaming<T>(
+    registry: &ProviderRegistry,
+    chain: &[ModelRef],
+    request: &ChatRequest,
+    policy: &CallPolicy,
+    stream: &StreamOptions,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<CallOutcome<T>, CallFailure> {
+    call_chain(registry, chain, request, policy, Some(stream), parse).await
+}
+
+async fn call_chain<T>(
+    registry: &ProviderRegistry,
+    chain: &[ModelRef],
+    request: &ChatRequest,
+    policy: &CallPolicy,
+    stream: Option<&StreamOptions>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<CallOutcome<T>, CallFailure> {
     let mut log = Vec::new();
     let mut attempts = 0u32;
     let mut last_error = String::from("no model configured");
@@ -96,6 +129,7 @@ pub async fn call_with_fallbacks<T>(
                 error: Some(last_error.clone()),
                 latency_ms: 0,
                 note: None,
+                usage: None,
             });
             continue;
         };
@@ -105,16 +139,30 @@ pub async fn call_with_fallbacks<T>(
         };
         for attempt in 0..=policy.retries {
             attempts += 1;
+            let sink = stream.map(|s| {
+                let _ = s.events.send(StreamEvent::Attempt {
+                    attempt: attempts,
+                    provider: target.provider.clone(),
+                    model: target.model.clone(),
+                });
+                DeltaSink::new(attempts, s.events.clone())
+            });
             let started = Instant::now();
             let result = {
                 let _permit = provider.limit.acquire().await;
+                let call = async {
+                    match (stream, &sink) {
+                        (Some(s), Some(sink)) => {
+                            provider
+                                .client
+                                .stream(&req, policy.timeout, s.idle_timeout, sink)
+                                .await
+                        }
+                        _ => provider.client.chat(&req, policy.timeout).await,
+                    }
+                };
                 // A margin over the HTTP timeout, in case a provider never starts answering.
-                match tokio::time::timeout(
-                    policy.timeout + Duration::from_secs(1),
-                    provider.client.chat(&req, policy.timeout),
-                )
-                .await
-                {
+                match tokio::time::timeout(policy.timeout + Duration::from_secs(1), call).await {
                     Ok(r) => r,
                     Err(_) => Err(ProviderError::Transient {
                         status: None,
@@ -124,6 +172,7 @@ pub async fn call_with_fallbacks<T>(
                 }
             };
             let latency_ms = started.elapsed().as_millis() as u64;
+            let mut billed = sink.as_ref().and_then(DeltaSink::reported_usage);
             let error = match result {
                 Ok(response) => match parse(&response.text) {
                     Ok(value) => {
@@ -135,6 +184,7 @@ pub async fn call_with_fallbacks<T>(
                             error: None,
                             latency_ms,
                             note: response.note.clone(),
+                            usage: None,
                         });
                         return Ok(CallOutcome {
                             value,
@@ -147,15 +197,28 @@ pub async fn call_with_fallbacks<T>(
                             log,
                         });
                     }
-                    Err(why) => ProviderError::Transient {
-                        status: Some(200),
-                        retry_after: None,
-                        message: why,
-                    },
+                    Err(why) => {
+                        if response.usage != Usage::default() {
+                            billed = Some(response.usage);
+                        }
+                        ProviderError::Transient {
+                            status: Some(200),
+                            retry_after: None,
+                            message: why,
+                        }
+                    }
                 },
                 Err(e) => e,
             };
             last_error = format!("{}/{}: {error}", target.provider, target.model);
+            if let (Some(s), Some(sink)) = (stream, &sink) {
+                if sink.sent_bytes() > 0 {
+                    let _ = s.events.send(StreamEvent::Discard {
+                        attempt: sink.attempt(),
+                        reason: error.to_string(),
+                    });
+                }
+            }
             log.push(AttemptLog {
                 provider: target.provider.clone(),
                 model: target.model.clone(),
@@ -164,6 +227,7 @@ pub async fn call_with_fallbacks<T>(
                 error: Some(error.to_string()),
                 latency_ms,
                 note: None,
+                usage: billed,
             });
             match error {
                 ProviderError::Permanent { .. } => break,

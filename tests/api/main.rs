@@ -25,4 +25,5 @@ mod mock_providers;
 mod resilience;
 mod security;
 mod seed_js;
+mod streaming_providers;
 mod versions;

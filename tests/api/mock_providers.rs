@@ -1,6 +1,7 @@
 //! Local mock servers that speak each provider's real wire format (OpenAI chat
-//! completions, Anthropic messages, Gemini generateContent), record what the
-//! client sent, and inject faults.
+//! completions, Anthropic messages, Gemini generateContent, and each one's
+//! streaming form), record what the client sent, and inject faults, including
+//! faults in the middle of a stream.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -9,8 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -27,6 +30,44 @@ pub enum Fault {
     MalformedJson,
     /// Content-Length larger than the body, then the connection closes.
     Truncated,
+    // Streaming faults, after this many text chunks (a whole answer gets `Truncated`):
+    /// The connection drops.
+    BreakAfter(usize),
+    /// A chunk that is not JSON.
+    MalformedChunkAfter(usize),
+    /// The provider's own error event (`error` object / `event: error`).
+    ErrorEventAfter(usize),
+    /// Nothing more is sent and the connection stays open.
+    StallAfter(usize),
+    /// The stream ends cleanly but without its terminal event or finish reason.
+    EndWithoutTerminalAfter(usize),
+    /// Keep-alives (Anthropic's `ping`, an SSE comment elsewhere) every 20 ms,
+    /// for as long as the client listens.
+    PingForeverAfter(usize),
+}
+
+impl Fault {
+    fn in_stream(&self) -> Option<usize> {
+        match self {
+            Fault::BreakAfter(n)
+            | Fault::MalformedChunkAfter(n)
+            | Fault::ErrorEventAfter(n)
+            | Fault::StallAfter(n)
+            | Fault::EndWithoutTerminalAfter(n)
+            | Fault::PingForeverAfter(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+/// Holds a stream back after some chunks until the test opens it.
+#[derive(Clone)]
+pub struct Gate(Arc<Semaphore>);
+
+impl Gate {
+    pub fn open(&self) {
+        self.0.add_permits(1 << 20);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +114,12 @@ struct Behaviour {
     /// Share of calls (0..1) that fail with a fault from a mix, chosen by a seeded generator.
     fail_rate: f64,
     rng: u64,
+    /// Between two text chunks of a stream.
+    chunk_interval: Duration,
+    /// After this many text chunks, the next stream waits for the gate.
+    hold: Option<(usize, Gate)>,
+    /// Answer whole even when a stream is asked for (as some compatible servers do).
+    ignore_stream: bool,
 }
 
 #[derive(Clone)]
@@ -80,6 +127,24 @@ struct Shared {
     kind: Kind,
     calls: Arc<Mutex<Vec<Recorded>>>,
     behaviour: Arc<Mutex<Behaviour>>,
+    /// Streams whose body is still being sent (a closed connection drops it).
+    open_streams: Arc<AtomicUsize>,
+}
+
+/// Counts a stream as open for as long as its body lives.
+struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 pub struct MockProvider {
@@ -92,6 +157,7 @@ impl MockProvider {
         let shared = Shared {
             kind,
             calls: Default::default(),
+            open_streams: Default::default(),
             behaviour: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -145,6 +211,40 @@ impl MockProvider {
             b.latency = d;
         }
     }
+
+    /// Stream text at a fixed rate: one chunk (a word) per `d`.
+    pub fn chunk_interval(&self, d: Duration) {
+        if let Ok(mut b) = self.shared.behaviour.lock() {
+            b.chunk_interval = d;
+        }
+    }
+
+    /// Streams this mock is still sending.
+    pub fn open_streams(&self) -> usize {
+        self.shared.open_streams.load(Ordering::SeqCst)
+    }
+
+    /// Answer `stream: true` requests with a whole JSON answer.
+    pub fn ignore_stream(&self, on: bool) {
+        if let Ok(mut b) = self.shared.behaviour.lock() {
+            b.ignore_stream = on;
+        }
+    }
+
+    /// The next stream sends `chunks` text chunks, then waits until the gate opens.
+    pub fn hold_after(&self, chunks: usize) -> Gate {
+        let gate = Gate(Arc::new(Semaphore::new(0)));
+        if let Ok(mut b) = self.shared.behaviour.lock() {
+            b.hold = Some((chunks, gate.clone()));
+        }
+        gate
+    }
+}
+
+/// The text a streamed answer carries: marked with the call's number, so that
+/// the text of an attempt that was cut can be told from the one that finished.
+pub fn streamed_text(call: usize, text: &str) -> String {
+    format!("[call {call}] {text}")
 }
 
 fn recorded_key(s: &Shared) -> String {
@@ -201,7 +301,14 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
     if let Ok(mut c) = s.calls.lock() {
         c.push(recorded);
     }
-    let (fault, latency) = {
+    let ignore_stream = s.behaviour.lock().map(|b| b.ignore_stream).unwrap_or(false);
+    let streaming = !ignore_stream
+        && match s.kind {
+            Kind::OpenAi | Kind::Anthropic => body["stream"] == true,
+            Kind::Gemini => path.contains(":streamGenerateContent"),
+        };
+    let call = s.calls.lock().map(|c| c.len()).unwrap_or_default();
+    let (fault, latency, interval, hold) = {
         let mut b = s.behaviour.lock().expect("behaviour");
         let mut f = b.script.pop_front().or_else(|| b.always.clone());
         if f.is_none() && b.fail_rate > 0.0 {
@@ -221,7 +328,21 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
                 });
             }
         }
-        (f, b.latency)
+        let hold = if streaming { b.hold.take() } else { None };
+        (f, b.latency, b.chunk_interval, hold)
+    };
+    // A stream's own faults come mid-stream; given a whole answer they cut it short.
+    let (fault, stream_fault) = match fault {
+        Some(f) if f.in_stream().is_some() => {
+            if streaming {
+                (None, Some(f))
+            } else {
+                (Some(Fault::Truncated), None)
+            }
+        }
+        Some(Fault::MalformedJson) if streaming => (None, Some(Fault::MalformedChunkAfter(1))),
+        Some(Fault::Truncated) if streaming => (None, Some(Fault::BreakAfter(1))),
+        f => (f, None),
     };
     match fault {
         Some(Fault::Status(code)) => {
@@ -258,7 +379,8 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
                 .body(Body::from("{\"choices\":[{\"message\":"))
                 .unwrap_or_default();
         }
-        None => {}
+        // Mid-stream faults were moved to `stream_fault` above.
+        Some(_) | None => {}
     }
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -269,6 +391,13 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         Kind::Gemini => body["generationConfig"]["responseMimeType"] == "application/json",
     };
     let text = answer_text(&prompt, wants_json);
+    if streaming {
+        let text = streamed_text(call, &text);
+        let include_usage = body["stream_options"]["include_usage"] == true;
+        let frames = frames(s.kind, &body["model"], &text, include_usage);
+        let open = OpenStream::new(&s.open_streams);
+        return stream_response(s.kind, frames, interval, hold, stream_fault, open);
+    }
     let out = match s.kind {
         Kind::OpenAi => json!({
             "id": "chatcmpl-mock", "object": "chat.completion", "model": body["model"],
@@ -286,6 +415,232 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         }),
     };
     axum::Json(out).into_response()
+}
+
+/// A streamed answer as SSE frames: before the text, one per text chunk, after.
+struct Frames {
+    head: Vec<String>,
+    text: Vec<String>,
+    tail: Vec<String>,
+}
+
+fn frame(event: Option<&str>, data: &Value) -> String {
+    match event {
+        Some(e) => format!("event: {e}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    }
+}
+
+/// The text cut after each run of whitespace: joined, the pieces are the text.
+fn words(text: &str) -> Vec<String> {
+    let mut pieces: Vec<String> = Vec::new();
+    for w in text.split_inclusive(char::is_whitespace) {
+        match pieces.last_mut() {
+            Some(last) if w.trim().is_empty() => last.push_str(w),
+            _ => pieces.push(w.to_owned()),
+        }
+    }
+    pieces
+}
+
+/// Usage a stream reports: the same numbers as each format's whole answer.
+pub const OPENAI_USAGE: (u64, u64) = (11, 7);
+pub const ANTHROPIC_USAGE: (u64, u64) = (13, 5);
+pub const GEMINI_USAGE: (u64, u64) = (17, 3);
+
+fn frames(kind: Kind, model: &Value, text: &str, include_usage: bool) -> Frames {
+    let words = words(text);
+    match kind {
+        Kind::OpenAi => {
+            let chunk = |delta: Value, finish: Value| {
+                frame(
+                    None,
+                    &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": null}),
+                )
+            };
+            let (i, o) = OPENAI_USAGE;
+            let mut tail = vec![chunk(json!({}), json!("stop"))];
+            if include_usage {
+                tail.push(frame(
+                    None,
+                    &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model, "choices": [],
+                        "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}}),
+                ));
+            }
+            tail.push("data: [DONE]\n\n".to_owned());
+            Frames {
+                head: vec![chunk(
+                    json!({"role": "assistant", "content": ""}),
+                    Value::Null,
+                )],
+                text: words
+                    .iter()
+                    .map(|w| chunk(json!({ "content": w }), Value::Null))
+                    .collect(),
+                tail,
+            }
+        }
+        Kind::Anthropic => {
+            let (i, o) = ANTHROPIC_USAGE;
+            Frames {
+                head: vec![
+                    frame(
+                        Some("message_start"),
+                        &json!({"type": "message_start", "message": {
+                        "id": "msg_mock", "type": "message", "role": "assistant", "content": [], "model": model,
+                        "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": i, "output_tokens": 1}}}),
+                    ),
+                    frame(
+                        Some("content_block_start"),
+                        &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                    ),
+                    frame(Some("ping"), &json!({"type": "ping"})),
+                ],
+                text: words
+                    .iter()
+                    .map(|w| {
+                        frame(
+                            Some("content_block_delta"),
+                            &json!({"type": "content_block_delta", "index": 0,
+                            "delta": {"type": "text_delta", "text": w}}),
+                        )
+                    })
+                    .collect(),
+                tail: vec![
+                    frame(
+                        Some("content_block_stop"),
+                        &json!({"type": "content_block_stop", "index": 0}),
+                    ),
+                    frame(
+                        Some("message_delta"),
+                        &json!({"type": "message_delta",
+                        "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": o}}),
+                    ),
+                    frame(Some("message_stop"), &json!({"type": "message_stop"})),
+                ],
+            }
+        }
+        Kind::Gemini => {
+            let (i, o) = GEMINI_USAGE;
+            let chunk = |text: &str, finish: Option<&str>, usage: Value| {
+                let mut candidate =
+                    json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
+                if let Some(f) = finish {
+                    candidate["finishReason"] = json!(f);
+                }
+                frame(
+                    None,
+                    &json!({"candidates": [candidate], "usageMetadata": usage, "modelVersion": model}),
+                )
+            };
+            Frames {
+                head: vec![],
+                text: words
+                    .iter()
+                    .map(|w| {
+                        chunk(
+                            w,
+                            None,
+                            json!({"promptTokenCount": i, "totalTokenCount": i}),
+                        )
+                    })
+                    .collect(),
+                tail: vec![chunk(
+                    "",
+                    Some("STOP"),
+                    json!({"promptTokenCount": i, "candidatesTokenCount": o, "totalTokenCount": i + o}),
+                )],
+            }
+        }
+    }
+}
+
+/// What each format sends for `Fault::ErrorEventAfter` and `MalformedChunkAfter`.
+fn error_frame(kind: Kind) -> String {
+    match kind {
+        Kind::OpenAi => frame(
+            None,
+            &json!({"error": {"message": "injected mid-stream error", "type": "server_error", "param": null, "code": null}}),
+        ),
+        Kind::Anthropic => frame(
+            Some("error"),
+            &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ),
+        Kind::Gemini => frame(
+            None,
+            &json!({"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}),
+        ),
+    }
+}
+
+fn stream_response(
+    kind: Kind,
+    frames: Frames,
+    interval: Duration,
+    hold: Option<(usize, Gate)>,
+    fault: Option<Fault>,
+    open: OpenStream,
+) -> Response {
+    let at = fault.as_ref().and_then(Fault::in_stream);
+    let body = async_stream::stream! {
+        let _open = open;
+        for f in frames.head {
+            yield Ok::<_, std::io::Error>(bytes::Bytes::from(f));
+        }
+        for (i, f) in frames.text.into_iter().enumerate() {
+            if let Some((n, gate)) = &hold {
+                if i == *n {
+                    let _ = gate.0.acquire().await;
+                }
+            }
+            if at == Some(i) {
+                break;
+            }
+            if i > 0 && !interval.is_zero() {
+                tokio::time::sleep(interval).await;
+            }
+            yield Ok(bytes::Bytes::from(f));
+        }
+        if let Some(fault) = &fault {
+            // Let the chunks before the fault reach the client first (an aborted
+            // connection may lose what was still buffered).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match fault {
+                Fault::BreakAfter(_) => {
+                    yield Err(std::io::Error::other("injected: connection dropped"));
+                }
+                Fault::MalformedChunkAfter(_) => {
+                    let data = match kind {
+                        Kind::Anthropic => "event: content_block_delta\ndata: {\"type\": \"content_bl\n\n",
+                        _ => "data: {\"choices\": [{\"delta\n\n",
+                    };
+                    yield Ok(bytes::Bytes::from(data));
+                }
+                Fault::ErrorEventAfter(_) => yield Ok(bytes::Bytes::from(error_frame(kind))),
+                Fault::StallAfter(_) => futures::future::pending::<()>().await,
+                Fault::PingForeverAfter(_) => loop {
+                    let ping = match kind {
+                        Kind::Anthropic => frame(Some("ping"), &json!({"type": "ping"})),
+                        _ => ": keep-alive\n\n".to_owned(),
+                    };
+                    yield Ok(bytes::Bytes::from(ping));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                },
+                _ => {}
+            }
+            return;
+        }
+        for f in frames.tail {
+            yield Ok(bytes::Bytes::from(f));
+        }
+    };
+    Response::builder()
+        .status(200)
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(body))
+        .unwrap_or_default()
 }
 
 /// The three mocks, and provider settings that point the real clients at them.

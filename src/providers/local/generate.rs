@@ -3,6 +3,7 @@
 //! fixed seed), a repeat penalty, and the stop conditions (end of turn, token
 //! budget, context, deadline, cancellation).
 
+use super::pieces::Pieces;
 use super::tokenizer::{ChatTokenizer, Turn};
 use anyhow::{anyhow, Context};
 use candle_core::quantized::gguf_file;
@@ -153,6 +154,32 @@ impl Engine {
         params: &GenParams,
         cancel: &AtomicBool,
     ) -> anyhow::Result<Generation> {
+        self.generate_with(system, turns, prefill, params, cancel, None)
+    }
+
+    /// [`Engine::generate`], handing the answer's text to `on_text` as it is
+    /// decoded, token by token; the pieces join into the returned text.
+    pub fn generate_streaming(
+        &mut self,
+        system: Option<&str>,
+        turns: &[Turn<'_>],
+        prefill: &str,
+        params: &GenParams,
+        cancel: &AtomicBool,
+        on_text: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Generation> {
+        self.generate_with(system, turns, prefill, params, cancel, Some(on_text))
+    }
+
+    fn generate_with(
+        &mut self,
+        system: Option<&str>,
+        turns: &[Turn<'_>],
+        prefill: &str,
+        params: &GenParams,
+        cancel: &AtomicBool,
+        mut on_text: Option<&mut dyn FnMut(&str)>,
+    ) -> anyhow::Result<Generation> {
         let chat = self.tokenizer.encode_chat(system, turns, prefill)?;
         let max_tokens = params.max_tokens.min(self.context_len / 2).max(1);
         let budget = self.context_len - max_tokens;
@@ -223,6 +250,10 @@ impl Engine {
 
         let mut history = prompt.clone();
         let mut output: Vec<u32> = Vec::new();
+        let mut pieces = Pieces::default();
+        if let Some(f) = on_text.as_mut() {
+            f(prefill);
+        }
         let stop = loop {
             let logits_v = logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?;
             let logits_v = if params.repeat_penalty == 1.0 {
@@ -246,6 +277,11 @@ impl Engine {
             }
             output.push(next);
             history.push(next);
+            if let Some(f) = on_text.as_mut() {
+                if let Some(piece) = pieces.next(&self.tokenizer, &output)? {
+                    f(&piece);
+                }
+            }
             if output.len() >= max_tokens {
                 break StopReason::MaxTokens;
             }
@@ -262,7 +298,19 @@ impl Engine {
             logits = self.model.forward(&input, history.len() - 1)?;
         };
         let decode_seconds = decode_started.elapsed().as_secs_f64();
-        let text = format!("{prefill}{}", self.tokenizer.decode(&output)?);
+        let decoded = self.tokenizer.decode(&output)?;
+        let decoded = match on_text.as_mut() {
+            Some(f) => match pieces.rest(&decoded) {
+                Some(rest) => {
+                    f(rest);
+                    decoded
+                }
+                // Never seen; if a tokenizer made it so, the answer is what was sent.
+                None => pieces.sent,
+            },
+            None => decoded,
+        };
+        let text = format!("{prefill}{decoded}");
         Ok(Generation {
             text,
             prompt_tokens: prompt.len(),

@@ -19,6 +19,7 @@
 mod fetch;
 mod generate;
 mod json;
+mod pieces;
 mod tokenizer;
 
 pub use fetch::{
@@ -33,7 +34,7 @@ pub use json::{
 };
 pub use tokenizer::{chatml, chatml_turns, Turn, DEFAULT_SYSTEM};
 
-use super::{ChatProvider, ChatRequest, ChatResponse, ProviderError, Usage};
+use super::{ChatProvider, ChatRequest, ChatResponse, DeltaSink, ProviderError, Usage};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -188,9 +189,37 @@ impl ChatProvider for LocalModelProvider {
         let cancel = Arc::new(AtomicBool::new(false));
         let _cancel_on_drop = CancelOnDrop(cancel.clone());
         let (path, seed, req) = (self.path.clone(), self.seed, req.clone());
-        tokio::task::spawn_blocking(move || answer(&path, seed, &req, deadline, &cancel))
+        tokio::task::spawn_blocking(move || answer(&path, seed, &req, deadline, &cancel, None))
             .await
             .map_err(|e| transient(format!("local model task failed: {e}")))?
+    }
+
+    /// Prose token by token from the decode loop. A JSON answer is sent whole at
+    /// the end: what the model writes is parsed, coerced or asked for again, so
+    /// its tokens are not the answer.
+    async fn stream(
+        &self,
+        req: &ChatRequest,
+        timeout: Duration,
+        _idle: Duration,
+        sink: &DeltaSink,
+    ) -> Result<ChatResponse, ProviderError> {
+        let margin = (timeout / 10).min(Duration::from_millis(500));
+        let deadline = Instant::now() + timeout.saturating_sub(margin);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = CancelOnDrop(cancel.clone());
+        let (path, seed, request) = (self.path.clone(), self.seed, req.clone());
+        let streaming = (!req.json).then(|| sink.clone());
+        let response = tokio::task::spawn_blocking(move || {
+            answer(&path, seed, &request, deadline, &cancel, streaming.as_ref())
+        })
+        .await
+        .map_err(|e| transient(format!("local model task failed: {e}")))??;
+        if req.json {
+            sink.delta(&response.text);
+        }
+        sink.report_usage(response.usage);
+        Ok(response)
     }
 }
 
@@ -202,6 +231,7 @@ fn answer(
     req: &ChatRequest,
     deadline: Instant,
     cancel: &AtomicBool,
+    sink: Option<&DeltaSink>,
 ) -> Result<ChatResponse, ProviderError> {
     let engine = shared_engine(path).map_err(|e| permanent(format!("{e:#}")))?;
     // One answer at a time per model; wait for the model no longer than the deadline.
@@ -232,9 +262,18 @@ fn answer(
     let system = req.system.as_deref();
     let mut usage = Usage::default();
     let mut run = |turns: &[Turn<'_>], prefill: &str| -> Result<Generation, ProviderError> {
-        let g = engine
-            .generate(system, turns, prefill, &params, cancel)
-            .map_err(|e| transient(format!("local model failed: {e:#}")))?;
+        let g = match sink {
+            // Only prose streams (JSON is sent whole by the caller); the answer is
+            // trimmed, so its pieces are too.
+            Some(sink) if !req.json => {
+                let mut trimmed = pieces::Trimmed::default();
+                engine.generate_streaming(system, turns, prefill, &params, cancel, &mut |p| {
+                    sink.delta(&trimmed.push(p))
+                })
+            }
+            _ => engine.generate(system, turns, prefill, &params, cancel),
+        }
+        .map_err(|e| transient(format!("local model failed: {e:#}")))?;
         usage.input_tokens += g.prompt_tokens as u64;
         usage.output_tokens += g.output_tokens as u64;
         DECODED_TOKENS.fetch_add(g.output_tokens as u64, Ordering::Relaxed);
