@@ -151,43 +151,8 @@ async fn run() -> Res<()> {
     stack.restart_postgrest().await?;
     println!("{}", machine_report(&stack).await);
 
-    let config = bookengine::http::ServeConfig {
-        addr: "127.0.0.1:0".into(),
-        webhook_secret: None,
-        supabase: stack.supabase_config(),
-        auth: bookengine::config::AuthConfig {
-            jwt_secret: Some(stack.jwt_secret.clone()),
-            jwks_url: None,
-        },
-        no_worker: true,
-        worker: Default::default(),
-        providers: Default::default(),
-        ops: Default::default(),
-    };
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    let stop = shutdown.clone();
-    let svc = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("service runtime");
-        rt.block_on(async move {
-            match bookengine::http::Application::build(&config).await {
-                Ok(app) => {
-                    let _ = port_tx.send(Ok(app.port()));
-                    let _ = app.run_until(async move { stop.cancelled().await }).await;
-                }
-                Err(e) => {
-                    let _ = port_tx.send(Err(e.to_string()));
-                }
-            }
-        });
-    });
-    let port = port_rx.recv()??;
-    let service = format!("http://127.0.0.1:{port}");
-    wait_http(&format!("{service}/healthz"), Duration::from_secs(10)).await?;
+    let api = ApiService::start(&stack).await?;
+    let service = api.url.clone();
 
     let http = reqwest::Client::new();
     let my_token = stack.token_for(me);
@@ -300,7 +265,6 @@ async fn run() -> Res<()> {
         };
         println!("\n--- {label}: {seq}\n{sql}\n{plan}");
     }
-    shutdown.cancel();
-    let _ = svc.join();
+    drop(api);
     Ok(())
 }

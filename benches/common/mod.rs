@@ -758,3 +758,67 @@ pub async fn mark_checked(pg: &tokio_postgres::Client) -> Res<()> {
     .await?;
     Ok(())
 }
+
+/// The HTTP API (no worker) in this process, on a runtime and thread of its own, as a
+/// separate process would be: its CPU is not the load generator's.
+pub struct ApiService {
+    pub url: String,
+    stop: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ApiService {
+    pub async fn start(stack: &Stack) -> Res<ApiService> {
+        let config = bookengine::http::ServeConfig {
+            addr: "127.0.0.1:0".into(),
+            webhook_secret: None,
+            supabase: stack.supabase_config(),
+            auth: bookengine::config::AuthConfig {
+                jwt_secret: Some(stack.jwt_secret.clone()),
+                jwks_url: None,
+            },
+            no_worker: true,
+            worker: Default::default(),
+            providers: Default::default(),
+            ops: Default::default(),
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let until = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("service runtime");
+            rt.block_on(async move {
+                match bookengine::http::Application::build(&config).await {
+                    Ok(app) => {
+                        let _ = port_tx.send(Ok(app.port()));
+                        let _ = app.run_until(async move { until.cancelled().await }).await;
+                    }
+                    Err(e) => {
+                        let _ = port_tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        });
+        let port = port_rx.recv()??;
+        let url = format!("http://127.0.0.1:{port}");
+        wait_http(&format!("{url}/healthz"), Duration::from_secs(10)).await?;
+        Ok(ApiService {
+            url,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ApiService {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

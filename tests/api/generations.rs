@@ -29,14 +29,7 @@ pub async fn book_setup(app: &TestApp) -> (TestUser, TestUser, Uuid) {
     let admin = app.stack.admin().await;
     let pro = app.stack.user(Some("pro"), false).await;
     let engine = app.deploy_example(&admin).await;
-    let (s, b) = app
-        .post(
-            "/v1/assignments",
-            &admin.token,
-            json!({"engine_id": engine, "tier": "pro"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
+    app.assign_tier(&admin, engine, "pro").await;
     (admin, pro, engine)
 }
 

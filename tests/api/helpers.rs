@@ -508,14 +508,31 @@ impl TestApp {
             .await
     }
 
-    /// Deploy the repository's example book flow as `admin`; returns the engine id.
-    pub async fn deploy_example(&self, admin: &TestUser) -> Uuid {
-        let (s, body) = self.post("/v1/engines", &admin.token, example_flow()).await;
-        assert_eq!(s, 201, "deploy example flow: {body}");
+    /// Deploy a flow document as `admin` through the API; returns the engine id.
+    pub async fn deploy(&self, admin: &TestUser, doc: Value) -> Uuid {
+        let (s, body) = self.post("/v1/engines", &admin.token, doc).await;
+        assert_eq!(s, 201, "deploy: {body}");
         body["id"]
             .as_str()
             .and_then(|s| Uuid::parse_str(s).ok())
             .expect("engine id")
+    }
+
+    /// Deploy the repository's example book flow as `admin`; returns the engine id.
+    pub async fn deploy_example(&self, admin: &TestUser) -> Uuid {
+        self.deploy(admin, example_flow()).await
+    }
+
+    /// Assign `engine` to `tier` through the API as `admin`.
+    pub async fn assign_tier(&self, admin: &TestUser, engine: Uuid, tier: &str) {
+        let (s, b) = self
+            .post(
+                "/v1/assignments",
+                &admin.token,
+                serde_json::json!({"engine_id": engine, "tier": tier}),
+            )
+            .await;
+        assert_eq!(s, 200, "assign to {tier}: {b}");
     }
 }
 

@@ -18,26 +18,6 @@ fn flow(provider: &str, model: &str, temperature: f64) -> Value {
             "prompt": "Write a short book about {{ input.topic }}."}}]})
 }
 
-async fn deploy(app: &TestApp, admin: &TestUser, doc: Value) -> Uuid {
-    let (s, b) = app.post("/v1/engines", &admin.token, doc).await;
-    assert_eq!(s, 201, "{b}");
-    b["id"]
-        .as_str()
-        .and_then(|s| Uuid::parse_str(s).ok())
-        .expect("engine id")
-}
-
-async fn assign_pro(app: &TestApp, admin: &TestUser, engine: Uuid) {
-    let (s, b) = app
-        .post(
-            "/v1/assignments",
-            &admin.token,
-            json!({"engine_id": engine, "tier": "pro"}),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-}
-
 /// The engine's history as the API returns it.
 async fn history(app: &TestApp, admin: &TestUser, engine: Uuid) -> Value {
     let (s, b) = app
@@ -99,7 +79,7 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
     let st = &app.stack;
     let admin = st.admin().await;
     let pro = st.user(Some("pro"), false).await;
-    let engine = deploy(&app, &admin, flow("openai", "gpt-4o-mini", 0.5)).await;
+    let engine = app.deploy(&admin, flow("openai", "gpt-4o-mini", 0.5)).await;
     let h = history(&app, &admin, engine).await;
     assert_eq!(numbers(&h), vec![1]);
     assert_eq!(h["versions"][0]["origin"], "deploy");
@@ -403,8 +383,8 @@ async fn a_bad_change_fails_books_and_a_rollback_restores_them() {
     let st = &app.stack;
     let admin = st.admin().await;
     let pro = st.user(Some("pro"), false).await;
-    let engine = deploy(&app, &admin, flow("openai", "gpt-4o-mini", 0.5)).await;
-    assign_pro(&app, &admin, engine).await;
+    let engine = app.deploy(&admin, flow("openai", "gpt-4o-mini", 0.5)).await;
+    app.assign_tier(&admin, engine, "pro").await;
     // The bad change: a provider that refuses every call.
     mocks.anthropic.always(Some(Fault::Status(400)));
 
@@ -529,8 +509,8 @@ async fn a_ten_percent_rollout_over_ten_thousand_users() {
     let app = spawn_app().await;
     let st = &app.stack;
     let admin = st.admin().await;
-    let engine = deploy(&app, &admin, flow("openai", "gpt-4o-mini", 0.5)).await;
-    assign_pro(&app, &admin, engine).await;
+    let engine = app.deploy(&admin, flow("openai", "gpt-4o-mini", 0.5)).await;
+    app.assign_tier(&admin, engine, "pro").await;
     st.pg
         .batch_execute(
             "INSERT INTO auth.users (id, email)
