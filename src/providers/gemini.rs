@@ -127,12 +127,10 @@ fn stream_error(error: &Value) -> ProviderError {
         summarize(error["message"].as_str().unwrap_or("no message"))
     );
     match code {
-        Some(c) if (400..500).contains(&c) && c != 408 && c != 409 && c != 429 => {
-            ProviderError::Permanent {
-                status: None,
-                message,
-            }
-        }
+        Some(c) if c >= 400 && !ProviderError::retryable_status(c) => ProviderError::Permanent {
+            status: None,
+            message,
+        },
         _ => ProviderError::Transient {
             status: None,
             retry_after: None,

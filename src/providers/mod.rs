@@ -79,9 +79,15 @@ impl ProviderError {
     }
 
     /// Classify an HTTP error status the way every provider documents it.
+    /// Whether trying the same model again can help, by HTTP status, as every provider
+    /// documents it: timeouts, conflicts, rate limits and server errors.
+    pub fn retryable_status(status: u16) -> bool {
+        status == 408 || status == 409 || status == 429 || status >= 500
+    }
+
     pub fn from_status(status: u16, retry_after: Option<Duration>, body: &str) -> Self {
         let message = format!("HTTP {status}: {}", summarize(body));
-        if status == 408 || status == 409 || status == 429 || status >= 500 {
+        if Self::retryable_status(status) {
             Self::Transient {
                 status: Some(status),
                 retry_after,
