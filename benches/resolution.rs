@@ -644,6 +644,20 @@ fn seq_scans(plan: &str, table: &str) -> Vec<String> {
     found
 }
 
+/// The query of my_engines(): its whole body while it was `LANGUAGE sql` (V1-V11),
+/// the statement after `RETURN QUERY` since V12 made it plpgsql (plans cached).
+fn query_of(body: &str) -> String {
+    match body.split_once("RETURN QUERY") {
+        Some((_, rest)) => rest
+            .trim()
+            .trim_end_matches("END")
+            .trim()
+            .trim_end_matches(';')
+            .to_owned(),
+        None => body.trim().to_owned(),
+    }
+}
+
 /// EXPLAIN (ANALYZE, BUFFERS) as an authenticated pro user with user and tier
 /// assignments: the two tables, my_engines()'s body (resolve_engine's inner query)
 /// and, through auto_explain, the plans resolve_engine() really runs.
@@ -675,7 +689,7 @@ async fn explain(stack: &Stack) -> Res<String> {
         ),
         (
             "my_engines() body = resolve_engine()'s inner query",
-            body.trim().to_owned(),
+            query_of(&body),
         ),
         (
             "SELECT * FROM resolve_engine()",
