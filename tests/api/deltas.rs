@@ -460,3 +460,23 @@ async fn a_killed_worker_mid_chapter_leaves_a_restart_row_and_whole_text() {
         .any(|r| r["kind"] == "restart" && r["step_id"] == "outline"));
     assert_reassembles_to_outputs(&job, &rows);
 }
+
+/// BOOKENGINE_STREAM_DELTAS=0: calls are made whole and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_streaming_off_books_are_written_whole_and_no_delta_is_stored() {
+    let mocks = Mocks::start().await;
+    let worker = bookengine::worker::WorkerConfig {
+        stream_deltas: false,
+        ..crate::generations::fast_worker()
+    };
+    let app = crate::helpers::spawn_app_with(Some((worker, mocks.providers()))).await;
+    let (_admin, pro, _) = book_setup(&app).await;
+    let id = request(&app, &pro, "whole answers").await;
+    let job = wait_until(&app, &pro.token, &id, Duration::from_secs(60), finished).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert!(deltas(&app, &pro.token, &id).await.is_empty());
+    assert_eq!(
+        mocks.gemini.calls()[0].path,
+        "/v1beta/models/gemini-1.5-flash:generateContent"
+    );
+}
