@@ -475,10 +475,13 @@ async fn mock_complete(
         let per = chars.len().div_ceil(MOCK_STREAM_CHUNKS).max(1);
         let pieces: Vec<String> = chars.chunks(per).map(|p| p.iter().collect()).collect();
         let gap = latency / pieces.len().max(1) as u32;
+        let start = tokio::time::Instant::now();
         let stream = async_stream::stream! {
-            for piece in pieces {
+            // Deadlines from the start, not sleeps in a row: each sleep overshoots by
+            // up to a timer tick, which would add ~1 ms per chunk to the latency.
+            for (i, piece) in pieces.into_iter().enumerate() {
                 if !gap.is_zero() {
-                    tokio::time::sleep(gap).await;
+                    tokio::time::sleep_until(start + gap * (i as u32 + 1)).await;
                 }
                 let chunk = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": model,
                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
