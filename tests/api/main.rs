@@ -25,5 +25,6 @@ mod mock_providers;
 mod resilience;
 mod security;
 mod seed_js;
+mod stream_deltas;
 mod streaming_providers;
 mod versions;
