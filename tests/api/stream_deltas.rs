@@ -661,3 +661,64 @@ async fn listen_wakes_readers_when_rows_are_written() {
         "woken by the writes, not by a 3 s / 10 s poll: {waits:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_stream_generation_resumes_through_broken_connections() {
+    let stack = TestStack::start().await;
+    let app = serve(&stack, StreamConfig::default()).await;
+    let (user, job, lease) = running_job(&stack, &app).await;
+    let script = script(job, lease, 60);
+    let total = script.rows.len();
+    let finals: serde_json::Map<String, Value> = script
+        .finals
+        .iter()
+        .map(|((step, item), text)| (format!("{step}:{item}"), json!(text)))
+        .collect();
+    // The writer: two rows every 20 ms, then the job ends.
+    let writer = {
+        let rows = script.rows.clone();
+        let db = stack.db.clone();
+        tokio::spawn(async move {
+            let (pg, conn) = db.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            for batch in rows.chunks(2) {
+                let batch = Value::Array(batch.to_vec());
+                pg.query_one("SELECT public.delta_append($1::jsonb)", &[&batch])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            pg.execute(
+                "UPDATE generation_jobs SET status = 'succeeded', finished_at = now(), \
+                 updated_at = now(), lease_token = NULL WHERE id = $1",
+                &[&job],
+            )
+            .await
+            .unwrap();
+        })
+    };
+    let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new("node")
+            .args(["--test", "supabase/client/resume.check.mjs"])
+            .current_dir(&repo)
+            .env("BOOKENGINE_URL", &app.address)
+            .env("DELTA_TOKEN", &user.token)
+            .env("DELTA_JOB_ID", job.to_string())
+            .env("DELTA_TOTAL", total.to_string())
+            .env("DELTA_FINALS", Value::Object(finals).to_string())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the suite ends in time")
+    .expect("node runs");
+    writer.await.unwrap();
+    assert!(
+        output.status.success(),
+        "resume.check.mjs failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
