@@ -136,13 +136,27 @@ impl Bench {
     }
 }
 
-fn worker_config(fanout: usize) -> bookengine::worker::WorkerConfig {
+fn worker_config(fanout: usize, stream: bool) -> bookengine::worker::WorkerConfig {
     bookengine::worker::WorkerConfig {
         concurrency: 4,
         fanout_concurrency: fanout,
         poll_interval_ms: 1000,
+        stream_deltas: stream,
         ..Default::default()
     }
+}
+
+/// One mode's runs: parallel books, then sequential books, on a fresh worker.
+struct Phase {
+    stream: bool,
+    par: Vec<Run>,
+    seq: Vec<Run>,
+    par_calls: u64,
+    par_max_in_flight: u64,
+    seq_calls: u64,
+    seq_max_in_flight: u64,
+    /// Delta rows and their bytes (table + indexes) per book, streaming on.
+    rows_per_book: f64,
 }
 
 async fn run() -> Res<()> {
@@ -182,7 +196,7 @@ async fn run() -> Res<()> {
             jwks_url: None,
         },
         no_worker: true,
-        worker: worker_config(16),
+        worker: worker_config(16, true),
         providers: providers.clone(),
         ops: Default::default(),
     };
@@ -232,41 +246,67 @@ async fn run() -> Res<()> {
         user_token,
     };
 
-    // Phase 1: fan-out width 16 (>= 12 chapters at once).
-    let shutdown = CancellationToken::new();
-    let (_, handle) = bookengine::worker::spawn(
-        &supabase,
-        &worker_config(16),
-        &providers,
-        wake.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    // Warm-up (connections, first-use costs), not counted.
-    bench.book(engines[0]).await?;
-    mock.reset();
-    let busy = cpu_busy(Duration::from_millis(500)).await;
-    println!(
-        "machine CPU busy before measuring: {busy:.0}% (loadavg {})",
-        loadavg()
-    );
-    let mut par = Vec::new();
-    for _ in 0..n_par {
-        par.push(bench.book(engines[0]).await?);
+    // Streaming on, then off, on the same stack: fan-out width 16 (>= 12 chapters at once).
+    let mut phases = Vec::new();
+    for stream in [true, false] {
+        let shutdown = CancellationToken::new();
+        let (_, handle) = bookengine::worker::spawn(
+            &supabase,
+            &worker_config(16, stream),
+            &providers,
+            wake.clone(),
+            shutdown.clone(),
+        )
+        .await?;
+        // Warm-up (connections, first-use costs), not counted.
+        bench.book(engines[0]).await?;
+        mock.reset();
+        let busy = cpu_busy(Duration::from_millis(500)).await;
+        println!(
+            "streaming {}: machine CPU busy before measuring: {busy:.0}% (loadavg {})",
+            if stream { "ON" } else { "OFF" },
+            loadavg()
+        );
+        let rows0: i64 = bench
+            .stack
+            .pg
+            .query_one("SELECT count(*) FROM public.generation_deltas", &[])
+            .await?
+            .get(0);
+        let mut par = Vec::new();
+        for _ in 0..n_par {
+            par.push(bench.book(engines[0]).await?);
+        }
+        let rows1: i64 = bench
+            .stack
+            .pg
+            .query_one("SELECT count(*) FROM public.generation_deltas", &[])
+            .await?
+            .get(0);
+        let par_calls = mock.calls();
+        let par_max_in_flight = mock.max_in_flight();
+        // Sequential mode on the same worker (fan-out width 16): `sequential` runs one
+        // call at a time, a for_each's items included, whatever the configured width.
+        mock.reset();
+        let mut seq = Vec::new();
+        for _ in 0..n_seq {
+            seq.push(bench.book(engines[1]).await?);
+        }
+        let seq_calls = mock.calls();
+        let seq_max_in_flight = mock.max_in_flight();
+        shutdown.cancel();
+        let _ = handle.await;
+        phases.push(Phase {
+            stream,
+            rows_per_book: (rows1 - rows0) as f64 / par.len().max(1) as f64,
+            par,
+            seq,
+            par_calls,
+            par_max_in_flight,
+            seq_calls,
+            seq_max_in_flight,
+        });
     }
-    let par_calls = mock.calls();
-    let par_max_in_flight = mock.max_in_flight();
-    // Sequential mode on the same worker (fan-out width 16): `sequential` runs one
-    // call at a time, a for_each's items included, whatever the configured width.
-    mock.reset();
-    let mut seq = Vec::new();
-    for _ in 0..n_seq {
-        seq.push(bench.book(engines[1]).await?);
-    }
-    let seq_calls = mock.calls();
-    let seq_max_in_flight = mock.max_in_flight();
-    shutdown.cancel();
-    let _ = handle.await;
 
     let l = ms(L);
     let report = |label: &str, runs: &[Run], ideal_calls: f64, steps_on_path: f64, target: f64| {
@@ -315,32 +355,59 @@ async fn run() -> Res<()> {
         (client.p50, ratio, per_step)
     };
     println!("\n================ orchestration: summary ================");
-    let p = report(
-        "parallel mode, fan-out width 16, provider concurrency 16",
-        &par,
-        3.0,
-        3.0,
-        1.15,
-    );
-    println!(
-        "  mock calls {par_calls} (expected {}), max in flight at the mock {par_max_in_flight}",
-        par.len() * CALLS
-    );
-    let s = report(
-        "sequential mode (every call one after another; the worker's fan-out width is 16)",
-        &seq,
-        CALLS as f64,
-        CALLS as f64,
-        1.05,
-    );
-    println!(
-        "  mock calls {seq_calls} (expected {}), max in flight at the mock {seq_max_in_flight}",
-        seq.len() * CALLS
-    );
-    println!(
-        "\nRESULT parallel {:.1} ms = {:.3}x of 3L ({:.2} ms/step); sequential {:.1} ms = {:.3}x of 14L ({:.2} ms/step)",
-        p.0, p.1, p.2, s.0, s.1, s.2
-    );
+    let mut results = Vec::new();
+    for ph in &phases {
+        let on = if ph.stream {
+            "streaming ON"
+        } else {
+            "streaming OFF"
+        };
+        let p = report(
+            &format!("{on}: parallel mode, fan-out width 16, provider concurrency 16"),
+            &ph.par,
+            3.0,
+            3.0,
+            1.15,
+        );
+        println!(
+            "  mock calls {} (expected {}), max in flight at the mock {}",
+            ph.par_calls,
+            ph.par.len() * CALLS,
+            ph.par_max_in_flight
+        );
+        let s = report(
+            &format!("{on}: sequential mode (every call one after another; the worker's fan-out width is 16)"),
+            &ph.seq,
+            CALLS as f64,
+            CALLS as f64,
+            1.05,
+        );
+        println!(
+            "  mock calls {} (expected {}), max in flight at the mock {}",
+            ph.seq_calls,
+            ph.seq.len() * CALLS,
+            ph.seq_max_in_flight
+        );
+        if ph.stream {
+            println!(
+                "  delta rows per parallel book: {:.1} ({CALLS} calls x {MOCK_STREAM_CHUNKS} chunks = {} provider deltas)",
+                ph.rows_per_book,
+                CALLS * MOCK_STREAM_CHUNKS
+            );
+        }
+        println!(
+            "\nRESULT {on}: parallel {:.1} ms = {:.3}x of 3L ({:.2} ms/step); sequential {:.1} ms = {:.3}x of 14L ({:.2} ms/step)",
+            p.0, p.1, p.2, s.0, s.1, s.2
+        );
+        results.push((ph.stream, p, s));
+    }
+    if let (Some(on), Some(off)) = (results.iter().find(|r| r.0), results.iter().find(|r| !r.0)) {
+        println!(
+            "streaming on / off, same run: parallel {:.3}x, sequential {:.3}x",
+            on.1 .0 / off.1 .0,
+            on.2 .0 / off.2 .0
+        );
+    }
     println!(
         "loadavg before {load_before}, after {} (other processes may share the 2 cores)",
         loadavg()

@@ -13,6 +13,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -38,6 +39,8 @@ struct Ctx {
     http: reqwest::Client,
     engine: Uuid,
     users: Vec<Uuid>,
+    /// BOOKENGINE_STREAM_DELTAS of the worker processes (streamed calls, deltas stored).
+    stream: std::sync::atomic::AtomicBool,
 }
 
 impl Ctx {
@@ -61,6 +64,10 @@ impl Ctx {
                 poll_ms.to_string(),
             ),
             ("BOOKENGINE_WORKER_ID".to_owned(), id.to_owned()),
+            (
+                "BOOKENGINE_STREAM_DELTAS".to_owned(),
+                self.stream.load(Ordering::SeqCst).to_string(),
+            ),
         ]);
         env
     }
@@ -519,6 +526,7 @@ async fn run() -> Res<()> {
             .build()?,
         engine,
         users,
+        stream: std::sync::atomic::AtomicBool::new(true),
     };
 
     // 1. The ceiling: raw PostgREST RPC rate at concurrency 16.
@@ -592,6 +600,33 @@ async fn run() -> Res<()> {
         results.push(r);
     }
 
+    // What the last streaming run stored (the next run's reset deletes it).
+    let delta_rows: i64 = ctx
+        .stack
+        .pg
+        .query_one("SELECT count(*) FROM public.generation_deltas", &[])
+        .await?
+        .get(0);
+
+    // 3b. The same with streaming off (BOOKENGINE_STREAM_DELTAS=0), side by side.
+    ctx.stream.store(false, Ordering::SeqCst);
+    let mut off = Vec::new();
+    for workers in [1usize, 4] {
+        let r = ctx
+            .throughput(workers, n_jobs, limit, &ctx.stack.rest_url)
+            .await?;
+        println!(
+            "\n{} worker process(es), streaming OFF: {}/{} succeeded in {:.2} s -> {:.0} jobs/s",
+            r.workers,
+            r.done,
+            r.n,
+            r.elapsed.as_secs_f64(),
+            r.jobs_per_s()
+        );
+        off.push(r);
+    }
+    ctx.stream.store(true, Ordering::SeqCst);
+
     // 4. Webhook -> claim latency, polling off.
     let (hook_db, hook_client, _) = webhook_latency(&ctx, hook_samples).await?;
 
@@ -612,6 +647,19 @@ async fn run() -> Res<()> {
             verdict_min(jps, 500.0, " jobs/s")
         );
     }
+    for o in &off {
+        if let Some(on) = results.iter().find(|r| r.workers == o.workers) {
+            let ratio = on.jobs_per_s() / o.jobs_per_s().max(1e-9);
+            println!(
+                "  {} worker(s): streaming on {:.0} jobs/s vs off {:.0} jobs/s = {ratio:.3} -> {}",
+                o.workers,
+                on.jobs_per_s(),
+                o.jobs_per_s(),
+                verdict_min(ratio, 0.90, "x of off")
+            );
+        }
+    }
+    println!("  delta rows left by the last streaming run: {delta_rows}");
     println!(
         "webhook -> claim (created_at -> started_at, polling every 10 min): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (n={}); client insert -> seen claimed p50 {:.2} ms",
         hook_db.p50, hook_db.p99, hook_db.max, hook_db.n, hook_client.p50

@@ -14,9 +14,11 @@
 --   discard  the current attempt failed part-way; its text is void; meta = {reason}
 --   restart  a resumed job (worker crash, lost lease) runs this call again; whatever
 --            an earlier run streamed for it is void
--- (run, attempt) names one attempt: run is the job's claim number
--- (generation_jobs.attempt when the worker claimed it), attempt the call's attempt
--- number (1-based, across retries and fallbacks) within that run.
+-- (run, attempt) names one attempt: run is the job's claim number, 1 for its first
+-- claim (the worker writes generation_jobs.attempt + lease_losses at claim time: V8
+-- gives the attempt back when a lease is lost, so the attempt alone would repeat after
+-- a crash), attempt the call's attempt number (1-based, across retries and fallbacks)
+-- within that run; a `restart` row has attempt 0.
 --
 -- Reading (the React app, with supabase-js):
 --   supabase.from('generation_deltas').select('seq,step_id,item_index,kind,attempt,run,text,meta')

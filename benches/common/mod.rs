@@ -446,19 +446,19 @@ impl MockLlm {
     }
 }
 
+/// Text chunks a streamed answer is cut into (spread evenly over the latency).
+pub const MOCK_STREAM_CHUNKS: usize = 40;
+
 async fn mock_complete(
     axum::extract::State(s): axum::extract::State<MockState>,
     axum::Json(body): axum::Json<Value>,
-) -> axum::Json<Value> {
-    let c = &s.counters;
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let c = s.counters.clone();
     c.calls.fetch_add(1, Ordering::SeqCst);
     let now = c.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     c.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let latency = s.latency.lock().map(|l| *l).unwrap_or_default();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    c.in_flight.fetch_sub(1, Ordering::SeqCst);
     let text = if body["response_format"]["type"] == "json_object" {
         let chapters: Vec<Value> = (1..=s.chapters)
             .map(|i| json!({"title": format!("Chapter {i}"), "summary": format!("What chapter {i} covers.")}))
@@ -467,6 +467,40 @@ async fn mock_complete(
     } else {
         "Benchmark text: a short paragraph standing in for a model's answer.".to_owned()
     };
+    if body["stream"] == true {
+        // OpenAI's chunk stream: the text in MOCK_STREAM_CHUNKS pieces at a fixed
+        // rate over the latency, then the finish chunk, the usage chunk and [DONE].
+        let model = body["model"].clone();
+        let chars: Vec<char> = text.chars().collect();
+        let per = chars.len().div_ceil(MOCK_STREAM_CHUNKS).max(1);
+        let pieces: Vec<String> = chars.chunks(per).map(|p| p.iter().collect()).collect();
+        let gap = latency / pieces.len().max(1) as u32;
+        let stream = async_stream::stream! {
+            for piece in pieces {
+                if !gap.is_zero() {
+                    tokio::time::sleep(gap).await;
+                }
+                let chunk = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": model,
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
+                yield Ok::<_, std::convert::Infallible>(format!("data: {chunk}\n\n"));
+            }
+            let finish = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+            let usage = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": model,
+                "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}});
+            c.in_flight.fetch_sub(1, Ordering::SeqCst);
+            yield Ok(format!("data: {finish}\n\ndata: {usage}\n\ndata: [DONE]\n\n"));
+        };
+        return (
+            [("content-type", "text/event-stream")],
+            axum::body::Body::from_stream(stream),
+        )
+            .into_response();
+    }
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    c.in_flight.fetch_sub(1, Ordering::SeqCst);
     axum::Json(json!({
         "id": "chatcmpl-bench",
         "object": "chat.completion",
@@ -475,6 +509,7 @@ async fn mock_complete(
                      "message": {"role": "assistant", "content": text}}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}
     }))
+    .into_response()
 }
 
 // ---------------------------------------------------------------------------------

@@ -2,6 +2,10 @@
 //! complete, fail, acknowledge a cancel. Every write after the claim carries the
 //! lease token; the database refuses a stale one with `lease_lost` (fencing).
 
+mod deltas;
+
+pub use deltas::{AppendOutcome, Compaction, DeltaHead, DeltaRow};
+
 use crate::error::Result;
 use crate::generations::{rows, StepRecord};
 use crate::rest::{Caller, Rest};

@@ -2,17 +2,21 @@
 //! (in order, or as a dependency graph with fan-out), record every call, and
 //! finish the job. A heartbeat keeps the lease and notices cancellation.
 
+use super::deltas::{self, CallKey, DeltaFailure, JobSignals};
 use super::output::{assemble, navigate, parse_json_output};
 use super::writer::{WriteBehind, WriteFailure};
 use super::Worker;
 use crate::error::{codes, Error};
 use crate::flow::{ExecutionMode, Flow, ModelRef, OutputKind, Step};
 use crate::generations::StepRecord;
-use crate::providers::{call_with_fallbacks, CallPolicy, ChatRequest, Usage};
+use crate::providers::{
+    call_with_fallbacks, call_with_fallbacks_streaming, CallPolicy, ChatRequest, StreamOptions,
+    Usage,
+};
 use crate::queue::{ClaimedJob, StepWrite};
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +41,16 @@ enum Stop {
 
 impl From<WriteFailure> for Stop {
     fn from(f: WriteFailure) -> Self {
+        if f.lease_lost {
+            Stop::LeaseLost
+        } else {
+            Stop::Transient(f.message)
+        }
+    }
+}
+
+impl From<DeltaFailure> for Stop {
+    fn from(f: DeltaFailure) -> Self {
         if f.lease_lost {
             Stop::LeaseLost
         } else {
@@ -74,6 +88,10 @@ struct Run<'a> {
     held: Mutex<Vec<StepWrite>>,
     /// Every other record, saved in order while the flow goes on.
     writes: WriteBehind,
+    /// Provider calls are streamed into generation_deltas.
+    streaming: bool,
+    /// Calls an earlier run of this job streamed text for: each gets a `restart` row.
+    restarts: HashSet<(String, i32)>,
 }
 
 /// A finished run: the book, the final progress and the records held for completion.
@@ -96,12 +114,18 @@ impl Worker {
             if job.cancel_requested {
                 cancel.cancel();
             }
+            let signals = JobSignals {
+                cancel: cancel.clone(),
+                cancelled: cancelled.clone(),
+                lease_lost: lease_lost.clone(),
+            };
             let outcome = tokio::select! {
-                r = self.run_flow(&job) => r,
+                r = self.run_flow(&job, signals) => r,
                 _ = cancel.cancelled() => Err(if lease_lost.load(Ordering::SeqCst) { Stop::LeaseLost } else { Stop::Cancelled }),
             };
             heartbeat.abort();
             self.finish(&job, outcome).await;
+            self.deltas.close(job.id);
         }
         .instrument(span)
         .await
@@ -188,7 +212,7 @@ impl Worker {
         }
     }
 
-    async fn run_flow(&self, job: &ClaimedJob) -> Result<Finished, Stop> {
+    async fn run_flow(&self, job: &ClaimedJob, signals: JobSignals) -> Result<Finished, Stop> {
         let snapshot = &job.engine_snapshot;
         let flow = Flow::from_engine(
             &job.engine_name,
@@ -199,16 +223,32 @@ impl Worker {
         .map_err(|e| Stop::Fatal(format!("the engine's flow is invalid: {}", e.message)))?;
         // A first claim has nothing recorded yet: skip the read. A job taken over from
         // a lost worker keeps its attempt number but has lease_losses.
-        let existing = if job.attempt <= 1 && job.lease_losses == 0 {
-            HashMap::new()
+        let streaming = self.config.stream_deltas;
+        let (existing, head) = if job.attempt <= 1 && job.lease_losses == 0 {
+            (HashMap::new(), Default::default())
         } else {
-            self.queue
-                .steps(job.id)
-                .await?
+            let head = async {
+                if streaming {
+                    self.queue.delta_head(job.id, job.lease_token).await
+                } else {
+                    Ok(Default::default())
+                }
+            };
+            let (steps, head) = tokio::join!(self.queue.steps(job.id), head);
+            let steps = steps?
                 .into_iter()
                 .map(|s| ((s.step_id.clone(), s.item_index), s))
-                .collect::<HashMap<_, _>>()
+                .collect::<HashMap<_, _>>();
+            (steps, head?)
         };
+        let crate::queue::DeltaHead { seq, calls } = head;
+        if streaming {
+            // The claim number: V8 gives the attempt back on a lost lease, so the
+            // attempt alone would repeat after a crash.
+            let run = job.attempt.saturating_add(job.lease_losses);
+            self.deltas
+                .open(job.id, job.lease_token, run, seq.saturating_add(1), signals);
+        }
         // A finished step whose record cannot be read back: running it again would bill
         // it twice and resume would never see it. Only rows written outside the worker.
         if let Some(s) = existing
@@ -230,6 +270,8 @@ impl Worker {
             calls_done: AtomicU64::new(0),
             held: Mutex::new(Vec::new()),
             writes: WriteBehind::start(self.queue.clone(), job.id, job.lease_token),
+            streaming,
+            restarts: calls.into_iter().collect(),
         };
         let ran = match flow.execution_mode {
             ExecutionMode::Sequential => {
@@ -260,6 +302,8 @@ impl Worker {
             .lock()
             .map(|h| h.clone())
             .map_err(|_| Stop::Transient("the held step records were poisoned".into()))?;
+        // Every streamed delta is stored before job_complete saves the last records.
+        deltas::wait(self.deltas.barrier(job.id)).await?;
         // Records the writer could not save go first, then the last step's.
         let mut records = run.writes.finish().await?;
         records.extend(held);
@@ -463,7 +507,8 @@ impl Run<'_> {
             self.hold(summary);
         } else {
             // After its items' records, so resume never sees a summary without them.
-            self.writes.send(summary, self.progress(Some(&step.id)));
+            self.writes
+                .send(summary, self.progress(Some(&step.id)), None);
         }
         self.set_output(&step.id, output);
         Ok(())
@@ -547,17 +592,46 @@ impl Run<'_> {
             json: c.output == OutputKind::Json,
         };
         let wants_json = c.output == OutputKind::Json;
+        let parse = |text: &str| {
+            if wants_json {
+                parse_json_output(text)
+            } else if text.trim().is_empty() {
+                Err("the model's answer was empty".into())
+            } else {
+                Ok(Value::String(text.to_owned()))
+            }
+        };
         let started = std::time::Instant::now();
-        let attempt =
-            call_with_fallbacks(&self.worker.providers, &chain, &request, &policy, |text| {
-                if wants_json {
-                    parse_json_output(text)
-                } else if text.trim().is_empty() {
-                    Err("the model's answer was empty".into())
-                } else {
-                    Ok(Value::String(text.to_owned()))
+        let providers = &self.worker.providers;
+        let attempt = async {
+            if !self.streaming {
+                return call_with_fallbacks(providers, &chain, &request, &policy, parse).await;
+            }
+            let key = CallKey {
+                job: job_id,
+                step_id: step.id.as_str().into(),
+                item_index: index,
+            };
+            let deltas = &self.worker.deltas;
+            if self.restarts.contains(&(step.id.clone(), index)) {
+                deltas.restart(&key);
+            }
+            let (chain, request, policy) = (&chain, &request, &policy);
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            // The options (and so the sender) live as long as the call: the forwarder
+            // ends with it, after passing on its last event.
+            let call = async move {
+                let options = StreamOptions::new(tx);
+                call_with_fallbacks_streaming(providers, chain, request, policy, &options, parse)
+                    .await
+            };
+            let forward = async {
+                while let Some(event) = rx.recv().await {
+                    deltas.event(&key, event);
                 }
-            });
+            };
+            tokio::join!(call, forward).0
+        };
         tokio::pin!(attempt);
         // Quick calls are written once, when done; a slow one shows as running meanwhile.
         let outcome = tokio::select! {
@@ -630,7 +704,11 @@ impl Run<'_> {
                 if hold {
                     self.hold(write.clone());
                 } else {
-                    self.writes.send(write.clone(), self.progress(Some(&label)));
+                    let barrier = self
+                        .streaming
+                        .then(|| self.worker.deltas.barrier(self.job.id));
+                    self.writes
+                        .send(write.clone(), self.progress(Some(&label)), barrier);
                 }
                 tracing::info!(step = %label, provider = %o.provider, model = %o.model, attempts = o.attempts, fallback = o.fallback_used, latency_ms, "step done");
                 Ok((o.value, write))
@@ -659,6 +737,9 @@ impl Run<'_> {
                     attempt_log: json!(f.log),
                     ..Default::default()
                 };
+                if self.streaming {
+                    deltas::wait(self.worker.deltas.barrier(job_id)).await?;
+                }
                 queue.save_step(job_id, lease, &write, None).await?;
                 Err(Stop::Fatal(reason))
             }

@@ -2,6 +2,7 @@
 //! runs each engine's flow, and records every step. Woken by the Supabase
 //! webhook, and polling, so a lost webhook delays a job but never loses it.
 
+mod deltas;
 mod execute;
 mod output;
 mod writer;
@@ -59,6 +60,29 @@ pub struct WorkerConfig {
     /// This worker's name in leases (default: host-pid).
     #[arg(long, env = "BOOKENGINE_WORKER_ID")]
     pub worker_id: Option<String>,
+
+    /// Stream provider calls and store their text as it arrives (generation_deltas),
+    /// readable while a job runs.
+    #[arg(long, env = "BOOKENGINE_STREAM_DELTAS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub stream_deltas: bool,
+
+    /// Streamed text is written at most this long after it arrived, in milliseconds
+    /// (one write per worker, carrying all its jobs).
+    #[arg(long, env = "BOOKENGINE_DELTA_FLUSH_MS", default_value_t = 100)]
+    pub delta_flush_ms: u64,
+
+    /// ... or as soon as this many bytes of text wait.
+    #[arg(long, env = "BOOKENGINE_DELTA_FLUSH_BYTES", default_value_t = 16384)]
+    pub delta_flush_bytes: usize,
+
+    /// A finished job's streamed text is deleted after this many seconds (its step
+    /// outputs hold it); every worker runs the cleanup every 30 s.
+    #[arg(
+        long,
+        env = "BOOKENGINE_DELTA_RETENTION_SECONDS",
+        default_value_t = 600
+    )]
+    pub delta_retention_seconds: u64,
 }
 
 impl Default for WorkerConfig {
@@ -74,6 +98,10 @@ impl Default for WorkerConfig {
             running_mark_ms: 500,
             check_interval_ms: 1000,
             worker_id: None,
+            stream_deltas: true,
+            delta_flush_ms: 100,
+            delta_flush_bytes: 16384,
+            delta_retention_seconds: 600,
         }
     }
 }
@@ -84,6 +112,7 @@ pub struct Worker {
     config: WorkerConfig,
     id: String,
     metrics: Arc<Metrics>,
+    deltas: deltas::Deltas,
 }
 
 impl Worker {
@@ -92,12 +121,20 @@ impl Worker {
             let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "host".into());
             format!("{}-{}", host.trim(), std::process::id())
         });
+        let deltas = deltas::Deltas::start(
+            queue.clone(),
+            deltas::DeltaSettings {
+                flush: Duration::from_millis(config.delta_flush_ms.max(1)),
+                flush_bytes: config.delta_flush_bytes.max(1),
+            },
+        );
         Arc::new(Self {
             queue,
             providers,
             config,
             id,
             metrics: Metrics::global(),
+            deltas,
         })
     }
 
@@ -116,9 +153,18 @@ impl Worker {
         let mut running: JoinSet<()> = JoinSet::new();
         let poll = Duration::from_millis(self.config.poll_interval_ms.max(10));
         let mut failures = 0u32;
+        let mut compaction: Option<tokio::task::JoinHandle<()>> = None;
+        let mut next_compaction = tokio::time::Instant::now() + COMPACTION_EVERY;
         tracing::info!(worker = %self.id, "worker started");
         loop {
             while running.try_join_next().is_some() {}
+            // Housekeeping rides on the claim loop, one pass at a time, off its path.
+            if tokio::time::Instant::now() >= next_compaction
+                && compaction.as_ref().is_none_or(|h| h.is_finished())
+            {
+                next_compaction = tokio::time::Instant::now() + COMPACTION_EVERY;
+                compaction = Some(tokio::spawn(self.clone().compact_deltas()));
+            }
             let free = self.config.concurrency.saturating_sub(running.len());
             let mut claimed_all = false;
             if free > 0 {
@@ -184,7 +230,30 @@ impl Worker {
     }
 }
 
+/// How often each worker deletes the deltas of jobs past their retention.
+const COMPACTION_EVERY: Duration = Duration::from_secs(30);
+
 impl Worker {
+    /// One retention pass (sql/V11 delta_compact): the deltas of jobs that finished
+    /// longer ago than the retention. Idle when another worker's pass is running.
+    async fn compact_deltas(self: Arc<Self>) {
+        match self
+            .queue
+            .compact_deltas(self.config.delta_retention_seconds, 500)
+            .await
+        {
+            Ok(c) if c.jobs > 0 => {
+                tracing::info!(
+                    jobs = c.jobs,
+                    rows = c.deleted,
+                    "deltas past retention deleted"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(code = e.code, "delta retention pass failed"),
+        }
+    }
+
     /// A claimed job this worker cannot read fails on its own, at once and for good
     /// (a retry would read the same row); the rest of its batch runs as usual.
     async fn reject(self: Arc<Self>, id: uuid::Uuid, lease: uuid::Uuid, reason: String) {

@@ -11,6 +11,7 @@
 //! rest are handed back to be saved with the job's completion, under its lease, and
 //! the flow stops starting new calls ([`WriteBehind::check`]).
 
+use super::deltas::{self, Barrier};
 use crate::error::codes;
 use crate::queue::{Queue, StepWrite};
 use serde_json::Value;
@@ -28,22 +29,36 @@ pub(super) struct WriteFailure {
 }
 
 pub(super) struct WriteBehind {
-    tx: mpsc::UnboundedSender<(StepWrite, Value)>,
+    tx: mpsc::UnboundedSender<(StepWrite, Value, Option<Barrier>)>,
     failed: Arc<Mutex<Option<WriteFailure>>>,
     task: JoinHandle<Vec<StepWrite>>,
 }
 
 impl WriteBehind {
     pub fn start(queue: Queue, job: Uuid, lease: Uuid) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(StepWrite, Value)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(StepWrite, Value, Option<Barrier>)>();
         let failed: Arc<Mutex<Option<WriteFailure>>> = Arc::default();
         let failure = failed.clone();
         let task = tokio::spawn(async move {
             let mut unsaved = Vec::new();
-            while let Some((write, progress)) = rx.recv().await {
+            while let Some((write, progress, barrier)) = rx.recv().await {
                 if !unsaved.is_empty() {
                     unsaved.push(write);
                     continue;
+                }
+                // The call's streamed text is stored before its record (sql/V11's rule).
+                if let Some(barrier) = barrier {
+                    if let Err(f) = deltas::wait(barrier).await {
+                        tracing::warn!(step = %write.step_id, item = write.item_index, reason = %f.message, "deltas not stored; the rest wait for the completion");
+                        if let Ok(mut slot) = failure.lock() {
+                            slot.get_or_insert(WriteFailure {
+                                lease_lost: f.lease_lost,
+                                message: f.message,
+                            });
+                        }
+                        unsaved.push(write);
+                        continue;
+                    }
                 }
                 if let Err(e) = queue.save_step(job, lease, &write, Some(&progress)).await {
                     tracing::warn!(code = e.code, step = %write.step_id, item = write.item_index, "step write failed; the rest wait for the completion");
@@ -62,9 +77,11 @@ impl WriteBehind {
         Self { tx, failed, task }
     }
 
-    /// Queue a record (and the job's progress at that point) for saving.
-    pub fn send(&self, write: StepWrite, progress: Value) {
-        if let Err(mpsc::error::SendError((write, _))) = self.tx.send((write, progress)) {
+    /// Queue a record (and the job's progress at that point) for saving, once
+    /// `barrier` (the call's streamed text stored) is met.
+    pub fn send(&self, write: StepWrite, progress: Value, barrier: Option<Barrier>) {
+        if let Err(mpsc::error::SendError((write, _, _))) = self.tx.send((write, progress, barrier))
+        {
             // The writer task is gone (it panicked); `finish` reports that.
             tracing::warn!(step = %write.step_id, "step write after the writer stopped");
         }

@@ -157,7 +157,11 @@ async fn a_pro_user_generates_a_book_with_a_multi_step_multi_model_flow() {
         "{titles:?}"
     );
     let g = &mocks.gemini.calls()[0];
-    assert_eq!(g.path, "/v1beta/models/gemini-1.5-flash:generateContent");
+    // The worker streams every call (BOOKENGINE_STREAM_DELTAS, on by default).
+    assert_eq!(
+        g.path,
+        "/v1beta/models/gemini-1.5-flash:streamGenerateContent"
+    );
     assert_eq!(g.header("x-goog-api-key"), Some(GEMINI_KEY));
     assert_eq!(g.body["generationConfig"]["maxOutputTokens"], 8000);
     assert!(g.body["systemInstruction"]["parts"][0]["text"].is_string());

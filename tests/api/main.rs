@@ -8,6 +8,7 @@ mod assignments;
 mod auth;
 mod browser;
 mod cli;
+mod deltas;
 mod demo;
 mod doctor;
 mod engine_checks;

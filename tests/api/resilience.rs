@@ -21,7 +21,7 @@ pub fn ready(claims: Vec<Claim>) -> Vec<ClaimedJob> {
         .collect()
 }
 
-fn worker_process(app: &TestApp, mocks: &Mocks, name: &str) -> Child {
+pub fn worker_process(app: &TestApp, mocks: &Mocks, name: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_bookengine"))
         .arg("worker")
         .env_clear()

@@ -1,0 +1,674 @@
+//! The worker's durable text streams: one background task per worker gathers the
+//! stream events of all its running jobs and writes them to `generation_deltas`
+//! (sql/V11) in batches, one `delta_append` call at a time (so commit order is seq
+//! order), every `flush` or sooner once `flush_bytes` are waiting.
+//!
+//! Off the critical path: pushing an event never waits. The only waits are
+//! [`Deltas::barrier`]s: the step writer waits for a call's deltas before saving that
+//! call's record, and the flow waits for all of a job's deltas before `job_complete`
+//! (a barrier asks for a flush at once, so that costs one round trip, not an interval).
+//!
+//! Seq numbers are given when a batch is cut, so consecutive deltas of one call can be
+//! merged into one row while they wait; a failed flush is retried with the same rows and
+//! seqs (the insert is idempotent). A job whose lease no longer holds has its rows
+//! refused: it is stopped. A job whose user asked to cancel is stopped at the next flush.
+
+use crate::providers::StreamEvent;
+use crate::queue::{AppendOutcome, DeltaRow, Queue};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Rows per `delta_append` call (the SQL refuses more than 5,000).
+const MAX_ROWS_PER_CALL: usize = 2_000;
+/// Text per call (the SQL refuses more than 4 MiB of JSON).
+const MAX_BYTES_PER_CALL: usize = 1 << 20;
+/// Merged deltas stop growing a row past this (and longer deltas are split).
+const MAX_ROW_TEXT: usize = 64 * 1024;
+/// Flushes failed in a row before the jobs waiting on a barrier are told.
+const FAILURES_BEFORE_GIVING_UP: u32 = 5;
+
+/// How the writer batches.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DeltaSettings {
+    pub flush: Duration,
+    pub flush_bytes: usize,
+}
+
+/// Why a barrier was not met.
+#[derive(Debug, Clone)]
+pub(super) struct DeltaFailure {
+    pub lease_lost: bool,
+    pub message: String,
+}
+
+/// How the writer stops a job: the same signals the heartbeat uses.
+#[derive(Clone)]
+pub(super) struct JobSignals {
+    pub cancel: CancellationToken,
+    pub cancelled: Arc<AtomicBool>,
+    pub lease_lost: Arc<AtomicBool>,
+}
+
+/// One call of a job: whose events these are.
+#[derive(Debug, Clone)]
+pub(super) struct CallKey {
+    pub job: Uuid,
+    pub step_id: Arc<str>,
+    pub item_index: i32,
+}
+
+enum Msg {
+    Open {
+        job: Uuid,
+        lease: Uuid,
+        run: i32,
+        next_seq: i64,
+        signals: JobSignals,
+    },
+    Row(CallKey, Kind),
+    Barrier {
+        job: Uuid,
+        done: oneshot::Sender<Result<(), DeltaFailure>>,
+    },
+    Close(Uuid),
+}
+
+#[derive(Debug)]
+enum Kind {
+    Attempt { attempt: u32, meta: Value },
+    Delta { attempt: u32, text: String },
+    Discard { attempt: u32, reason: String },
+    Restart,
+}
+
+/// A handle on the worker's delta writer.
+#[derive(Clone)]
+pub(super) struct Deltas {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+/// Resolves when the deltas pushed before it are stored.
+pub(super) type Barrier = oneshot::Receiver<Result<(), DeltaFailure>>;
+
+impl Deltas {
+    pub fn start(queue: Queue, settings: DeltaSettings) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(Writer::new(queue, settings).run(rx));
+        Self { tx }
+    }
+
+    /// Start streaming `job` (this run of it), continuing after `next_seq - 1`.
+    pub fn open(&self, job: Uuid, lease: Uuid, run: i32, next_seq: i64, signals: JobSignals) {
+        let _ = self.tx.send(Msg::Open {
+            job,
+            lease,
+            run,
+            next_seq,
+            signals,
+        });
+    }
+
+    /// Forget `job` (its run ended); rows not yet stored are dropped.
+    pub fn close(&self, job: Uuid) {
+        let _ = self.tx.send(Msg::Close(job));
+    }
+
+    /// A provider's stream event for `call`.
+    pub fn event(&self, call: &CallKey, event: StreamEvent) {
+        let kind = match event {
+            StreamEvent::Attempt {
+                attempt,
+                provider,
+                model,
+            } => Kind::Attempt {
+                attempt,
+                meta: json!({"provider": provider, "model": model, "attempt": attempt}),
+            },
+            StreamEvent::Delta { attempt, text } => Kind::Delta { attempt, text },
+            StreamEvent::Discard { attempt, reason } => Kind::Discard { attempt, reason },
+        };
+        let _ = self.tx.send(Msg::Row(call.clone(), kind));
+    }
+
+    /// This run runs `call` again after an earlier run streamed text for it.
+    pub fn restart(&self, call: &CallKey) {
+        let _ = self.tx.send(Msg::Row(call.clone(), Kind::Restart));
+    }
+
+    /// Resolves once everything pushed for `job` so far is stored.
+    pub fn barrier(&self, job: Uuid) -> Barrier {
+        let (done, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Msg::Barrier { done, .. })) =
+            self.tx.send(Msg::Barrier { job, done })
+        {
+            let _ = done.send(Err(DeltaFailure {
+                lease_lost: false,
+                message: "the delta writer stopped".into(),
+            }));
+        }
+        rx
+    }
+}
+
+/// Wait for a barrier; a writer that went away counts as a failure.
+pub(super) async fn wait(barrier: Barrier) -> Result<(), DeltaFailure> {
+    barrier.await.unwrap_or_else(|_| {
+        Err(DeltaFailure {
+            lease_lost: false,
+            message: "the delta writer stopped".into(),
+        })
+    })
+}
+
+/// A row waiting for a flush (its seq is given when the batch is cut).
+struct Pending {
+    step_id: Arc<str>,
+    item_index: i32,
+    kind: &'static str,
+    attempt: u32,
+    text: String,
+    meta: Option<Value>,
+    /// The job's push count once this row holds everything merged into it.
+    upto: u64,
+}
+
+struct JobState {
+    lease: Uuid,
+    run: i32,
+    next_seq: i64,
+    signals: JobSignals,
+    pending: Vec<Pending>,
+    /// Events pushed, and how many of them are stored.
+    pushed: u64,
+    durable: u64,
+    waiters: Vec<(u64, oneshot::Sender<Result<(), DeltaFailure>>)>,
+}
+
+impl JobState {
+    fn push(&mut self, call: CallKey, kind: Kind) {
+        self.pushed += 1;
+        let upto = self.pushed;
+        let (kind, attempt, text, meta) = match kind {
+            Kind::Delta { attempt, text } => {
+                if text.is_empty() {
+                    self.durable_if_idle();
+                    return;
+                }
+                // The latest row of the same call, if it is text of the same attempt.
+                let last = self
+                    .pending
+                    .iter_mut()
+                    .rev()
+                    .take(16)
+                    .find(|p| p.step_id == call.step_id && p.item_index == call.item_index);
+                if let Some(p) = last {
+                    if p.kind == "delta"
+                        && p.attempt == attempt
+                        && p.text.len() + text.len() <= MAX_ROW_TEXT
+                    {
+                        p.text.push_str(&text);
+                        p.upto = upto;
+                        return;
+                    }
+                }
+                for piece in split(&text, MAX_ROW_TEXT) {
+                    self.pending.push(Pending {
+                        step_id: call.step_id.clone(),
+                        item_index: call.item_index,
+                        kind: "delta",
+                        attempt,
+                        text: piece.to_owned(),
+                        meta: None,
+                        upto,
+                    });
+                }
+                return;
+            }
+            Kind::Attempt { attempt, meta } => ("attempt", attempt, String::new(), Some(meta)),
+            Kind::Discard { attempt, reason } => (
+                "discard",
+                attempt,
+                String::new(),
+                Some(json!({ "reason": reason })),
+            ),
+            Kind::Restart => ("restart", 0, String::new(), None),
+        };
+        self.pending.push(Pending {
+            step_id: call.step_id,
+            item_index: call.item_index,
+            kind,
+            attempt,
+            text,
+            meta,
+            upto,
+        });
+    }
+
+    /// A push that adds no row is stored as soon as everything before it is.
+    fn durable_if_idle(&mut self) {
+        if self.pending.is_empty() && self.durable + 1 == self.pushed {
+            self.durable = self.pushed;
+        }
+    }
+
+    fn resolve(&mut self) {
+        let durable = self.durable;
+        let (met, waiting): (Vec<_>, Vec<_>) =
+            self.waiters.drain(..).partition(|(at, _)| *at <= durable);
+        self.waiters = waiting;
+        for (_, done) in met {
+            let _ = done.send(Ok(()));
+        }
+    }
+
+    fn fail_waiters(&mut self, failure: &DeltaFailure) {
+        for (_, done) in self.waiters.drain(..) {
+            let _ = done.send(Err(failure.clone()));
+        }
+    }
+}
+
+/// `text` in pieces of at most `max` bytes, cut at character boundaries.
+fn split(text: &str, max: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while rest.len() > max {
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (head, tail) = rest.split_at(cut);
+        out.push(head);
+        rest = tail;
+    }
+    out.push(rest);
+    out
+}
+
+/// A cut batch: its rows (seqs given) and, per job, how far it brings `durable`.
+struct Batch {
+    rows: Vec<DeltaRow>,
+    marks: Vec<(Uuid, u64)>,
+}
+
+type Flight = Pin<Box<dyn Future<Output = crate::error::Result<AppendOutcome>> + Send>>;
+
+struct Writer {
+    queue: Queue,
+    settings: DeltaSettings,
+    jobs: HashMap<Uuid, JobState>,
+    /// When the oldest waiting row must be sent.
+    due: Option<Instant>,
+    pending_bytes: usize,
+    /// The batch in flight (or waiting to be retried) and its call.
+    batch: Option<Batch>,
+    flight: Option<Flight>,
+    retry_at: Option<Instant>,
+    failures: u32,
+}
+
+impl Writer {
+    fn new(queue: Queue, settings: DeltaSettings) -> Self {
+        Self {
+            queue,
+            settings,
+            jobs: HashMap::new(),
+            due: None,
+            pending_bytes: 0,
+            batch: None,
+            flight: None,
+            retry_at: None,
+            failures: 0,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let far = || Instant::now() + Duration::from_secs(3600);
+        loop {
+            let wake = match (&self.batch, self.retry_at, self.due) {
+                (Some(_), Some(at), _) => at,
+                (Some(_), None, _) => far(),
+                (None, _, Some(due)) => due,
+                (None, _, None) => far(),
+            };
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+                r = async {
+                    match self.flight.as_mut() {
+                        Some(f) => f.await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.flight.is_some() => {
+                    self.flight = None;
+                    self.landed(r);
+                }
+                _ = tokio::time::sleep_until(wake), if self.flight.is_none() => {
+                    self.retry_at = None;
+                }
+            }
+            self.maybe_send();
+        }
+        // The worker is gone: one last try for what is waiting.
+        self.due = Some(Instant::now());
+        for _ in 0..2 {
+            self.maybe_send();
+            match self.flight.take() {
+                Some(f) => {
+                    let r = f.await;
+                    self.landed(r);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Open {
+                job,
+                lease,
+                run,
+                next_seq,
+                signals,
+            } => {
+                self.jobs.insert(
+                    job,
+                    JobState {
+                        lease,
+                        run,
+                        next_seq: next_seq.max(1),
+                        signals,
+                        pending: Vec::new(),
+                        pushed: 0,
+                        durable: 0,
+                        waiters: Vec::new(),
+                    },
+                );
+            }
+            Msg::Row(call, kind) => {
+                let Some(state) = self.jobs.get_mut(&call.job) else {
+                    return;
+                };
+                let added = match &kind {
+                    Kind::Delta { text, .. } => text.len(),
+                    _ => 64,
+                };
+                state.push(call, kind);
+                state.resolve();
+                self.pending_bytes += added;
+                if self.due.is_none() {
+                    self.due = Some(Instant::now() + self.settings.flush);
+                }
+            }
+            Msg::Barrier { job, done } => match self.jobs.get_mut(&job) {
+                Some(state) => {
+                    state.waiters.push((state.pushed, done));
+                    state.resolve();
+                    if !state.waiters.is_empty() {
+                        self.due = Some(Instant::now());
+                    }
+                }
+                // Not streamed (or already closed): nothing to wait for.
+                None => {
+                    let _ = done.send(Ok(()));
+                }
+            },
+            Msg::Close(job) => {
+                if let Some(mut state) = self.jobs.remove(&job) {
+                    state.fail_waiters(&DeltaFailure {
+                        lease_lost: false,
+                        message: "the job's run ended".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Start a flush when one is due (or enough bytes wait) and none is in flight.
+    fn maybe_send(&mut self) {
+        if self.flight.is_some() {
+            return;
+        }
+        if self.batch.is_none() {
+            let now = Instant::now();
+            let due = self.due.is_some_and(|d| d <= now)
+                || self.pending_bytes >= self.settings.flush_bytes;
+            if !due {
+                return;
+            }
+            let batch = self.cut();
+            if batch.rows.is_empty() {
+                self.due = None;
+                self.pending_bytes = 0;
+                // Nothing waits and nothing flies: every push is stored.
+                for state in self.jobs.values_mut() {
+                    state.durable = state.pushed;
+                    state.resolve();
+                }
+                return;
+            }
+            self.batch = Some(batch);
+        } else if self.retry_at.is_some() {
+            return;
+        }
+        if let Some(batch) = &self.batch {
+            let queue = self.queue.clone();
+            let rows = batch.rows.clone();
+            self.flight = Some(Box::pin(async move { queue.append_deltas(&rows).await }));
+        }
+    }
+
+    /// Take the waiting rows of every job (a prefix of each, within the call's bounds)
+    /// and give them their seqs.
+    fn cut(&mut self) -> Batch {
+        let mut rows = Vec::new();
+        let mut marks = Vec::new();
+        let mut bytes = 0usize;
+        let mut left = false;
+        for (job, state) in self.jobs.iter_mut() {
+            if state.pending.is_empty() {
+                continue;
+            }
+            let mut take = 0;
+            for p in &state.pending {
+                if rows.len() + take >= MAX_ROWS_PER_CALL
+                    || (bytes > 0 && bytes + p.text.len() + 200 > MAX_BYTES_PER_CALL)
+                {
+                    break;
+                }
+                bytes += p.text.len() + 200;
+                take += 1;
+            }
+            if take < state.pending.len() {
+                left = true;
+            }
+            if take == 0 {
+                continue;
+            }
+            let mut upto = state.durable;
+            for p in state.pending.drain(..take) {
+                upto = upto.max(p.upto);
+                rows.push(DeltaRow {
+                    job_id: *job,
+                    lease: state.lease,
+                    seq: state.next_seq,
+                    step_id: p.step_id.to_string(),
+                    item_index: p.item_index,
+                    kind: p.kind,
+                    attempt: p.attempt,
+                    run: state.run,
+                    text: p.text,
+                    meta: p.meta,
+                });
+                state.next_seq += 1;
+            }
+            marks.push((*job, upto));
+        }
+        if left {
+            self.due = Some(Instant::now());
+            self.pending_bytes = self
+                .jobs
+                .values()
+                .flat_map(|s| s.pending.iter())
+                .map(|p| p.text.len())
+                .sum();
+        } else {
+            self.due = None;
+            self.pending_bytes = 0;
+        }
+        Batch { rows, marks }
+    }
+
+    fn landed(&mut self, result: crate::error::Result<AppendOutcome>) {
+        match result {
+            Ok(outcome) => {
+                self.failures = 0;
+                self.retry_at = None;
+                let Some(batch) = self.batch.take() else {
+                    return;
+                };
+                for job in &outcome.refused {
+                    if let Some(mut state) = self.jobs.remove(job) {
+                        tracing::warn!(job_id = %job, "deltas refused: lease lost");
+                        state.signals.lease_lost.store(true, Ordering::SeqCst);
+                        state.signals.cancel.cancel();
+                        state.fail_waiters(&DeltaFailure {
+                            lease_lost: true,
+                            message: "lease lost".into(),
+                        });
+                    }
+                }
+                for job in &outcome.cancel {
+                    if let Some(state) = self.jobs.get(job) {
+                        state.signals.cancelled.store(true, Ordering::SeqCst);
+                        state.signals.cancel.cancel();
+                    }
+                }
+                for (job, upto) in batch.marks {
+                    if let Some(state) = self.jobs.get_mut(&job) {
+                        state.durable = state.durable.max(upto);
+                        if state.pending.is_empty() {
+                            // Pushes that added no row (empty deltas) are stored too.
+                            state.durable = state.pushed;
+                        }
+                        state.resolve();
+                    }
+                }
+            }
+            Err(e) => {
+                self.failures = self.failures.saturating_add(1);
+                let wait = Duration::from_millis(100u64 << self.failures.min(5));
+                tracing::warn!(
+                    code = e.code,
+                    failures = self.failures,
+                    "delta flush failed; will retry"
+                );
+                self.retry_at = Some(Instant::now() + wait);
+                if self.failures >= FAILURES_BEFORE_GIVING_UP {
+                    let failure = DeltaFailure {
+                        lease_lost: false,
+                        message: format!("temporary failure ({}): {}", e.code, e.message),
+                    };
+                    for state in self.jobs.values_mut() {
+                        state.fail_waiters(&failure);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> JobState {
+        JobState {
+            lease: Uuid::nil(),
+            run: 1,
+            next_seq: 1,
+            signals: JobSignals {
+                cancel: CancellationToken::new(),
+                cancelled: Arc::default(),
+                lease_lost: Arc::default(),
+            },
+            pending: Vec::new(),
+            pushed: 0,
+            durable: 0,
+            waiters: Vec::new(),
+        }
+    }
+
+    fn call(step: &str, item: i32) -> CallKey {
+        CallKey {
+            job: Uuid::nil(),
+            step_id: step.into(),
+            item_index: item,
+        }
+    }
+
+    #[test]
+    fn deltas_of_one_attempt_merge_and_other_kinds_do_not() {
+        let mut s = state();
+        let a = call("chapters", 0);
+        let b = call("chapters", 1);
+        let delta = |attempt, t: &str| Kind::Delta {
+            attempt,
+            text: t.into(),
+        };
+        s.push(
+            a.clone(),
+            Kind::Attempt {
+                attempt: 1,
+                meta: json!({}),
+            },
+        );
+        s.push(a.clone(), delta(1, "Once "));
+        s.push(b.clone(), delta(1, "Elsewhere"));
+        s.push(a.clone(), delta(1, "upon"));
+        s.push(
+            a.clone(),
+            Kind::Discard {
+                attempt: 1,
+                reason: "cut".into(),
+            },
+        );
+        s.push(a.clone(), delta(2, "Again"));
+        let rows: Vec<(&str, i32, &str)> = s
+            .pending
+            .iter()
+            .map(|p| (p.kind, p.item_index, p.text.as_str()))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("attempt", 0, ""),
+                ("delta", 0, "Once upon"),
+                ("delta", 1, "Elsewhere"),
+                ("discard", 0, ""),
+                ("delta", 0, "Again"),
+            ]
+        );
+        assert_eq!(s.pending[1].upto, 4, "the merged row covers the later push");
+    }
+
+    #[test]
+    fn long_text_is_split_at_character_boundaries() {
+        let text = "é".repeat(10);
+        let pieces = split(&text, 5);
+        assert!(pieces.iter().all(|p| p.len() <= 5));
+        assert_eq!(pieces.concat(), text);
+    }
+}
