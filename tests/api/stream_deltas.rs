@@ -240,9 +240,18 @@ impl Sse {
         token: &str,
         last: Option<i64>,
     ) -> Result<Sse, (u16, Value)> {
-        let mut req = app
-            .http
-            .get(format!("{}/v1/generations/{job}/events", app.address))
+        Sse::open_at(&app.http, &app.address, job, token, last).await
+    }
+
+    pub(crate) async fn open_at(
+        http: &reqwest::Client,
+        address: &str,
+        job: Uuid,
+        token: &str,
+        last: Option<i64>,
+    ) -> Result<Sse, (u16, Value)> {
+        let mut req = http
+            .get(format!("{address}/v1/generations/{job}/events"))
             .bearer_auth(token);
         if let Some(n) = last {
             req = req.header("Last-Event-ID", n.to_string());
@@ -721,4 +730,107 @@ async fn js_stream_generation_resumes_through_broken_connections() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// End to end: a book written by the worker through streaming mock providers (a slow
+/// chapter stream, a chapter call cut mid-stream and retried), followed over SSE with a
+/// disconnect half-way: text arrives before its step ends, and each call's reassembled
+/// text is its step's output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_book_streams_over_sse_and_reassembles_to_its_outputs() {
+    use crate::generations::{app_with_mocks, book_setup};
+    use crate::mock_providers::Fault;
+    let (app, mocks) = app_with_mocks().await;
+    let (_admin, pro, _) = book_setup(&app).await;
+    mocks.anthropic.chunk_interval(Duration::from_millis(100));
+    mocks.anthropic.script(vec![Fault::BreakAfter(2)]);
+    let (s, job) = app
+        .post(
+            "/v1/generations",
+            &pro.token,
+            json!({"input": {"topic": "sse"}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{job}");
+    let job = Uuid::parse_str(job["id"].as_str().unwrap()).unwrap();
+
+    let mut rows: Vec<Event> = Vec::new();
+    let mut last = None;
+    let mut snapshot: Option<Value> = None;
+    let mut early = None;
+    let mut reconnected = false;
+    let done = 'outer: loop {
+        let mut sse = Sse::open_at(&app.http, &app.address, job, &pro.token, last)
+            .await
+            .expect("opens");
+        loop {
+            let Some(e) = sse.next_within(Duration::from_secs(60)).await else {
+                continue 'outer;
+            };
+            match (e.event.as_str(), e.id) {
+                (_, Some(id)) => {
+                    last = Some(id);
+                    if e.event == "delta" && e.data["step_id"] == "chapters" && early.is_none() {
+                        let item = e.data["item_index"].clone();
+                        let finished = snapshot.as_ref().is_some_and(|j| {
+                            j["steps"].as_array().into_iter().flatten().any(|s| {
+                                s["step_id"] == "chapters"
+                                    && s["item_index"] == item
+                                    && s["status"] == "succeeded"
+                            })
+                        });
+                        if !finished {
+                            early = Some(item);
+                        }
+                    }
+                    rows.push(e);
+                    // One disconnect mid-chapter: the rest comes by Last-Event-ID.
+                    if !reconnected && early.is_some() {
+                        reconnected = true;
+                        continue 'outer;
+                    }
+                }
+                ("done", None) => break 'outer e,
+                ("progress", None) => snapshot = Some(e.data),
+                (other, None) => panic!("unexpected event {other}: {:?}", e.data),
+            }
+        }
+    };
+    assert_eq!(done.data["status"], "succeeded", "{:?}", done.data);
+    assert!(
+        early.is_some(),
+        "chapter text arrived before its step ended"
+    );
+    let ids: Vec<i64> = rows.iter().filter_map(|e| e.id).collect();
+    assert_eq!(
+        ids,
+        (1..=ids.len() as i64).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    assert!(rows.iter().any(|e| e.event == "discard"), "the cut attempt");
+    let texts = reassemble(&rows);
+    let mut checked = 0;
+    for step in done.data["steps"].as_array().unwrap() {
+        let key = (
+            step["step_id"].as_str().unwrap().to_owned(),
+            step["item_index"].as_i64().unwrap(),
+        );
+        if key.1 == -1 && step["output"].is_array() {
+            continue; // a fan-out's summary: no call of its own
+        }
+        let text = texts
+            .get(&key)
+            .unwrap_or_else(|| panic!("no text for {key:?}"));
+        match &step["output"] {
+            Value::String(out) => assert_eq!(text, out, "{key:?}"),
+            other => {
+                // A JSON step: its text parses to its output (the mock may prefix a marker).
+                let json = text.find('{').map(|i| &text[i..]).unwrap_or(text);
+                let parsed: Value = serde_json::from_str(json.trim()).unwrap_or(Value::Null);
+                assert_eq!(&parsed, other, "{key:?}: {text}");
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 5, "outline, chapters and edit: {checked}");
 }
