@@ -2,7 +2,9 @@
 // a connection that keeps breaking: `cargo test --test api stream_deltas::js_` starts
 // the service, writes the rows as the worker does, and runs this file with
 // BOOKENGINE_URL, DELTA_TOKEN, DELTA_JOB_ID, DELTA_TOTAL and DELTA_FINALS (the final
-// text of each call, by "step_id:item_index"). Not a *.test.mjs: it needs that writer.
+// text of each call, by "step_id:item_index") and READY_FILE (written at the first
+// request: the writer starts then). Not a *.test.mjs: it needs that writer.
+import { writeFileSync } from "node:fs";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createEngineClient } from "./engines.js";
@@ -20,6 +22,7 @@ test("streamGeneration resumes through 20 broken connections with every row once
   let breaks = 0;
   // A fetch whose event streams break after a few chunks, 20 times.
   const breaking = async (url, init) => {
+    if (sentIds.length === 0) writeFileSync(env("READY_FILE"), "ready");
     const response = await fetch(url, init);
     if (!String(url).endsWith("/events") || !response.body) return response;
     sentIds.push(init.headers["Last-Event-ID"] ?? null);

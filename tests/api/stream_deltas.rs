@@ -229,7 +229,8 @@ pub(crate) struct Event {
 
 pub(crate) struct Sse {
     resp: reqwest::Response,
-    buf: String,
+    // Bytes, decoded a whole event at a time: a chunk may end inside a UTF-8 character.
+    buf: Vec<u8>,
 }
 
 impl Sse {
@@ -263,14 +264,15 @@ impl Sse {
         }
         Ok(Sse {
             resp,
-            buf: String::new(),
+            buf: Vec::new(),
         })
     }
 
     pub(crate) async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(cut) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..cut + 2).collect();
+            if let Some(cut) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let bytes: Vec<u8> = self.buf.drain(..cut + 2).collect();
+                let block = String::from_utf8(bytes).expect("UTF-8 events");
                 let mut event = "message".to_owned();
                 let mut data = String::new();
                 let mut id = None;
@@ -290,7 +292,7 @@ impl Sse {
                 return Some(Event { event, id, data });
             }
             match self.resp.chunk().await {
-                Ok(Some(bytes)) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
                 _ => return None,
             }
         }
@@ -401,10 +403,21 @@ async fn a_hundred_disconnects_resume_with_no_gap_no_duplicate_and_the_final_tex
 
     let ids: Vec<i64> = got.iter().filter_map(|e| e.id).collect();
     let expected: Vec<i64> = (1..=total).collect();
-    assert_eq!(
-        ids, expected,
-        "seed {seed}: every row exactly once, in order"
-    );
+    if ids != expected {
+        let at = ids
+            .iter()
+            .zip(&expected)
+            .position(|(a, b)| a != b)
+            .unwrap_or(ids.len().min(expected.len()));
+        let from = at.saturating_sub(5);
+        panic!(
+            "seed {seed}: every row exactly once, in order: {} ids for {total} rows; first \
+             difference at {at}: got {:?}, expected {:?}",
+            ids.len(),
+            &ids[from..(at + 5).min(ids.len())],
+            &expected[from..(at + 5).min(expected.len())]
+        );
+    }
     assert_eq!(
         reassemble(&got),
         script.finals,
@@ -495,7 +508,7 @@ async fn resume_by_header_or_query_and_rls_decides_who_reads_deltas() {
         .unwrap();
     let mut sse = Sse {
         resp: r,
-        buf: String::new(),
+        buf: Vec::new(),
     };
     let first_row = loop {
         let e = sse.next_within(Duration::from_secs(10)).await.unwrap();
@@ -517,7 +530,7 @@ async fn resume_by_header_or_query_and_rls_decides_who_reads_deltas() {
         .unwrap();
     let mut sse = Sse {
         resp: r,
-        buf: String::new(),
+        buf: Vec::new(),
     };
     let first_row = loop {
         let e = sse.next_within(Duration::from_secs(10)).await.unwrap();
@@ -683,19 +696,26 @@ async fn js_stream_generation_resumes_through_broken_connections() {
         .iter()
         .map(|((step, item), text)| (format!("{step}:{item}"), json!(text)))
         .collect();
-    // The writer: two rows every 20 ms, then the job ends.
+    let ready = std::env::temp_dir().join(format!("bookengine-resume-{job}"));
+    // The writer: once the client is streaming, two rows every 30 ms (the 20 breaks
+    // happen while it writes), then the job ends.
     let writer = {
         let rows = script.rows.clone();
         let db = stack.db.clone();
+        let ready = ready.clone();
         tokio::spawn(async move {
             let (pg, conn) = db.connect(tokio_postgres::NoTls).await.unwrap();
             tokio::spawn(conn);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !ready.exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             for batch in rows.chunks(2) {
                 let batch = Value::Array(batch.to_vec());
                 pg.query_one("SELECT public.delta_append($1::jsonb)", &[&batch])
                     .await
                     .unwrap();
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
             }
             pg.execute(
                 "UPDATE generation_jobs SET status = 'succeeded', finished_at = now(), \
@@ -717,6 +737,7 @@ async fn js_stream_generation_resumes_through_broken_connections() {
             .env("DELTA_JOB_ID", job.to_string())
             .env("DELTA_TOTAL", total.to_string())
             .env("DELTA_FINALS", Value::Object(finals).to_string())
+            .env("READY_FILE", &ready)
             .kill_on_drop(true)
             .output(),
     )
@@ -724,6 +745,7 @@ async fn js_stream_generation_resumes_through_broken_connections() {
     .expect("the suite ends in time")
     .expect("node runs");
     writer.await.unwrap();
+    let _ = std::fs::remove_file(&ready);
     assert!(
         output.status.success(),
         "resume.check.mjs failed:\n{}\n{}",
