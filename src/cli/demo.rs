@@ -4,13 +4,14 @@
 //! as the pro user, runs the worker until the job ends, writes the book, and
 //! shows that the hobby user is refused.
 
+use super::live_text::LiveText;
 use crate::assignments::{self, NewAssignment};
 use crate::auth::{mint, MintRequest};
 use crate::config::{DatabaseConfig, SupabaseConfig};
 use crate::engines::{self, EngineFilter, EnginePatch};
 use crate::error::{codes, Error, Result};
 use crate::flow::{Flow, Tier};
-use crate::generations::{self, run_report, GenerationRequest};
+use crate::generations::{self, run_report, watch, GenerationRequest};
 use crate::providers::ProvidersConfig;
 use crate::rest::{Caller, Rest};
 use crate::secret::Secret;
@@ -19,6 +20,7 @@ use clap::Args;
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,6 +105,22 @@ async fn seed_user(
         },
     )?;
     Ok(DemoUser { label, id, token })
+}
+
+/// The lines the job's text rows written since the last call complete.
+async fn new_text(rest: &Rest, token: &Secret, job: Uuid, live: &mut LiveText) -> Vec<String> {
+    match watch::deltas::read(rest, token, job, live.last, None, "demo").await {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|r| serde_json::from_str::<Value>(&r.data).ok())
+            .flat_map(|row| live.absorb(&row))
+            .collect(),
+        // The text is a view: the book and the report do not depend on it.
+        Err(e) => {
+            tracing::debug!(code = e.code, "reading the job's text failed");
+            Vec::new()
+        }
+    }
 }
 
 fn step(msg: &str) {
@@ -286,7 +304,22 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    // The chapters as they are written: the job's text rows, read as the pro user
+    // (RLS), printed as whole lines above the bar on a terminal, as plain lines otherwise.
+    eprintln!("    the text as it is written:");
+    let mut live = LiveText::default();
+    let on_tty = std::io::stderr().is_terminal();
+    let show = |bar: &ProgressBar, lines: Vec<String>| {
+        for line in lines {
+            if on_tty {
+                bar.println(format!("    {line}"));
+            } else {
+                eprintln!("    {line}");
+            }
+        }
+    };
     let detail = loop {
+        show(&bar, new_text(&rest, &pro.token, job.id, &mut live).await);
         let d = generations::get(&rest, &as_pro, job.id).await?;
         let p = &d.job.progress;
         bar.set_length(p["total"].as_u64().unwrap_or(1).max(1));
@@ -297,6 +330,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
             p["current"].as_str().unwrap_or("")
         ));
         if d.job.is_finished() {
+            // The worker stores all of a job's text before it completes the job.
+            show(&bar, new_text(&rest, &pro.token, job.id, &mut live).await);
+            show(&bar, live.finish());
             break d;
         }
         if Instant::now() > deadline {

@@ -5,6 +5,7 @@ mod admin;
 mod demo;
 mod doctor;
 mod foundation;
+mod live_text;
 #[cfg(feature = "local-model")]
 mod models;
 mod serve;

@@ -258,6 +258,44 @@ export type GenerationEvent =
   | { type: "done"; data: GenerationDetail }
   | { type: "error"; data: { code: string; message: string } };
 
+/** One row of a job's text stream (generation_deltas, sql/V11). */
+export interface DeltaRow {
+  /** Position in the job's stream (the SSE id); strictly increasing from 1. */
+  seq: number;
+  step_id: string;
+  /** -1 for a plain step, else the item of a for_each fan-out. */
+  item_index: number;
+  kind: "attempt" | "delta" | "discard" | "restart";
+  attempt: number;
+  run: number;
+  /** For `delta`: text of the current attempt; otherwise ''. */
+  text: string;
+  /** attempt: {provider, model, attempt, fallback}; discard: {reason}. */
+  meta?: Json | null;
+}
+
+export type StreamEvent =
+  | (GenerationEvent & { id?: string })
+  | { type: "attempt" | "delta" | "discard" | "restart"; data: DeltaRow; id?: string };
+
+export interface StreamOptions extends WatchOptions {
+  /** Called for each row, with the text of its call (step_id, item_index) so far. */
+  onDelta?: ((row: DeltaRow, text: string) => void) | null;
+  /** Called for every event (progress, done, error and the rows). */
+  onEvent?: ((event: StreamEvent) => void) | null;
+  /** Start after this seq (a Last-Event-ID kept from an earlier stream); default 0. */
+  after?: number;
+}
+
+export interface StreamResult {
+  /** The finished job (succeeded, failed or cancelled), with its steps' outputs. */
+  job: GenerationDetail;
+  /** The reassembled text of each call streamed, by "step_id:item_index". */
+  texts: Record<string, string>;
+  /** The last seq received (0 when none). */
+  last: number;
+}
+
 export interface WatchOptions {
   signal?: AbortSignal;
   /** Reopen a dropped stream at most this many times in a row (default 5). */
@@ -314,6 +352,8 @@ export interface EngineClient {
     onEvent?: ((event: GenerationEvent) => void) | null,
     options?: WatchOptions,
   ): Promise<GenerationDetail>;
+  /** The job's text as it is written (resumes with Last-Event-ID), then the finished job. */
+  streamGeneration(id: string, options?: StreamOptions): Promise<StreamResult>;
 }
 
 export declare class EngineServiceError extends Error {

@@ -35,6 +35,12 @@ export class EngineServiceError extends Error {
 
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 
+/** The SSE events that carry a text row (`id:` = its seq). */
+const ROW_EVENTS = new Set(["attempt", "delta", "discard", "restart"]);
+
+/** Stream errors that no reconnect can fix. */
+const FINAL_STREAM_ERRORS = new Set(["generation_not_found", "invalid_token", "permission_denied"]);
+
 /** True when a job's status is final. */
 export function isFinished(job) {
   return Boolean(job) && FINISHED.has(job.status);
@@ -203,8 +209,8 @@ export function createEngineClient({ baseUrl, getAccessToken, fetch: fetchImpl }
     return { Authorization: `Bearer ${token}` };
   }
 
-  async function send(method, path, { body, signal, accept = "application/json" } = {}) {
-    const headers = { Accept: accept, ...(await authHeaders()) };
+  async function send(method, path, { body, signal, accept = "application/json", headers: extra } = {}) {
+    const headers = { Accept: accept, ...extra, ...(await authHeaders()) };
     const init = { method, headers, signal };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -491,6 +497,87 @@ export function createEngineClient({ baseUrl, getAccessToken, fetch: fetchImpl }
     }
   }
 
+  /**
+   * Follow a job's text as it is written, resuming by itself: every dropped stream is
+   * reopened with `Last-Event-ID` (the last text row received), so each row arrives
+   * exactly once, in order, whatever the connection does. Rows are
+   * `{seq, step_id, item_index, kind, attempt, run, text, meta?}`; `onDelta(row, text)`
+   * gets each with the text of its call (step, item) so far, reassembled by the rule
+   * of sql/V11: the `delta` texts after the call's last `attempt`/`discard`/`restart`
+   * (a retried or restarted call starts again from ''). Resolves with `{job, texts,
+   * last}`: the finished job, the texts by `"step_id:item_index"`, the last seq.
+   */
+  async function streamGeneration(id, options = {}) {
+    const { onDelta, onEvent, signal, maxReconnects = 5, reconnectDelayMs = 1000 } = options;
+    const path = `/v1/generations/${segment(id, "generation id")}/events`;
+    let last = Number.isSafeInteger(options.after) && options.after > 0 ? options.after : 0;
+    const texts = {};
+    let failures = 0;
+    for (;;) {
+      if (signal?.aborted) throw abortError(signal);
+      let final = null;
+      let progressed = false;
+      let callbackError = null;
+      let fatal = null;
+      try {
+        const headers = last > 0 ? { "Last-Event-ID": String(last) } : undefined;
+        const response = await send("GET", path, { signal, accept: "text/event-stream", headers });
+        if (!response.body) {
+          throw new EngineServiceError("the response has no body to stream", {
+            code: "unexpected_response",
+            status: response.status,
+          });
+        }
+        await readEventStream(response.body, (message) => {
+          let data;
+          try {
+            data = JSON.parse(message.data);
+          } catch {
+            data = message.data;
+          }
+          const type = message.event === "message" ? "progress" : message.event;
+          try {
+            if (ROW_EVENTS.has(type) && data && typeof data === "object") {
+              const seq = Number(data.seq);
+              if (!(seq > last)) return false; // already had it (cannot happen with a resuming server)
+              last = seq;
+              progressed = true;
+              const key = `${data.step_id}:${data.item_index}`;
+              texts[key] = type === "delta" ? (texts[key] ?? "") + String(data.text ?? "") : "";
+              if (typeof onDelta === "function") onDelta(data, texts[key]);
+            } else if (type === "done") {
+              final = data;
+            } else if (type === "progress") {
+              progressed = true;
+            } else if (type === "error" && data && FINAL_STREAM_ERRORS.has(data.code)) {
+              fatal = new EngineServiceError(data.message || data.code, { code: data.code, status: 0 });
+            }
+            if (typeof onEvent === "function") onEvent({ type, data, id: message.id });
+          } catch (err) {
+            callbackError = err; // the caller's own error: stop and rethrow it
+            return true;
+          }
+          return type === "done";
+        });
+      } catch (e) {
+        if (signal?.aborted) throw abortError(signal);
+        if (e instanceof EngineServiceError && e.code !== "network_error") throw e;
+      }
+      if (callbackError) throw callbackError;
+      if (final) return { job: final, texts, last };
+      if (fatal) throw fatal;
+      // Dropped, or ended without `done` (token_expired, a dependency's outage): resume.
+      failures = progressed ? 1 : failures + 1;
+      if (failures > maxReconnects) {
+        throw new EngineServiceError("the event stream keeps closing before the job ends", {
+          code: "stream_closed",
+          status: 0,
+        });
+      }
+      await sleep(progressed ? Math.min(reconnectDelayMs, 100) : reconnectDelayMs, signal);
+    }
+  }
+
   return {
     deployEngine,
     getEngines,
@@ -518,6 +605,7 @@ export function createEngineClient({ baseUrl, getAccessToken, fetch: fetchImpl }
     listGenerations,
     cancelGeneration,
     watchGeneration,
+    streamGeneration,
   };
 }
 

@@ -168,3 +168,87 @@ async fn admin_page_in_headless_chromium() {
         Ok(Ok(_)) => println!("{output}\nscreenshots in {}", screenshots.display()),
     }
 }
+
+/// The job timeline shows a chapter's text as it is written (issue #14): the test
+/// writes a running job's text rows (as the worker does) while Chromium watches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_page_shows_text_as_it_is_written() {
+    use crate::stream_deltas::{running_job, script, serve};
+    use serde_json::{json, Value};
+    assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing");
+    let browser_dir = repo().join("tests/browser");
+    let dir = browser_dir.clone();
+    tokio::task::spawn_blocking(move || ensure_node_modules(&dir))
+        .await
+        .expect("npm ci task")
+        .unwrap_or_else(|e| panic!("installing tests/browser dependencies: {e}"));
+    let stack = crate::helpers::TestStack::start().await;
+    let app = serve(&stack, Default::default()).await;
+    let (_owner, job, lease) = running_job(&stack, &app).await;
+    let admin = stack.admin().await;
+    let script = script(job, lease, 80);
+    let finals: serde_json::Map<String, Value> = script
+        .finals
+        .iter()
+        .map(|((step, item), text)| (format!("{step}:{item}"), json!(text)))
+        .collect();
+    let ready = std::env::temp_dir().join(format!("bookengine-live-{job}"));
+    // The writer: once the page follows the job, two rows every 50 ms (about 10 s),
+    // then the job ends.
+    let writer = {
+        let rows = script.rows.clone();
+        let db = stack.db.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let (pg, conn) = db.connect(tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            while !ready.exists() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            for batch in rows.chunks(2) {
+                let batch = Value::Array(batch.to_vec());
+                pg.query_one("SELECT public.delta_append($1::jsonb)", &[&batch])
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            pg.execute(
+                "UPDATE generation_jobs SET status = 'succeeded', finished_at = now(), \
+                 updated_at = now(), lease_token = NULL WHERE id = $1",
+                &[&job],
+            )
+            .await
+            .unwrap();
+        })
+    };
+    let output = tokio::time::timeout(
+        NODE_TIMEOUT,
+        tokio::process::Command::new("node")
+            .args(["--test", "live-text.check.mjs"])
+            .current_dir(&browser_dir)
+            .env("BOOKENGINE_URL", &app.address)
+            .env("ADMIN_TOKEN", &admin.token)
+            .env("JOB_ID", job.to_string())
+            .env("FINALS", Value::Object(finals).to_string())
+            .env("READY_FILE", &ready)
+            .env("CHROMIUM_PATH", CHROMIUM)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser check ends in time")
+    .expect("node runs");
+    writer.abort();
+    let _ = std::fs::remove_file(&ready);
+    let text = format!(
+        "--- stdout ---\n{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "live-text.check.mjs failed\n{text}"
+    );
+    println!("{text}");
+}

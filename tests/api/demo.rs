@@ -113,6 +113,20 @@ async fn a_new_user_runs_the_demo_without_keys_and_gets_a_book_and_a_report() {
     let book = Demo::book(&stdout);
     assert!(book.starts_with("# "), "{book}");
     assert!(book.len() > 200, "{book}");
+    // The chapters were printed as they were written (stderr is not a terminal here:
+    // plain lines, each labelled with its call).
+    assert!(
+        stderr.contains("[chapters 1] -- writing ("),
+        "no live text: {stderr}"
+    );
+    let text_lines = stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("[chapters ") && !l.contains(" -- "))
+        .count();
+    assert!(
+        text_lines >= 3,
+        "{text_lines} lines of chapter text: {stderr}"
+    );
     // A second run redeploys the same engine and writes another book.
     let again = demo.run(
         &["demo", "--chapters", "2"],

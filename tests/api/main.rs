@@ -26,5 +26,6 @@ mod mock_providers;
 mod resilience;
 mod security;
 mod seed_js;
+mod stream_deltas;
 mod streaming_providers;
 mod versions;

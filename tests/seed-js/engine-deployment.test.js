@@ -115,6 +115,28 @@ test('a pro user resolves the engine and gets a book through rpc()', async () =>
   const job = await waitForJob(requested.data.id)
   assert.equal(job.status, 'succeeded', JSON.stringify(job))
   assert.ok(job.result.book.length > 0, 'empty book')
+
+  // The text as it was written, read the way the README tells the React app to: the
+  // owner's own rows under RLS, in seq order; each call's text is its step's output.
+  const { data: rows, error } = await supabase
+    .from('generation_deltas')
+    .select('seq,step_id,item_index,kind,attempt,run,text,meta')
+    .eq('job_id', job.id)
+    .gt('seq', 0)
+    .order('seq')
+  assert.equal(error, null, error?.message)
+  assert.ok(rows.length > 0, 'the job streamed its text')
+  assert.deepEqual(rows.map((r) => r.seq), rows.map((_, i) => i + 1))
+  const texts = {}
+  for (const r of rows) {
+    const key = `${r.step_id}:${r.item_index}`
+    texts[key] = r.kind === 'delta' ? (texts[key] ?? '') + r.text : ''
+  }
+  const steps = await supabase.from('generation_steps').select('step_id,item_index,output').eq('job_id', job.id)
+  assert.equal(steps.error, null, steps.error?.message)
+  const written = steps.data.filter((s) => typeof s.output === 'string')
+  assert.ok(written.length >= 2, JSON.stringify(steps.data))
+  for (const s of written) assert.equal(texts[`${s.step_id}:${s.item_index}`], s.output, `${s.step_id}:${s.item_index}`)
 })
 
 // A React playground's state: camelCase keys and bare placeholders. The service reads

@@ -7,6 +7,8 @@
 const TOKEN_KEY = 'bookengine.admin.token';
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const FINISHED = new Set(['succeeded', 'failed', 'cancelled']);
+// SSE events carrying a row of the job's text (generation_deltas; `id:` = its seq).
+const ROW_KINDS = new Set(['attempt', 'delta', 'discard', 'restart']);
 const REFRESH_MS = 2000;
 
 const $ = (id) => document.getElementById(id);
@@ -21,7 +23,7 @@ const state = {
   summaries: new Map(), // job id -> {status, updated_at, models, segments}
   genTimer: null,
   genBusy: false,
-  job: null, // {id, abort, detail}
+  job: null, // {id, abort, detail, texts: Map('step:item' -> text so far), last: seq}
   bulk: null, // the previewed request, as JSON text
   versionsOf: null, // the engine whose versions are shown
   history: null, // its GET /v1/engines/{id}/versions
@@ -1136,7 +1138,7 @@ function stopJob() {
 function openJob(id) {
   stopJob();
   const abort = new AbortController();
-  state.job = { id, abort, detail: null };
+  state.job = { id, abort, detail: null, texts: new Map(), last: 0 };
   $('job').hidden = false;
   $('job').closest('.gen-layout').classList.add('with-job');
   $('job-title').textContent = `Job ${short(id)}`;
@@ -1163,8 +1165,14 @@ function closeJob() {
 async function follow(id, signal, attempt = 0) {
   const streamText = $('job-stream');
   try {
+    // On a reconnect, only the text rows not yet shown (the stream resumes after them).
+    const last = state.job?.id === id ? state.job.last : 0;
     const resp = await fetch(`/v1/generations/${id}/events`, {
-      headers: { Accept: 'text/event-stream', Authorization: `Bearer ${state.token}` },
+      headers: {
+        Accept: 'text/event-stream',
+        Authorization: `Bearer ${state.token}`,
+        ...(last > 0 ? { 'Last-Event-ID': String(last) } : {}),
+      },
       signal,
     });
     if (!resp.ok) {
@@ -1173,7 +1181,7 @@ async function follow(id, signal, attempt = 0) {
       try { data = JSON.parse(text); } catch { data = null; }
       throw toApiError(resp, data, text);
     }
-    streamText.textContent = 'Live: updates as the worker runs each step.';
+    streamText.textContent = 'Live: updates as the worker runs each step, text as it is written.';
     const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = '';
     let finished = false;
@@ -1206,6 +1214,7 @@ async function follow(id, signal, attempt = 0) {
 
 function parseEvent(block) {
   let event = 'message';
+  let id = null;
   const data = [];
   for (const line of block.split('\n')) {
     if (!line || line.startsWith(':')) continue;
@@ -1215,8 +1224,9 @@ function parseEvent(block) {
     if (value.startsWith(' ')) value = value.slice(1);
     if (field === 'event') event = value;
     else if (field === 'data') data.push(value);
+    else if (field === 'id') id = value;
   }
-  return { event, data: data.join('\n') };
+  return { event, id, data: data.join('\n') };
 }
 
 /** Handle one event; returns true when the stream is over. */
@@ -1224,6 +1234,10 @@ function onEvent(id, { event, data }) {
   if (!data || state.job?.id !== id) return false;
   let payload;
   try { payload = JSON.parse(data); } catch { return false; }
+  if (ROW_KINDS.has(event)) {
+    onRow(payload);
+    return false;
+  }
   if (event === 'error') {
     $('job-stream').textContent = `The live feed reported a problem: ${sentence(payload.message)} (${payload.code})`;
     return payload.code === 'generation_not_found';
@@ -1242,6 +1256,46 @@ function onEvent(id, { event, data }) {
     return true;
   }
   return false;
+}
+
+/** One row of the job's text: the call's text so far, by the rule of sql/V11 (the
+ * `delta` texts after its last attempt/discard/restart: a retried call starts over). */
+function onRow(row) {
+  const job = state.job;
+  if (!(row.seq > job.last)) return;
+  job.last = row.seq;
+  const key = `${row.step_id}:${row.item_index}`;
+  const known = job.texts.has(key);
+  job.texts.set(key, row.kind === 'delta' ? (job.texts.get(key) ?? '') + (row.text ?? '') : '');
+  const el = document.querySelector(`#job-steps pre[data-live-key="${CSS.escape(key)}"]`);
+  if (el) {
+    const follow = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
+    el.textContent = job.texts.get(key);
+    if (follow) el.scrollTop = el.scrollHeight;
+  } else if (job.detail && !known) {
+    renderJob(job.detail); // a call the step records do not show yet
+  }
+}
+
+/** The text a call has streamed so far, under its timeline entry. */
+function liveText(s, label) {
+  const key = `${s.step_id}:${s.item_index}`;
+  const text = state.job?.texts.get(key);
+  if (text === undefined) return null;
+  return h('pre', { class: 'live-text', dataset: { liveKey: key }, 'aria-label': `Text of ${label}`, tabindex: '0' }, text);
+}
+
+/** The step records, plus a running entry for each call that streams text before its
+ * record shows it (a record is written once a call has run for a while). */
+function withStreamingCalls(steps) {
+  const have = new Set(steps.map((s) => `${s.step_id}:${s.item_index}`));
+  const extra = [];
+  for (const key of state.job?.texts.keys() ?? []) {
+    if (have.has(key)) continue;
+    const cut = key.lastIndexOf(':');
+    extra.push({ step_id: key.slice(0, cut), item_index: Number(key.slice(cut + 1)), status: 'running', attempts: 0 });
+  }
+  return steps.concat(extra);
 }
 
 function fact(term, ...value) {
@@ -1269,7 +1323,7 @@ function renderJob(job) {
   const cancel = $('job-cancel');
   cancel.disabled = finished || job.cancel_requested;
   cancel.textContent = job.cancel_requested && !finished ? 'Cancel requested' : 'Cancel job';
-  const groups = groupSteps(Array.isArray(job.steps) ? job.steps : []);
+  const groups = groupSteps(withStreamingCalls(Array.isArray(job.steps) ? job.steps : []));
   $('job-steps').replaceChildren(...(groups.length
     ? groups.map((g) => (g.fanOut ? fanOutItem(g) : stepItem(g.rows[0], g.id)))
     : [h('li', { class: 'pending' }, h('span', { class: 'meta' }, finished ? 'No steps were run.' : 'No step has started yet.'))]));
@@ -1305,7 +1359,8 @@ function stepItem(s, label) {
   return h('li', { class: s.status, dataset: { stepId: s.step_id, itemIndex: String(s.item_index), status: s.status } },
     h('div', {}, h('span', { class: 'step-title' }, label), ' ', badge(s.status), s.fallback_used ? h('span', {}, ' ', badge('fallback', 'warn')) : null),
     meta ? h('div', { class: 'meta' }, meta) : null,
-    s.error ? h('div', { class: 'step-error' }, s.error) : null);
+    s.error ? h('div', { class: 'step-error' }, s.error) : null,
+    liveText(s, label));
 }
 
 function fanOutItem(g) {

@@ -42,6 +42,10 @@ fn kind_of(path_and_query: &str) -> &'static str {
         "/rpc/generation_get" if select == "id" => "join",
         // A full read is the job and its steps (two calls, only when something moved).
         "/rpc/generation_get" | "/rpc/generation_steps_of" => "full",
+        // Text rows (#14): the reader's first read finds the head; then new rows each
+        // delta interval while the job runs, and each viewer's own replay when it joins.
+        "/generation_deltas" if select == "seq" => "head",
+        "/generation_deltas" => "deltas",
         _ => "other",
     }
 }
@@ -395,6 +399,7 @@ async fn open_streams_are_capped_per_user_and_per_job() {
             streams_per_user: 2,
             streams_per_job: 2,
             stream_poll_ms: 400,
+            ..StreamConfig::default()
         },
     )
     .await;
@@ -462,6 +467,7 @@ async fn two_hundred_viewers_of_one_running_job_cost_the_reads_of_one() {
                 streams_per_user: 1000,
                 streams_per_job: 1000,
                 stream_poll_ms: 400,
+                ..StreamConfig::default()
             },
         )
         .await,
@@ -579,6 +585,20 @@ async fn two_hundred_viewers_of_one_running_job_cost_the_reads_of_one() {
         n(&changed, "full"),
         2,
         "one change, one read (job + steps) for all: {changed:?}"
+    );
+    // Text rows: the reader's reads do not grow with the viewers either; a joining
+    // viewer reads what was written before it once (its replay).
+    assert!(
+        n(&single, "deltas") >= 10,
+        "a running job's text is polled: {single:?}"
+    );
+    assert!(
+        n(&many, "deltas") <= n(&single, "deltas") + 4,
+        "200 viewers read more text than one: {many:?} vs {single:?}"
+    );
+    assert!(
+        n(&joining, "deltas") <= VIEWERS as u64 + n(&single, "deltas"),
+        "one replay per joining viewer: {joining:?}"
     );
     assert_eq!(n(&many, "other") + n(&changed, "other"), 0);
 }

@@ -5,6 +5,9 @@
 //! not grow with the number of viewers. Each interval the reader makes one light
 //! read (the job's status columns and each step's status and times, never outputs);
 //! only when that moved does it read the job with its steps, once, and publish it.
+//! While the job runs it also reads the job's new text rows (`generation_deltas`,
+//! [`deltas`]) every `stream_delta_poll_ms`, or when woken by a `NOTIFY` from the
+//! writes themselves ([`listen`]), and publishes them as one batch.
 //!
 //! RLS still decides: the reader reads with its user's own token (the freshest
 //! unexpired one among that user's viewers, which all share one identity), never the
@@ -13,21 +16,31 @@
 //! end with `generation_not_found` when the job is no longer visible.
 //!
 //! Events are fanned out over a broadcast channel of pre-serialised updates with a
-//! sequence number; a viewer that falls behind skips to the latest snapshot. Later
-//! kinds of event (text deltas, issue #14) travel on the same channel.
+//! sequence number; a viewer that falls behind skips to the latest snapshot. Text
+//! rows are never skipped: each batch says after which `seq` it starts, and a viewer
+//! whose own position is earlier (it resumed with `Last-Event-ID`, joined between two
+//! reads, or fell behind) reads the missing rows itself, with its own token, first.
 
-use super::JobDetail;
+pub mod deltas;
+pub mod listen;
+mod reader;
+mod viewer;
+
+pub use viewer::{Sent, Viewer};
+
 use crate::error::{codes, Error, Kind, Result};
 use crate::metrics::Metrics;
 use crate::rest::{Caller, Rest};
 use crate::secret::Secret;
-use futures::Stream;
+use deltas::DeltaEvent;
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Limits on event streams (`serve`).
@@ -50,6 +63,19 @@ pub struct StreamConfig {
     #[arg(long, env = "BOOKENGINE_STREAM_POLL_MS", default_value_t = 400,
           value_parser = clap::value_parser!(u64).range(50..))]
     pub stream_poll_ms: u64,
+
+    /// How often the shared reader of a running job reads its new text rows, in ms,
+    /// when no LISTEN connection wakes it (one read per job and viewing user).
+    #[arg(long, env = "BOOKENGINE_STREAM_DELTA_POLL_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(20..))]
+    pub stream_delta_poll_ms: u64,
+
+    /// Postgres connection (direct or session pooler, not the transaction pooler) on
+    /// which to LISTEN for `generation_deltas` notifications: readers then read new
+    /// text when it is written instead of polling. Reads still go through PostgREST
+    /// with the viewer's token; this connection only carries job ids.
+    #[arg(long, env = "BOOKENGINE_STREAM_LISTEN_URL", hide_env_values = true)]
+    pub stream_listen_url: Option<Secret>,
 }
 
 impl Default for StreamConfig {
@@ -58,6 +84,8 @@ impl Default for StreamConfig {
             streams_per_user: 16,
             streams_per_job: 64,
             stream_poll_ms: 400,
+            stream_delta_poll_ms: 100,
+            stream_listen_url: None,
         }
     }
 }
@@ -68,17 +96,35 @@ const RETRY_AFTER_SECS: u64 = 5;
 /// Updates a viewer may fall behind before it skips to the latest snapshot.
 const CHANNEL_CAPACITY: usize = 64;
 
-/// One event for every viewer of a job, serialised once.
+/// One update for every viewer of a job, serialised once.
 #[derive(Debug)]
 pub struct Update {
     /// Position in this reader's sequence (viewers skip what they have seen).
     pub seq: u64,
-    /// The SSE event name: `progress`, `done` or `error`.
-    pub event: &'static str,
-    /// The JSON payload.
-    pub data: String,
-    /// The stream ends after this one.
-    pub last: bool,
+    pub body: Body,
+}
+
+#[derive(Debug)]
+pub enum Body {
+    /// The job as it is now: `progress`, `done` or `error` with its JSON payload;
+    /// the stream ends after one that is `last`.
+    Snapshot {
+        event: &'static str,
+        data: String,
+        last: bool,
+    },
+    /// Exactly the text rows with `after < seq <= upto`, ascending.
+    Deltas {
+        after: i64,
+        upto: i64,
+        events: Vec<Arc<DeltaEvent>>,
+    },
+}
+
+impl Update {
+    fn is_last(&self) -> bool {
+        matches!(self.body, Body::Snapshot { last: true, .. })
+    }
 }
 
 /// The shared readers and the open-stream counts. Cheap to clone.
@@ -91,11 +137,23 @@ struct HubInner {
     rest: Rest,
     config: StreamConfig,
     state: Mutex<HubState>,
+    /// A LISTEN connection is up: readers of running jobs wait for its wake-ups
+    /// (and read at each light interval) instead of polling for text.
+    listening: AtomicBool,
+    /// Ends the LISTEN task with the hub.
+    stop: CancellationToken,
+}
+
+impl Drop for HubInner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 #[derive(Default)]
 struct HubState {
-    readers: HashMap<(Uuid, Uuid), Arc<Reader>>,
+    // Ordered by job first, so the readers of one job are one range (LISTEN wake-ups).
+    readers: BTreeMap<(Uuid, Uuid), Arc<Reader>>,
     per_user: HashMap<Uuid, u32>,
     per_job: HashMap<Uuid, u32>,
     next_viewer: u64,
@@ -106,11 +164,13 @@ struct Reader {
     job: Uuid,
     tx: broadcast::Sender<Arc<Update>>,
     shared: Mutex<ReaderShared>,
+    /// Rung when a write of this job's text was announced (LISTEN).
+    wake: Notify,
 }
 
 #[derive(Default)]
 struct ReaderShared {
-    /// The last update published: what a new viewer starts from.
+    /// The last snapshot published: what a new viewer starts from.
     latest: Option<Arc<Update>>,
     next_seq: u64,
     /// Each viewer's token and its expiry (unix seconds).
@@ -140,21 +200,25 @@ fn deadline_of(exp: i64) -> Instant {
 }
 
 impl Reader {
-    fn publish(&self, event: &'static str, data: String, last: bool) {
+    fn send(&self, body: Body) {
         let update = {
             let mut shared = lock(&self.shared);
             shared.next_seq += 1;
             let update = Arc::new(Update {
                 seq: shared.next_seq,
-                event,
-                data,
-                last,
+                body,
             });
-            shared.latest = Some(update.clone());
+            if matches!(update.body, Body::Snapshot { .. }) {
+                shared.latest = Some(update.clone());
+            }
             update
         };
-        // No receiver is fine: viewers joining later start from `latest`.
+        // No receiver is fine: viewers joining later start from `latest` and the table.
         let _ = self.tx.send(update);
+    }
+
+    fn publish(&self, event: &'static str, data: String, last: bool) {
+        self.send(Body::Snapshot { event, data, last });
     }
 
     fn publish_error(&self, e: &Error, last: bool) {
@@ -199,36 +263,35 @@ fn decrement(counts: &mut HashMap<Uuid, u32>, key: Uuid) {
     }
 }
 
-/// One open stream: its place in a reader, until dropped.
-pub struct Viewer {
-    _slot: Slot,
-    id: u64,
-    reader: Arc<Reader>,
-    rx: broadcast::Receiver<Arc<Update>>,
-    deadline: Instant,
-}
-
-impl Drop for Viewer {
-    fn drop(&mut self) {
-        lock(&self.reader.shared).tokens.remove(&self.id);
-    }
-}
-
 impl WatchHub {
     pub fn new(rest: Rest, config: StreamConfig) -> Self {
-        Self {
+        let hub = Self {
             inner: Arc::new(HubInner {
                 rest,
                 config,
                 state: Mutex::new(HubState::default()),
+                listening: AtomicBool::new(false),
+                stop: CancellationToken::new(),
             }),
+        };
+        if let Some(url) = hub.inner.config.stream_listen_url.clone() {
+            listen::spawn(Arc::downgrade(&hub.inner), url, hub.inner.stop.clone());
         }
+        hub
     }
 
     /// Open a stream on `job` for `user`, whose verified token expires at `exp`
-    /// (unix seconds). Refused with `too_many_streams` beyond the caps, and with the
-    /// read's own error (`generation_not_found`, …) when the token cannot see the job.
-    pub async fn watch(&self, job: Uuid, user: Uuid, token: Secret, exp: i64) -> Result<Viewer> {
+    /// (unix seconds), sending the text rows after `after` (0: all of them). Refused
+    /// with `too_many_streams` beyond the caps, and with the read's own error
+    /// (`generation_not_found`, …) when the token cannot see the job.
+    pub async fn watch(
+        &self,
+        job: Uuid,
+        user: Uuid,
+        token: Secret,
+        exp: i64,
+        after: i64,
+    ) -> Result<Viewer> {
         let slot = self.reserve(job, user)?;
         // Authorise with the viewer's own token: one light read, whatever the reader holds.
         Metrics::global()
@@ -248,7 +311,7 @@ impl WatchHub {
         if rows.is_empty() {
             return Err(not_found(job));
         }
-        Ok(self.join(slot, token, exp))
+        Ok(self.join(slot, token, exp, after.max(0)))
     }
 
     fn reserve(&self, job: Uuid, user: Uuid) -> Result<Slot> {
@@ -279,7 +342,7 @@ impl WatchHub {
         })
     }
 
-    fn join(&self, slot: Slot, token: Secret, exp: i64) -> Viewer {
+    fn join(&self, slot: Slot, token: Secret, exp: i64, after: i64) -> Viewer {
         let key = (slot.job, slot.user);
         let mut state = lock(&self.inner.state);
         state.next_viewer += 1;
@@ -292,6 +355,7 @@ impl WatchHub {
                     job: slot.job,
                     tx,
                     shared: Mutex::new(ReaderShared::default()),
+                    wake: Notify::new(),
                 });
                 state.readers.insert(key, r.clone());
                 (r, true)
@@ -299,10 +363,10 @@ impl WatchHub {
         };
         // Under the hub lock: a reader retires only under it, and only with no tokens.
         let rx = reader.tx.subscribe();
-        lock(&reader.shared).tokens.insert(id, (exp, token));
+        lock(&reader.shared).tokens.insert(id, (exp, token.clone()));
         drop(state);
         if start {
-            tokio::spawn(run_reader(self.inner.clone(), key, reader.clone()));
+            tokio::spawn(reader::run_reader(self.inner.clone(), key, reader.clone()));
         }
         Viewer {
             _slot: slot,
@@ -310,6 +374,9 @@ impl WatchHub {
             reader,
             rx,
             deadline: deadline_of(exp),
+            rest: self.inner.rest.clone(),
+            token,
+            after,
         }
     }
 
@@ -317,58 +384,30 @@ impl WatchHub {
     pub fn readers(&self) -> usize {
         lock(&self.inner.state).readers.len()
     }
+
+    /// Is a LISTEN connection up (readers woken by the writes)?
+    pub fn listening(&self) -> bool {
+        self.inner.listening.load(Ordering::Relaxed)
+    }
 }
 
-impl Viewer {
-    /// The updates this viewer sends: the current snapshot first, then each change;
-    /// ends after a `done` or a final `error`, or with `token_expired` at the token's expiry.
-    pub fn updates(mut self) -> impl Stream<Item = Arc<Update>> + Send {
-        async_stream::stream! {
-            let mut seen = 0u64;
-            // Subscribed before reading `latest`, so nothing falls between the two.
-            let first = lock(&self.reader.shared).latest.clone();
-            if let Some(u) = first {
-                seen = u.seq;
-                let last = u.last;
-                yield u;
-                if last {
-                    return;
-                }
-            }
-            loop {
-                let next = tokio::select! {
-                    biased;
-                    _ = tokio::time::sleep_until(self.deadline) => {
-                        let body = json!({
-                            "code": codes::TOKEN_EXPIRED,
-                            "message": "the access token expired; reconnect with a fresh one",
-                        });
-                        yield Arc::new(Update { seq: seen + 1, event: "error", data: body.to_string(), last: true });
-                        return;
-                    }
-                    r = self.rx.recv() => r,
-                };
-                let update = match next {
-                    Ok(u) => u,
-                    // Fell behind: the latest snapshot says everything the skipped ones did.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        match lock(&self.reader.shared).latest.clone() {
-                            Some(u) => u,
-                            None => continue,
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                if update.seq <= seen {
-                    continue;
-                }
-                seen = update.seq;
-                let last = update.last;
-                yield update;
-                if last {
-                    return;
-                }
-            }
+impl HubInner {
+    /// Wake the readers of `job` (a write of its text was announced).
+    fn wake_job(&self, job: Uuid) {
+        let state = lock(&self.state);
+        for reader in state
+            .readers
+            .range((job, Uuid::nil())..=(job, Uuid::max()))
+            .map(|(_, r)| r)
+        {
+            reader.wake.notify_one();
+        }
+    }
+
+    /// Wake every reader (LISTEN (re)connected: what was written meanwhile is unannounced).
+    fn wake_all(&self) {
+        for reader in lock(&self.state).readers.values() {
+            reader.wake.notify_one();
         }
     }
 }
@@ -378,134 +417,4 @@ fn not_found(id: Uuid) -> Error {
         codes::GENERATION_NOT_FOUND,
         format!("generation {id} not found"),
     )
-}
-
-/// The light read: `None` when the job is not (or no longer) visible; otherwise the
-/// job's state and each step's status (no outputs), whose bytes are the fingerprint of
-/// what a viewer can see change. Through `generation_watch` (sql/V10), which shows an
-/// admin any job, as the rest of the API does under V8's owner-only policies.
-async fn read_light(rest: &Rest, token: &Secret, job: Uuid) -> Result<Option<bytes::Bytes>> {
-    Metrics::global()
-        .stream_reads
-        .with_label_values(&["light"])
-        .inc();
-    let builder = rest.rpc(
-        &Caller::User(token.clone()),
-        "generation_watch",
-        &json!({ "job_id": job }),
-    )?;
-    let body = rest.send_raw(builder).await?;
-    // `null` when the caller cannot see the job. Only the top level is looked at, so
-    // a deeply nested body cannot make this read fail (serde_json's recursion limit).
-    let visible = !matches!(body.as_ref(), b"null" | b"" | b"[]");
-    Ok(visible.then_some(body))
-}
-
-/// The full read, when the light one moved: the job and its steps with their outputs.
-async fn read_full(rest: &Rest, token: &Secret, job: Uuid) -> Result<Option<JobDetail>> {
-    Metrics::global()
-        .stream_reads
-        .with_label_values(&["full"])
-        .inc();
-    match super::get(rest, &Caller::User(token.clone()), job).await {
-        Ok(detail) => Ok(Some(detail)),
-        Err(e) if e.kind == Kind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Is this failure the end of the stream (the token or the job is gone) rather
-/// than a dependency's hiccup worth waiting out?
-fn is_final(e: &Error) -> bool {
-    matches!(
-        e.kind,
-        Kind::Unauthenticated | Kind::Forbidden | Kind::NotFound
-    )
-}
-
-/// The reader's loop: light read each interval, full read when it moved, until the
-/// job ends, disappears, or nobody watches.
-async fn run_reader(hub: Arc<HubInner>, key: (Uuid, Uuid), reader: Arc<Reader>) {
-    let rest = hub.rest.clone();
-    let mut ticker = tokio::time::interval(Duration::from_millis(hub.config.stream_poll_ms));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen: Option<bytes::Bytes> = None;
-    let mut failing: Option<&'static str> = None;
-    loop {
-        ticker.tick().await;
-        if retire_if_idle(&hub, key, &reader) {
-            return;
-        }
-        // Every viewer's token has expired: they are ending; read nothing meanwhile.
-        let Some(token) = reader.token() else {
-            continue;
-        };
-        let outcome = match read_light(&rest, &token, reader.job).await {
-            Ok(Some(fp)) if seen.as_ref() == Some(&fp) => Ok(false),
-            Ok(Some(fp)) => match read_full(&rest, &token, reader.job).await {
-                Ok(Some(detail)) => {
-                    seen = Some(fp);
-                    let finished = detail.job.is_finished();
-                    match serde_json::to_string(&detail) {
-                        Ok(data) => {
-                            reader.publish(
-                                if finished { "done" } else { "progress" },
-                                data,
-                                finished,
-                            );
-                            Ok(finished)
-                        }
-                        Err(e) => Err(Error::internal(format!("serialising a job: {e}"))),
-                    }
-                }
-                Ok(None) => Err(not_found(reader.job)),
-                Err(e) => Err(e),
-            },
-            Ok(None) => Err(not_found(reader.job)),
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(false) => failing = None,
-            Ok(true) => break,
-            Err(e) if is_final(&e) => {
-                reader.publish_error(&e, true);
-                break;
-            }
-            Err(e) => {
-                // After an outage, publish the job again even if it did not change.
-                seen = None;
-                // Said once per outage, not every interval; the stream stays open.
-                if failing != Some(e.code) {
-                    tracing::warn!(job_id = %reader.job, code = e.code,
-                        detail = e.internal.as_deref().unwrap_or(""), "event stream read failed");
-                    reader.publish_error(&e, false);
-                    failing = Some(e.code);
-                }
-            }
-        }
-    }
-    let mut state = lock(&hub.state);
-    if state
-        .readers
-        .get(&key)
-        .is_some_and(|r| Arc::ptr_eq(r, &reader))
-    {
-        state.readers.remove(&key);
-    }
-}
-
-/// Remove the reader when no viewer is left, atomically with joins (both under the hub lock).
-fn retire_if_idle(hub: &HubInner, key: (Uuid, Uuid), reader: &Arc<Reader>) -> bool {
-    let mut state = lock(&hub.state);
-    if !lock(&reader.shared).tokens.is_empty() {
-        return false;
-    }
-    if state
-        .readers
-        .get(&key)
-        .is_some_and(|r| Arc::ptr_eq(r, reader))
-    {
-        state.readers.remove(&key);
-    }
-    true
 }
