@@ -749,7 +749,7 @@ async fn explain(stack: &Stack) -> Res<String> {
             out.push_str(&format!("  * {s}\n"));
         }
     }
-    out.push_str(&definer_experiment(&client, &as_user, &body).await?);
+    out.push_str(&definer_experiment(&client, &as_user, &query_of(&body)).await?);
     Ok(out)
 }
 
