@@ -377,6 +377,28 @@ async fn book(app: &TestApp, user: &TestUser, topic: &str) -> Value {
     wait_until(app, &user.token, &id, Duration::from_secs(30), finished).await
 }
 
+/// A book's JSON without the mocks' "[call N] " marks (a streamed answer carries the
+/// number of the call that wrote it, which differs between two runs of one flow).
+fn unnumbered(v: &Value) -> String {
+    let text = v.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("[call ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "[call ".len()..];
+        let digits = after.chars().take_while(|c| c.is_ascii_digit()).count();
+        match after[digits..].strip_prefix("] ") {
+            Some(tail) if digits > 0 => rest = tail,
+            _ => {
+                out.push_str("[call ");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_change_fails_books_and_a_rollback_restores_them() {
     let (app, mocks) = app_with_mocks().await;
@@ -416,7 +438,8 @@ async fn a_bad_change_fails_books_and_a_rollback_restores_them() {
     assert_eq!(after["status"], "succeeded", "{after}");
     assert_eq!(after["engine_version"], 3);
     assert_eq!(
-        after["result"], before["result"],
+        unnumbered(&after["result"]),
+        unnumbered(&before["result"]),
         "the rollback wrote another book"
     );
 

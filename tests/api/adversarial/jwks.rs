@@ -160,11 +160,13 @@ async fn random_kids_neither_force_fetches_nor_stall_valid_tokens() {
         jwks.hits() - 1
     );
     assert_eq!(jwks.hits(), 2, "one fetch for all the unknown kids");
-    // Generous bounds (the timed figures are in benches/README.md): before, each valid
-    // request waited for the fetches the random kids queued, 20 s.
-    assert!(valid_slowest < Duration::from_secs(2), "{valid_slowest:?}");
+    // Bounds below the JWKS's 10 s hang, so they tell "waited for the hanging fetch"
+    // (10 s or more; before the fix each valid request waited 20 s) from a slow machine
+    // (a valid request took 2.1 s on 2 busy cores); the timed figures are in
+    // benches/README.md.
+    assert!(valid_slowest < Duration::from_secs(8), "{valid_slowest:?}");
     assert!(
-        random_slowest < Duration::from_secs(5),
+        random_slowest < Duration::from_secs(9),
         "{random_slowest:?}"
     );
 
