@@ -206,7 +206,22 @@ fn input_fields(steps: &[Value]) -> BTreeSet<String> {
 
 /// `steps.outline.output.chapters` or `{{ outline.chapters }}` -> `outline.chapters`.
 /// `Ok(None)` when the spec is already canonical (or not ours to read).
+///
+/// Only a rewrite that the rule leaves alone is made: reading the result again must
+/// change nothing (`steps.steps.output.x` would become `steps.x`, then `x`), so that
+/// normalizing twice is normalizing once. Anything else is left as written for the
+/// checks to judge.
 fn for_each(spec: &str, ids: &BTreeSet<String>) -> Result<Option<String>, String> {
+    match for_each_once(spec, ids)? {
+        Some(canonical) if matches!(for_each_once(&canonical, ids), Ok(None)) => {
+            Ok(Some(canonical))
+        }
+        Some(_) => Ok(None),
+        None => Ok(None),
+    }
+}
+
+fn for_each_once(spec: &str, ids: &BTreeSet<String>) -> Result<Option<String>, String> {
     let trimmed = spec.trim();
     let inner = trimmed
         .strip_prefix("{{")
@@ -219,7 +234,10 @@ fn for_each(spec: &str, ids: &BTreeSet<String>) -> Result<Option<String>, String
             if *root == ROOT_STEPS && matches!(rest.first(), None | Some(&"output")) =>
         {
             let rest = rest.get(1..).unwrap_or_default();
-            let reading: Vec<&str> = std::iter::once(*id).chain(rest.iter().copied()).collect();
+            let reading: Vec<&str> = std::iter::once(*id)
+                .chain(rest.iter().copied())
+                .map(str::trim)
+                .collect();
             let reading = reading.join(".");
             if ids.contains(ROOT_STEPS) {
                 if ids.contains(*id) {
@@ -427,6 +445,12 @@ mod tests {
             Ok(Some("outline.chapters".into()))
         );
         assert_eq!(for_each("outline.chapters", &s), Ok(None));
+        // Found by normalizing_twice_changes_nothing: rewrites are fixed points.
+        assert_eq!(
+            for_each(" steps. for x in ", &s),
+            Ok(Some("for x in".into()))
+        );
+        assert_eq!(for_each("steps.steps.output.x", &s), Ok(None));
         assert_eq!(for_each("steps.outline.chapters", &s), Ok(None));
         // A step really called "steps" makes the template path ambiguous...
         let with_steps = ids(&["steps", "outline"]);
