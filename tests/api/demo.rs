@@ -37,6 +37,12 @@ impl Demo {
                 "BOOKENGINE_POSTGREST_PORT",
                 local::free_port().expect("port").to_string(),
             ),
+            // Its own free port too: the default (PostgREST's + 1) may be one that a test
+            // running beside this one has just taken.
+            (
+                "BOOKENGINE_GATEWAY_PORT",
+                local::free_port().expect("port").to_string(),
+            ),
             ("POSTGREST_BIN", postgrest.display().to_string()),
             ("RUST_LOG", "warn".into()),
         ];
@@ -184,15 +190,18 @@ async fn with_the_local_model_the_demo_book_is_written_by_smollm2() {
 async fn a_second_checkout_on_the_same_ports_is_told_whose_stack_holds_them() {
     let first = Demo::new();
     let mut second = Demo::new();
-    let port = first
-        .env
-        .iter()
-        .find(|(k, _)| *k == "BOOKENGINE_POSTGREST_PORT")
-        .map(|(_, v)| v.clone())
-        .expect("port");
-    for (k, v) in second.env.iter_mut() {
-        if *k == "BOOKENGINE_POSTGREST_PORT" {
-            *v = port.clone();
+    // The second checkout on the first one's ports (PostgREST's and the gateway's).
+    for key in ["BOOKENGINE_POSTGREST_PORT", "BOOKENGINE_GATEWAY_PORT"] {
+        let port = first
+            .env
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+            .expect("port");
+        for (k, v) in second.env.iter_mut() {
+            if *k == key {
+                *v = port.clone();
+            }
         }
     }
     let up = first.run(&["local", "up"], &[]);
