@@ -40,73 +40,6 @@ fn main() {
     }
 }
 
-/// The API in this process on its own runtime (threads named `svc`).
-struct Service {
-    url: String,
-    stop: tokio_util::sync::CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Service {
-    async fn start(stack: &Stack, streams: StreamConfig) -> Res<Service> {
-        let config = bookengine::http::ServeConfig {
-            addr: "127.0.0.1:0".into(),
-            webhook_secret: None,
-            supabase: stack.supabase_config(),
-            auth: bookengine::config::AuthConfig {
-                jwt_secret: Some(stack.jwt_secret.clone()),
-                jwks_url: None,
-            },
-            no_worker: true,
-            worker: Default::default(),
-            providers: Default::default(),
-            ops: bookengine::http::OpsConfig {
-                metrics_token: None,
-                streams,
-            },
-        };
-        let stop = tokio_util::sync::CancellationToken::new();
-        let (port_tx, port_rx) = std::sync::mpsc::channel();
-        let until = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("svc")
-                .enable_all()
-                .build()
-                .expect("service runtime");
-            rt.block_on(async move {
-                match bookengine::http::Application::build(&config).await {
-                    Ok(app) => {
-                        let _ = port_tx.send(Ok(app.port()));
-                        let _ = app.run_until(async move { until.cancelled().await }).await;
-                    }
-                    Err(e) => {
-                        let _ = port_tx.send(Err(e.to_string()));
-                    }
-                }
-            });
-        });
-        let port = port_rx.recv()??;
-        let url = format!("http://127.0.0.1:{port}");
-        wait_http(&format!("{url}/healthz"), Duration::from_secs(10)).await?;
-        Ok(Service {
-            url,
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// CPU seconds used by this process's threads named `svc`.
 fn service_cpu_secs() -> f64 {
     let tick = 100.0; // USER_HZ on Linux
@@ -246,7 +179,7 @@ fn listen_url(stack: &Stack) -> Secret {
 
 /// 1. Token → SSE latency for one job and one viewer, `tokens` tokens at 50/s.
 async fn latency(stack: &Stack, engine: Uuid, streams: StreamConfig, tokens: usize) -> Res<Stats> {
-    let svc = Service::start(stack, streams).await?;
+    let svc = ApiService::start_with_streams(stack, streams).await?;
     let user = stack.user("pro", false).await?;
     let token = stack.token_for(user);
     let (job, lease) = running_job(stack, engine, user).await?;
@@ -339,7 +272,7 @@ async fn viewers(
     reconnect: bool,
     listen: bool,
 ) -> Res<String> {
-    let svc = Service::start(
+    let svc = ApiService::start_with_streams(
         stack,
         StreamConfig {
             streams_per_user: 1000,

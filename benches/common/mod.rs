@@ -807,6 +807,15 @@ pub struct ApiService {
 
 impl ApiService {
     pub async fn start(stack: &Stack) -> Res<ApiService> {
+        Self::start_with_streams(stack, Default::default()).await
+    }
+
+    /// As [`ApiService::start`], with these event-stream settings. The service's
+    /// threads are named `svc`, so a bench can read their CPU apart from its own.
+    pub async fn start_with_streams(
+        stack: &Stack,
+        streams: bookengine::generations::watch::StreamConfig,
+    ) -> Res<ApiService> {
         let config = bookengine::http::ServeConfig {
             addr: "127.0.0.1:0".into(),
             webhook_secret: None,
@@ -818,7 +827,10 @@ impl ApiService {
             no_worker: true,
             worker: Default::default(),
             providers: Default::default(),
-            ops: Default::default(),
+            ops: bookengine::http::OpsConfig {
+                metrics_token: None,
+                streams,
+            },
         };
         let stop = tokio_util::sync::CancellationToken::new();
         let (port_tx, port_rx) = std::sync::mpsc::channel();
@@ -826,6 +838,7 @@ impl ApiService {
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
+                .thread_name("svc")
                 .enable_all()
                 .build()
                 .expect("service runtime");
