@@ -174,7 +174,7 @@ async fn admin_page_in_headless_chromium() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_page_shows_text_as_it_is_written() {
     use crate::stream_deltas::{running_job, script, serve};
-    use serde_json::{json, Value};
+    use serde_json::Value;
     assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing");
     let browser_dir = repo().join("tests/browser");
     let dir = browser_dir.clone();
@@ -187,40 +187,17 @@ async fn admin_page_shows_text_as_it_is_written() {
     let (_owner, job, lease) = running_job(&stack, &app).await;
     let admin = stack.admin().await;
     let script = script(job, lease, 80);
-    let finals: serde_json::Map<String, Value> = script
-        .finals
-        .iter()
-        .map(|((step, item), text)| (format!("{step}:{item}"), json!(text)))
-        .collect();
+    let finals = script.finals_json();
     let ready = std::env::temp_dir().join(format!("bookengine-live-{job}"));
     // The writer: once the page follows the job, two rows every 50 ms (about 10 s),
     // then the job ends.
-    let writer = {
-        let rows = script.rows.clone();
-        let db = stack.db.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let (pg, conn) = db.connect(tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
-            while !ready.exists() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            for batch in rows.chunks(2) {
-                let batch = Value::Array(batch.to_vec());
-                pg.query_one("SELECT public.delta_append($1::jsonb)", &[&batch])
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            pg.execute(
-                "UPDATE generation_jobs SET status = 'succeeded', finished_at = now(), \
-                 updated_at = now(), lease_token = NULL WHERE id = $1",
-                &[&job],
-            )
-            .await
-            .unwrap();
-        })
-    };
+    let writer = crate::stream_deltas::write_when_ready(
+        &stack,
+        job,
+        script.rows.clone(),
+        ready.clone(),
+        Duration::from_millis(50),
+    );
     let output = tokio::time::timeout(
         NODE_TIMEOUT,
         tokio::process::Command::new("node")

@@ -119,6 +119,41 @@ pub(crate) async fn finish(stack: &TestStack, job: Uuid) {
         .unwrap();
 }
 
+/// Once `ready` exists (the reader under test follows the job; at most 60 s), flushes
+/// `rows` two at a time with `pause` between flushes, as a worker would, then ends the
+/// job. Its own connection: the task outlives no borrow of the stack.
+pub(crate) fn write_when_ready(
+    stack: &TestStack,
+    job: Uuid,
+    rows: Vec<Value>,
+    ready: std::path::PathBuf,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let db = stack.db.clone();
+    tokio::spawn(async move {
+        let (pg, conn) = db.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ready.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for batch in rows.chunks(2) {
+            let batch = Value::Array(batch.to_vec());
+            pg.query_one("SELECT public.delta_append($1::jsonb)", &[&batch])
+                .await
+                .unwrap();
+            tokio::time::sleep(pause).await;
+        }
+        pg.execute(
+            "UPDATE generation_jobs SET status = 'succeeded', finished_at = now(), \
+             updated_at = now(), lease_token = NULL WHERE id = $1",
+            &[&job],
+        )
+        .await
+        .unwrap();
+    })
+}
+
 /// One flush, as the worker makes it.
 pub(crate) async fn append(stack: &TestStack, rows: &[Value]) -> Value {
     let rows = Value::Array(rows.to_vec());
@@ -135,6 +170,16 @@ pub(crate) struct Script {
     pub(crate) rows: Vec<Value>,
     /// The final text of each (step, item).
     pub(crate) finals: BTreeMap<(String, i64), String>,
+}
+
+impl Script {
+    /// The final texts keyed `step:item`, as the JS checks read them.
+    pub(crate) fn finals_json(&self) -> serde_json::Map<String, Value> {
+        self.finals
+            .iter()
+            .map(|((step, item), text)| (format!("{step}:{item}"), json!(text)))
+            .collect()
+    }
 }
 
 pub(crate) fn script(job: Uuid, lease: Uuid, chunks_per_call: usize) -> Script {
@@ -691,41 +736,17 @@ async fn js_stream_generation_resumes_through_broken_connections() {
     let (user, job, lease) = running_job(&stack, &app).await;
     let script = script(job, lease, 60);
     let total = script.rows.len();
-    let finals: serde_json::Map<String, Value> = script
-        .finals
-        .iter()
-        .map(|((step, item), text)| (format!("{step}:{item}"), json!(text)))
-        .collect();
+    let finals = script.finals_json();
     let ready = std::env::temp_dir().join(format!("bookengine-resume-{job}"));
     // The writer: once the client is streaming, two rows every 30 ms (the 20 breaks
     // happen while it writes), then the job ends.
-    let writer = {
-        let rows = script.rows.clone();
-        let db = stack.db.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let (pg, conn) = db.connect(tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !ready.exists() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            for batch in rows.chunks(2) {
-                let batch = Value::Array(batch.to_vec());
-                pg.query_one("SELECT public.delta_append($1::jsonb)", &[&batch])
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(30)).await;
-            }
-            pg.execute(
-                "UPDATE generation_jobs SET status = 'succeeded', finished_at = now(), \
-                 updated_at = now(), lease_token = NULL WHERE id = $1",
-                &[&job],
-            )
-            .await
-            .unwrap();
-        })
-    };
+    let writer = write_when_ready(
+        &stack,
+        job,
+        script.rows.clone(),
+        ready.clone(),
+        Duration::from_millis(30),
+    );
     let repo = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let output = tokio::time::timeout(
         Duration::from_secs(120),
