@@ -298,38 +298,43 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         body: body.clone(),
     };
     let prompt = recorded.prompt();
-    if let Ok(mut c) = s.calls.lock() {
-        c.push(recorded);
-    }
-    let ignore_stream = s.behaviour.lock().map(|b| b.ignore_stream).unwrap_or(false);
-    let streaming = !ignore_stream
-        && match s.kind {
-            Kind::OpenAi | Kind::Anthropic => body["stream"] == true,
-            Kind::Gemini => path.contains(":streamGenerateContent"),
-        };
-    let call = s.calls.lock().map(|c| c.len()).unwrap_or_default();
-    let (fault, latency, interval, hold) = {
-        let mut b = s.behaviour.lock().expect("behaviour");
-        let mut f = b.script.pop_front().or_else(|| b.always.clone());
-        if f.is_none() && b.fail_rate > 0.0 {
-            // xorshift64: deterministic for a seed, no extra dependency.
-            let mut x = b.rng;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            b.rng = x;
-            if (x % 10_000) as f64 / 10_000.0 < b.fail_rate {
-                f = Some(match (x >> 20) % 5 {
-                    0 => Fault::Status(500),
-                    1 => Fault::Status(503),
-                    2 => Fault::RateLimited(0),
-                    3 => Fault::MalformedJson,
-                    _ => Fault::Truncated,
-                });
+    // The call's number and its scripted fault are taken under one lock, so that
+    // two calls arriving together cannot both read the later number, and the
+    // call marked "[call 1]" is the one that got the first scripted fault.
+    let (call, streaming, fault, latency, interval, hold) = {
+        let mut calls = s.calls.lock().expect("calls");
+        calls.push(recorded);
+        let call = calls.len();
+        let ignore_stream = s.behaviour.lock().map(|b| b.ignore_stream).unwrap_or(false);
+        let streaming = !ignore_stream
+            && match s.kind {
+                Kind::OpenAi | Kind::Anthropic => body["stream"] == true,
+                Kind::Gemini => path.contains(":streamGenerateContent"),
+            };
+        let (fault, latency, interval, hold) = {
+            let mut b = s.behaviour.lock().expect("behaviour");
+            let mut f = b.script.pop_front().or_else(|| b.always.clone());
+            if f.is_none() && b.fail_rate > 0.0 {
+                // xorshift64: deterministic for a seed, no extra dependency.
+                let mut x = b.rng;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                b.rng = x;
+                if (x % 10_000) as f64 / 10_000.0 < b.fail_rate {
+                    f = Some(match (x >> 20) % 5 {
+                        0 => Fault::Status(500),
+                        1 => Fault::Status(503),
+                        2 => Fault::RateLimited(0),
+                        3 => Fault::MalformedJson,
+                        _ => Fault::Truncated,
+                    });
+                }
             }
-        }
-        let hold = if streaming { b.hold.take() } else { None };
-        (f, b.latency, b.chunk_interval, hold)
+            let hold = if streaming { b.hold.take() } else { None };
+            (f, b.latency, b.chunk_interval, hold)
+        };
+        (call, streaming, fault, latency, interval, hold)
     };
     // A stream's own faults come mid-stream; given a whole answer they cut it short.
     let (fault, stream_fault) = match fault {
