@@ -280,8 +280,9 @@ impl Queue {
         })
     }
 
-    /// Finish the job, saving `steps` (records the worker held back) in the same
-    /// transaction: one round trip for the last step and the completion.
+    /// Finish the job, saving `steps` (records the worker held back) and `deltas` (its
+    /// last streamed rows) in the same transaction: one round trip for the last step,
+    /// the last text and the completion.
     pub async fn complete(
         &self,
         job: Uuid,
@@ -289,11 +290,17 @@ impl Queue {
         result: &Value,
         progress: Option<&Value>,
         steps: &[StepWrite],
+        deltas: &[DeltaRow],
     ) -> Result<()> {
-        let params = json!({
+        let mut params = json!({
             "job_id": job, "lease_token": lease, "result": result,
             "progress": progress, "steps": steps,
         });
+        // Named only when there are some, so a job that did not stream calls the same
+        // function the schema before V13 had.
+        if !deltas.is_empty() {
+            params["deltas"] = json!(deltas);
+        }
         let builder = self
             .rest
             .rpc(&Caller::Service, "job_complete", &params)?

@@ -5,8 +5,10 @@
 //!
 //! Off the critical path: pushing an event never waits. The only waits are
 //! [`Deltas::barrier`]s: the step writer waits for a call's deltas before saving that
-//! call's record, and the flow waits for all of a job's deltas before `job_complete`
-//! (a barrier asks for a flush at once, so that costs one round trip, not an interval).
+//! call's record (a barrier asks for a flush at once: one round trip, not an
+//! interval). At the end of a job the flow takes the rows not yet flushed
+//! ([`Deltas::finish`]) and `job_complete` stores them in its own transaction
+//! (sql/V13), so finishing a streamed job costs no extra round trip.
 //!
 //! Seq numbers are given when a batch is cut, so consecutive deltas of one call can be
 //! merged into one row while they wait; a failed flush is retried with the same rows and
@@ -79,6 +81,10 @@ enum Msg {
         job: Uuid,
         done: oneshot::Sender<Result<(), DeltaFailure>>,
     },
+    Finish {
+        job: Uuid,
+        done: oneshot::Sender<Result<Vec<DeltaRow>, DeltaFailure>>,
+    },
     Close(Uuid),
 }
 
@@ -144,6 +150,23 @@ impl Deltas {
         let _ = self.tx.send(Msg::Row(call.clone(), Kind::Restart));
     }
 
+    /// The job's run is over: resolves with its rows not stored yet (seqs given), for
+    /// `job_complete` to store, once any flush carrying earlier rows of the job has
+    /// landed (so no row can commit before one with a lower seq). The job is then
+    /// forgotten. Too many rows to carry are flushed the usual way first.
+    pub fn finish(&self, job: Uuid) -> Finishing {
+        let (done, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Msg::Finish { done, .. })) =
+            self.tx.send(Msg::Finish { job, done })
+        {
+            let _ = done.send(Err(DeltaFailure {
+                lease_lost: false,
+                message: "the delta writer stopped".into(),
+            }));
+        }
+        rx
+    }
+
     /// Resolves once everything pushed for `job` so far is stored.
     pub fn barrier(&self, job: Uuid) -> Barrier {
         let (done, rx) = oneshot::channel();
@@ -157,6 +180,19 @@ impl Deltas {
         }
         rx
     }
+}
+
+/// Resolves with the rows `job_complete` is to store.
+pub(super) type Finishing = oneshot::Receiver<Result<Vec<DeltaRow>, DeltaFailure>>;
+
+/// Wait for a job's last rows; a writer that went away counts as a failure.
+pub(super) async fn last_rows(finishing: Finishing) -> Result<Vec<DeltaRow>, DeltaFailure> {
+    finishing.await.unwrap_or_else(|_| {
+        Err(DeltaFailure {
+            lease_lost: false,
+            message: "the delta writer stopped".into(),
+        })
+    })
 }
 
 /// Wait for a barrier; a writer that went away counts as a failure.
@@ -191,6 +227,8 @@ struct JobState {
     pushed: u64,
     durable: u64,
     waiters: Vec<(u64, oneshot::Sender<Result<(), DeltaFailure>>)>,
+    /// The run is over and waits for its last rows (see [`Deltas::finish`]).
+    finishing: Option<oneshot::Sender<Result<Vec<DeltaRow>, DeltaFailure>>>,
 }
 
 impl JobState {
@@ -274,6 +312,27 @@ impl JobState {
         for (_, done) in self.waiters.drain(..) {
             let _ = done.send(Err(failure.clone()));
         }
+        if let Some(done) = self.finishing.take() {
+            let _ = done.send(Err(failure.clone()));
+        }
+    }
+
+    /// A waiting row of `job` as stored, with the job's next seq.
+    fn row(&mut self, job: Uuid, p: Pending) -> DeltaRow {
+        let row = DeltaRow {
+            job_id: job,
+            lease: self.lease,
+            seq: self.next_seq,
+            step_id: p.step_id.to_string(),
+            item_index: p.item_index,
+            kind: p.kind,
+            attempt: p.attempt,
+            run: self.run,
+            text: p.text,
+            meta: p.meta,
+        };
+        self.next_seq += 1;
+        row
     }
 }
 
@@ -394,6 +453,7 @@ impl Writer {
                         pushed: 0,
                         durable: 0,
                         waiters: Vec::new(),
+                        finishing: None,
                     },
                 );
             }
@@ -425,6 +485,16 @@ impl Writer {
                     let _ = done.send(Ok(()));
                 }
             },
+            Msg::Finish { job, done } => match self.jobs.get_mut(&job) {
+                Some(state) => {
+                    state.finishing = Some(done);
+                    self.try_finish(job);
+                }
+                // Not streamed: nothing to carry.
+                None => {
+                    let _ = done.send(Ok(Vec::new()));
+                }
+            },
             Msg::Close(job) => {
                 if let Some(mut state) = self.jobs.remove(&job) {
                     state.fail_waiters(&DeltaFailure {
@@ -434,6 +504,46 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Hand a finishing job's waiting rows over, unless a flush carrying earlier rows
+    /// of it is in flight (it is called again when that lands) or there are too many
+    /// rows to carry (they are flushed now, and the job finishes with none).
+    fn try_finish(&mut self, job: Uuid) {
+        let in_flight = self
+            .batch
+            .as_ref()
+            .is_some_and(|b| b.marks.iter().any(|(j, _)| *j == job));
+        let Some(state) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        if state.finishing.is_none() || in_flight {
+            return;
+        }
+        let bytes: usize = state.pending.iter().map(|p| p.text.len() + 200).sum();
+        if state.pending.len() > MAX_ROWS_PER_CALL || bytes > MAX_BYTES_PER_CALL {
+            self.due = Some(Instant::now());
+            return;
+        }
+        let Some(mut state) = self.jobs.remove(&job) else {
+            return;
+        };
+        let pending = std::mem::take(&mut state.pending);
+        let rows: Vec<DeltaRow> = pending.into_iter().map(|p| state.row(job, p)).collect();
+        let done = state.finishing.take();
+        state.fail_waiters(&DeltaFailure {
+            lease_lost: false,
+            message: "the job's run ended".into(),
+        });
+        if let Some(done) = done {
+            let _ = done.send(Ok(rows));
+        }
+        self.pending_bytes = self
+            .jobs
+            .values()
+            .flat_map(|s| s.pending.iter())
+            .map(|p| p.text.len())
+            .sum();
     }
 
     /// Start a flush when one is due (or enough bytes wait) and none is in flight.
@@ -498,21 +608,10 @@ impl Writer {
                 continue;
             }
             let mut upto = state.durable;
-            for p in state.pending.drain(..take) {
+            let taken: Vec<Pending> = state.pending.drain(..take).collect();
+            for p in taken {
                 upto = upto.max(p.upto);
-                rows.push(DeltaRow {
-                    job_id: *job,
-                    lease: state.lease,
-                    seq: state.next_seq,
-                    step_id: p.step_id.to_string(),
-                    item_index: p.item_index,
-                    kind: p.kind,
-                    attempt: p.attempt,
-                    run: state.run,
-                    text: p.text,
-                    meta: p.meta,
-                });
-                state.next_seq += 1;
+                rows.push(state.row(*job, p));
             }
             marks.push((*job, upto));
         }
@@ -556,15 +655,18 @@ impl Writer {
                         state.signals.cancel.cancel();
                     }
                 }
-                for (job, upto) in batch.marks {
-                    if let Some(state) = self.jobs.get_mut(&job) {
-                        state.durable = state.durable.max(upto);
+                for (job, upto) in &batch.marks {
+                    if let Some(state) = self.jobs.get_mut(job) {
+                        state.durable = state.durable.max(*upto);
                         if state.pending.is_empty() {
                             // Pushes that added no row (empty deltas) are stored too.
                             state.durable = state.pushed;
                         }
                         state.resolve();
                     }
+                }
+                for (job, _) in &batch.marks {
+                    self.try_finish(*job);
                 }
             }
             Err(e) => {
@@ -608,6 +710,7 @@ mod tests {
             pushed: 0,
             durable: 0,
             waiters: Vec::new(),
+            finishing: None,
         }
     }
 

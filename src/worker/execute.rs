@@ -13,7 +13,7 @@ use crate::providers::{
     call_with_fallbacks, call_with_fallbacks_streaming, CallPolicy, ChatRequest, StreamOptions,
     Usage,
 };
-use crate::queue::{ClaimedJob, StepWrite};
+use crate::queue::{ClaimedJob, DeltaRow, StepWrite};
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -94,8 +94,9 @@ struct Run<'a> {
     restarts: HashSet<(String, i32)>,
 }
 
-/// A finished run: the book, the final progress and the records held for completion.
-type Finished = (Value, Value, Vec<StepWrite>);
+/// A finished run: the book, the final progress, the records held for completion and
+/// the streamed rows not flushed yet (both stored by `job_complete`).
+type Finished = (Value, Value, Vec<StepWrite>, Vec<DeltaRow>);
 
 impl Worker {
     pub(super) async fn execute(self: Arc<Self>, job: ClaimedJob) {
@@ -168,10 +169,17 @@ impl Worker {
     async fn finish(&self, job: &ClaimedJob, outcome: Result<Finished, Stop>) {
         let m = &self.metrics;
         let result = match outcome {
-            Ok((result, progress, held)) => {
+            Ok((result, progress, held, deltas)) => {
                 let r = self
                     .queue
-                    .complete(job.id, job.lease_token, &result, Some(&progress), &held)
+                    .complete(
+                        job.id,
+                        job.lease_token,
+                        &result,
+                        Some(&progress),
+                        &held,
+                        &deltas,
+                    )
                     .await;
                 if r.is_ok() {
                     m.jobs_finished.with_label_values(&["succeeded"]).inc();
@@ -302,12 +310,18 @@ impl Worker {
             .lock()
             .map(|h| h.clone())
             .map_err(|_| Stop::Transient("the held step records were poisoned".into()))?;
-        // Every streamed delta is stored before job_complete saves the last records.
-        deltas::wait(self.deltas.barrier(job.id)).await?;
         // Records the writer could not save go first, then the last step's.
         let mut records = run.writes.finish().await?;
         records.extend(held);
-        Ok((assemble(&job.input, &order, &outputs), progress, records))
+        // The streamed rows not stored yet go with them: job_complete stores the job's
+        // last text, its last records and its success in one transaction.
+        let last = deltas::last_rows(self.deltas.finish(job.id)).await?;
+        Ok((
+            assemble(&job.input, &order, &outputs),
+            progress,
+            records,
+            last,
+        ))
     }
 }
 

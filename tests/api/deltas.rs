@@ -368,6 +368,34 @@ async fn delta_append_fences_leases_is_idempotent_and_retention_deletes_finished
         .expect("append after cancel");
     assert_eq!(flushed.cancel, vec![j1.id]);
 
+    // job_complete stores a job's last rows with its success (sql/V13), and only its own.
+    let e = queue
+        .complete(
+            j2.id,
+            j2.lease_token,
+            &json!({}),
+            None,
+            &[],
+            &[row(j1, 6, "delta", "x")],
+        )
+        .await
+        .expect_err("another job's rows");
+    assert_eq!(e.code, "invalid_request");
+    queue
+        .complete(
+            j2.id,
+            j2.lease_token,
+            &json!({"book": "two"}),
+            None,
+            &[],
+            &[row(j2, 2, "delta", "last words")],
+        )
+        .await
+        .expect("complete with deltas");
+    let last = deltas(&app, &pro.token, &j2.id.to_string()).await;
+    assert_eq!(last.len(), 2, "{last:?}");
+    assert_eq!(last[1]["text"], "last words");
+
     // Retention: finished long enough ago -> deleted; recent or running -> kept.
     queue
         .cancelled(j1.id, j1.lease_token)
@@ -388,7 +416,7 @@ async fn delta_append_fences_leases_is_idempotent_and_retention_deletes_finished
     assert!(deltas(&app, &pro.token, &j1.id.to_string())
         .await
         .is_empty());
-    assert_eq!(deltas(&app, &pro.token, &j2.id.to_string()).await.len(), 1);
+    assert_eq!(deltas(&app, &pro.token, &j2.id.to_string()).await.len(), 2);
     let _ = (a, b);
 }
 

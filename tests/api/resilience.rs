@@ -169,6 +169,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_complete_or_overwrite() {
                     &json!({"book": "stale"}),
                     None,
                     std::slice::from_ref(&step),
+                    &[],
                 )
                 .await
                 .err(),
@@ -204,7 +205,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_complete_or_overwrite() {
         "a succeeded step was overwritten"
     );
     queue
-        .complete(id, fresh, &json!({"book": "ok"}), None, &[again])
+        .complete(id, fresh, &json!({"book": "ok"}), None, &[again], &[])
         .await
         .unwrap();
     let steps = queue.steps(id).await.unwrap();
