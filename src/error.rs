@@ -72,7 +72,7 @@ pub mod codes {
     pub const INTERNAL: &str = "internal_error";
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Error {
     pub kind: Kind,
     pub code: &'static str,

@@ -132,26 +132,6 @@ pub async fn read(
     Ok(all)
 }
 
-/// The highest `seq` stored for the job (0 when none): where a new shared reader starts.
-pub async fn head(rest: &Rest, token: &Secret, job: Uuid) -> Result<i64> {
-    Metrics::global()
-        .stream_reads
-        .with_label_values(&["head"])
-        .inc();
-    let builder = rest
-        .table(&Caller::User(token.clone()), "generation_deltas")?
-        .select("seq")
-        .eq("job_id", job.to_string())
-        .order("seq.desc")
-        .limit(1);
-    #[derive(Deserialize)]
-    struct Seq {
-        seq: i64,
-    }
-    let rows: Vec<Seq> = rest.send(builder).await?;
-    Ok(rows.first().map(|r| r.seq).unwrap_or(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

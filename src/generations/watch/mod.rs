@@ -11,15 +11,22 @@
 //!
 //! RLS still decides: the reader reads with its user's own token (the freshest
 //! unexpired one among that user's viewers, which all share one identity), never the
-//! service role. A new viewer is authorised with its own token (one read) before it
-//! joins. Each viewer ends with `token_expired` when its own token expires, and all
-//! end with `generation_not_found` when the job is no longer visible.
+//! service role. A new viewer is authorised before it joins: by one read with its own
+//! token, shared by the viewers of the same user who join at the same moment, or
+//! without a read when the user's reader saw the job within the last two light
+//! intervals (RLS answers by user and role, and the service verified this token as
+//! that user's `authenticated` token). Each viewer ends with `token_expired` when its
+//! own token expires, and all end with `generation_not_found` when the job is no
+//! longer visible.
 //!
 //! Events are fanned out over a broadcast channel of pre-serialised updates with a
 //! sequence number; a viewer that falls behind skips to the latest snapshot. Text
 //! rows are never skipped: each batch says after which `seq` it starts, and a viewer
 //! whose own position is earlier (it resumed with `Last-Event-ID`, joined between two
-//! reads, or fell behind) reads the missing rows itself, with its own token, first.
+//! reads, or fell behind) gets the missing rows first: from the reader's memory of the
+//! job's text (all of it from its first read, up to [`HISTORY_BYTES`]), or, for what
+//! that does not hold, by reading them itself with its own token. So a viewer who
+//! joins or reconnects costs no PostgREST read while its user's reader runs.
 
 pub mod deltas;
 pub mod listen;
@@ -33,12 +40,13 @@ use crate::metrics::Metrics;
 use crate::rest::{Caller, Rest};
 use crate::secret::Secret;
 use deltas::DeltaEvent;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -96,6 +104,14 @@ const RETRY_AFTER_SECS: u64 = 5;
 /// Updates a viewer may fall behind before it skips to the latest snapshot.
 const CHANNEL_CAPACITY: usize = 64;
 
+/// Text a reader keeps for joining and resuming viewers; older rows are read from the
+/// table by the viewer who needs them.
+pub const HISTORY_BYTES: usize = 8 << 20;
+
+/// How long a joining viewer waits for a new reader's first round before it reads
+/// what was written so far itself.
+const FIRST_ROUND_WAIT: Duration = Duration::from_secs(5);
+
 /// One update for every viewer of a job, serialised once.
 #[derive(Debug)]
 pub struct Update {
@@ -150,6 +166,10 @@ impl Drop for HubInner {
     }
 }
 
+/// An authorising read several joining viewers wait for: visible or not, or the
+/// read's failure (each waiter then reads with its own token).
+type Authorising = Shared<BoxFuture<'static, Result<bool, Arc<Error>>>>;
+
 #[derive(Default)]
 struct HubState {
     // Ordered by job first, so the readers of one job are one range (LISTEN wake-ups).
@@ -157,6 +177,8 @@ struct HubState {
     per_user: HashMap<Uuid, u32>,
     per_job: HashMap<Uuid, u32>,
     next_viewer: u64,
+    /// The authorising read in flight per (job, user), with the viewer id that began it.
+    authorising: HashMap<(Uuid, Uuid), (u64, Authorising)>,
 }
 
 /// What one reader shares with its viewers.
@@ -166,6 +188,8 @@ struct Reader {
     shared: Mutex<ReaderShared>,
     /// Rung when a write of this job's text was announced (LISTEN).
     wake: Notify,
+    /// Rounds of reads done (a joining viewer waits for the first).
+    rounds: watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -175,6 +199,73 @@ struct ReaderShared {
     next_seq: u64,
     /// Each viewer's token and its expiry (unix seconds).
     tokens: HashMap<u64, (i64, Secret)>,
+    /// When a read of the reader last found the job visible to its user.
+    visible_at: Option<Instant>,
+    /// The job's text rows the reader has published.
+    history: History,
+}
+
+/// The text rows a reader published, contiguous: every row with `from < seq <= upto`
+/// (once `ready`, i.e. after its first read, which starts at the beginning).
+#[derive(Default)]
+struct History {
+    ready: bool,
+    from: i64,
+    upto: i64,
+    rows: VecDeque<Arc<DeltaEvent>>,
+    bytes: usize,
+}
+
+impl History {
+    /// Add a published batch: the rows with `after < seq <= upto`.
+    fn add(&mut self, after: i64, upto: i64, events: &[Arc<DeltaEvent>]) {
+        if !self.ready && after != 0 {
+            return;
+        }
+        if !self.ready || after > self.upto {
+            // The first read, or (not expected) a gap: start over at `after`.
+            self.rows.clear();
+            self.bytes = 0;
+            self.from = after;
+            self.upto = after;
+            self.ready = true;
+        }
+        for e in events {
+            if e.seq > self.upto {
+                self.bytes += e.data.len();
+                self.upto = e.seq;
+                self.rows.push_back(e.clone());
+            }
+        }
+        self.upto = self.upto.max(upto);
+        while self.bytes > HISTORY_BYTES {
+            match self.rows.pop_front() {
+                Some(old) => {
+                    self.bytes -= old.data.len();
+                    self.from = old.seq;
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// The rows with `after < seq <= upto` (no upper bound: `None`) and how far they
+    /// go, when this history holds everything from `after`; `None` when it does not.
+    fn rows_after(&self, after: i64, upto: Option<i64>) -> Option<(Vec<Arc<DeltaEvent>>, i64)> {
+        if !self.ready || after < self.from {
+            return None;
+        }
+        let end = upto.map_or(self.upto, |u| u.min(self.upto));
+        let start = self.rows.partition_point(|e| e.seq <= after);
+        let rows: Vec<_> = self
+            .rows
+            .iter()
+            .skip(start)
+            .take_while(|e| e.seq <= end)
+            .cloned()
+            .collect();
+        Some((rows, end.max(after)))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -203,6 +294,14 @@ impl Reader {
     fn send(&self, body: Body) {
         let update = {
             let mut shared = lock(&self.shared);
+            if let Body::Deltas {
+                after,
+                upto,
+                events,
+            } = &body
+            {
+                shared.history.add(*after, *upto, events);
+            }
             shared.next_seq += 1;
             let update = Arc::new(Update {
                 seq: shared.next_seq,
@@ -293,25 +392,62 @@ impl WatchHub {
         after: i64,
     ) -> Result<Viewer> {
         let slot = self.reserve(job, user)?;
-        // Authorise with the viewer's own token: one light read, whatever the reader holds.
-        Metrics::global()
-            .stream_reads
-            .with_label_values(&["join"])
-            .inc();
-        let builder = self
-            .inner
-            .rest
-            .rpc(
-                &Caller::User(token.clone()),
-                "generation_get",
-                &json!({ "job_id": job }),
-            )?
-            .select("id");
-        let rows: Vec<serde_json::Value> = self.inner.rest.send(builder).await?;
-        if rows.is_empty() {
-            return Err(not_found(job));
-        }
+        self.authorise(job, user, &token).await?;
         Ok(self.join(slot, token, exp, after.max(0)))
+    }
+
+    /// May `user` (whose token this is, verified) see `job`? Vouched for by the user's
+    /// reader when it saw the job lately; otherwise one read, shared with the viewers
+    /// of the same user joining at the same moment.
+    async fn authorise(&self, job: Uuid, user: Uuid, token: &Secret) -> Result<()> {
+        let key = (job, user);
+        let fresh = Duration::from_millis(self.inner.config.stream_poll_ms.saturating_mul(2));
+        let (mine, read) = {
+            let mut state = lock(&self.inner.state);
+            let vouched = state.readers.get(&key).is_some_and(|r| {
+                lock(&r.shared)
+                    .visible_at
+                    .is_some_and(|at| at.elapsed() <= fresh)
+            });
+            if vouched {
+                return Ok(());
+            }
+            state.next_viewer += 1;
+            let id = state.next_viewer;
+            let rest = self.inner.rest.clone();
+            let caller = Caller::User(token.clone());
+            let (owner, read) = state
+                .authorising
+                .entry(key)
+                .or_insert_with(|| {
+                    let read = async move { visible(&rest, &caller, job).await.map_err(Arc::new) };
+                    (id, read.boxed().shared())
+                })
+                .clone();
+            (owner == id, (owner, read))
+        };
+        let (owner, read) = read;
+        let outcome = read.await;
+        {
+            let mut state = lock(&self.inner.state);
+            if state
+                .authorising
+                .get(&key)
+                .is_some_and(|(o, _)| *o == owner)
+            {
+                state.authorising.remove(&key);
+            }
+        }
+        match outcome {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(not_found(job)),
+            Err(e) if mine => Err(e.as_ref().clone()),
+            // Another viewer's read failed (its token, a hiccup): this one reads itself.
+            Err(_) => match visible(&self.inner.rest, &Caller::User(token.clone()), job).await? {
+                true => Ok(()),
+                false => Err(not_found(job)),
+            },
+        }
     }
 
     fn reserve(&self, job: Uuid, user: Uuid) -> Result<Slot> {
@@ -356,6 +492,7 @@ impl WatchHub {
                     tx,
                     shared: Mutex::new(ReaderShared::default()),
                     wake: Notify::new(),
+                    rounds: watch::Sender::new(0),
                 });
                 state.readers.insert(key, r.clone());
                 (r, true)
@@ -410,6 +547,19 @@ impl HubInner {
             reader.wake.notify_one();
         }
     }
+}
+
+/// The authorising read: can this caller see the job? (One light read.)
+async fn visible(rest: &Rest, caller: &Caller, job: Uuid) -> Result<bool> {
+    Metrics::global()
+        .stream_reads
+        .with_label_values(&["join"])
+        .inc();
+    let builder = rest
+        .rpc(caller, "generation_get", &json!({ "job_id": job }))?
+        .select("id");
+    let rows: Vec<serde_json::Value> = rest.send(builder).await?;
+    Ok(!rows.is_empty())
 }
 
 fn not_found(id: Uuid) -> Error {

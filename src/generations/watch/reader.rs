@@ -75,8 +75,9 @@ pub(super) async fn run_reader(hub: Arc<HubInner>, key: (Uuid, Uuid), reader: Ar
     let mut seen: Option<bytes::Bytes> = None;
     let mut failing: Option<&'static str> = None;
     let mut running = false;
-    // The last text row published (None until the first read: it starts at the head).
-    let mut cursor: Option<i64> = None;
+    // The last text row published (the first read starts at the beginning, so the
+    // reader holds the job's text for the viewers who join later).
+    let mut cursor: i64 = 0;
     loop {
         let polling = running && !hub.listening.load(Ordering::Relaxed);
         let until = if polling {
@@ -101,7 +102,9 @@ pub(super) async fn run_reader(hub: Arc<HubInner>, key: (Uuid, Uuid), reader: Ar
         let mut outcome: Result<()> = Ok(());
         if now >= next_light {
             next_light = now + poll;
-            outcome = match read_light(&rest, &token, reader.job).await {
+            let light = read_light(&rest, &token, reader.job).await;
+            lock(&reader.shared).visible_at = matches!(light, Ok(Some(_))).then(Instant::now);
+            outcome = match light {
                 Ok(Some(fp)) if seen.as_ref() == Some(&fp) => Ok(()),
                 Ok(Some(fp)) => match read_full(&rest, &token, reader.job).await {
                     Ok(Some(detail)) => {
@@ -130,9 +133,10 @@ pub(super) async fn run_reader(hub: Arc<HubInner>, key: (Uuid, Uuid), reader: Ar
         let finished = snapshot.as_ref().is_some_and(|s| s.finished);
         if outcome.is_ok() && (running || finished) {
             next_delta = now + delta_poll;
+            let first = !lock(&reader.shared).history.ready;
             match read_deltas(&rest, &token, reader.job, &mut cursor).await {
-                // The head is published too: viewers behind it read up to it themselves.
-                Ok(batch) if !batch.events.is_empty() || batch.head || finished => {
+                // The first read is published even when empty: it makes the history.
+                Ok(batch) if !batch.events.is_empty() || first || finished => {
                     reader.send(Body::Deltas {
                         after: batch.after,
                         upto: batch.upto,
@@ -143,6 +147,7 @@ pub(super) async fn run_reader(hub: Arc<HubInner>, key: (Uuid, Uuid), reader: Ar
                 Err(e) => outcome = Err(e),
             }
         }
+        reader.rounds.send_modify(|n| *n += 1);
         match outcome {
             Ok(()) => {
                 failing = None;
@@ -171,6 +176,7 @@ pub(super) async fn run_reader(hub: Arc<HubInner>, key: (Uuid, Uuid), reader: Ar
             }
         }
     }
+    reader.rounds.send_modify(|n| *n += 1);
     let mut state = lock(&hub.state);
     if state
         .readers
@@ -182,36 +188,18 @@ pub(super) async fn run_reader(hub: Arc<HubInner>, key: (Uuid, Uuid), reader: Ar
 }
 
 struct Batch {
-    /// Only the head was read (the reader's first read).
-    head: bool,
     after: i64,
     upto: i64,
     events: Vec<Arc<DeltaEvent>>,
 }
 
-/// The reader's read of new text: rows after `cursor`, which moves past them. The
-/// first read only finds the head (viewers read what came before it themselves).
-async fn read_deltas(
-    rest: &Rest,
-    token: &Secret,
-    job: Uuid,
-    cursor: &mut Option<i64>,
-) -> Result<Batch> {
-    let Some(after) = *cursor else {
-        let head = deltas::head(rest, token, job).await?;
-        *cursor = Some(head);
-        return Ok(Batch {
-            head: true,
-            after: head,
-            upto: head,
-            events: Vec::new(),
-        });
-    };
+/// The reader's read of new text: rows after `cursor`, which moves past them.
+async fn read_deltas(rest: &Rest, token: &Secret, job: Uuid, cursor: &mut i64) -> Result<Batch> {
+    let after = *cursor;
     let events = deltas::read(rest, token, job, after, None, "deltas").await?;
     let upto = events.last().map(|e| e.seq).unwrap_or(after);
-    *cursor = Some(upto);
+    *cursor = upto;
     Ok(Batch {
-        head: false,
         after,
         upto,
         events,

@@ -1,7 +1,7 @@
 //! One open event stream: what it sends, in order, with no gap in the text rows.
 
 use super::deltas::{self, DeltaEvent};
-use super::{lock, Body, Reader, Slot, Update};
+use super::{lock, Body, Reader, Slot, Update, FIRST_ROUND_WAIT};
 use crate::error::{codes, Result};
 use crate::rest::Rest;
 use crate::secret::Secret;
@@ -79,8 +79,16 @@ impl Drop for Viewer {
 }
 
 impl Viewer {
-    /// The viewer's own read of the rows `after < seq <= upto`.
+    /// The rows `after < seq <= upto` this viewer lacks: from the reader's memory when
+    /// it holds them (rows after what it holds reach this viewer in the reader's next
+    /// batches, to which it subscribed before asking), else by its own read.
     async fn replay(&self, after: i64, upto: Option<i64>) -> Result<Vec<Arc<DeltaEvent>>> {
+        let held = lock(&self.reader.shared).history.rows_after(after, upto);
+        match (held, upto) {
+            (Some((rows, _)), None) => return Ok(rows),
+            (Some((rows, reached)), Some(upto)) if reached >= upto => return Ok(rows),
+            _ => {}
+        }
         deltas::read(
             &self.rest,
             &self.token,
@@ -112,7 +120,12 @@ impl Viewer {
                     yield Sent::Snapshot(u);
                 }
             }
-            // The text written before this viewer came (or since its Last-Event-ID).
+            // The text written before this viewer came (or since its Last-Event-ID):
+            // a new reader's first read brings it, so wait for that round first.
+            if !lock(&self.reader.shared).history.ready {
+                let mut rounds = self.reader.rounds.subscribe();
+                let _ = tokio::time::timeout(FIRST_ROUND_WAIT, rounds.wait_for(|n| *n > 0)).await;
+            }
             match self.replay(cursor, None).await {
                 Ok(rows) => {
                     for r in rows {

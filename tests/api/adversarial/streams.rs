@@ -42,8 +42,9 @@ fn kind_of(path_and_query: &str) -> &'static str {
         "/rpc/generation_get" if select == "id" => "join",
         // A full read is the job and its steps (two calls, only when something moved).
         "/rpc/generation_get" | "/rpc/generation_steps_of" => "full",
-        // Text rows (#14): the reader's first read finds the head; then new rows each
-        // delta interval while the job runs, and each viewer's own replay when it joins.
+        // Text rows (#14): the reader's reads (from the beginning, then new rows each
+        // delta interval while the job runs), and a viewer's own replay of rows the
+        // reader no longer holds.
         "/generation_deltas" if select == "seq" => "head",
         "/generation_deltas" => "deltas",
         _ => "other",
@@ -575,10 +576,11 @@ async fn two_hundred_viewers_of_one_running_job_cost_the_reads_of_one() {
         0,
         "nothing changed, nothing re-read"
     );
-    assert_eq!(
-        n(&joining, "join"),
-        VIEWERS as u64,
-        "one authorising read per viewer"
+    // Joining together, the viewers share authorising reads (and once the reader has
+    // seen the job, it vouches for its user's next viewers): not one read each.
+    assert!(
+        n(&joining, "join") >= 1 && n(&joining, "join") <= 20,
+        "authorising reads are shared: {joining:?}"
     );
     assert!(n(&joining, "full") <= 2, "{joining:?}");
     assert_eq!(
@@ -586,8 +588,8 @@ async fn two_hundred_viewers_of_one_running_job_cost_the_reads_of_one() {
         2,
         "one change, one read (job + steps) for all: {changed:?}"
     );
-    // Text rows: the reader's reads do not grow with the viewers either; a joining
-    // viewer reads what was written before it once (its replay).
+    // Text rows: the reader's reads do not grow with the viewers either, and a joining
+    // viewer gets what was written before it from the reader's memory, not a read.
     assert!(
         n(&single, "deltas") >= 10,
         "a running job's text is polled: {single:?}"
@@ -597,8 +599,8 @@ async fn two_hundred_viewers_of_one_running_job_cost_the_reads_of_one() {
         "200 viewers read more text than one: {many:?} vs {single:?}"
     );
     assert!(
-        n(&joining, "deltas") <= VIEWERS as u64 + n(&single, "deltas"),
-        "one replay per joining viewer: {joining:?}"
+        n(&joining, "deltas") <= n(&single, "deltas") + 20,
+        "joining viewers are not a read each: {joining:?}"
     );
     assert_eq!(n(&many, "other") + n(&changed, "other"), 0);
 }
