@@ -14,11 +14,19 @@ use super::shape::{RawFlow, RawStep, CONFIG_KEYS};
 use super::template::{self, ITEM_VARS, ROOT_INPUT, ROOT_STEPS};
 use super::PROVIDERS;
 
+// The limits of a flow document. docs/flow.schema.json states each of them again for
+// editors; `tests::the_json_schema_states_the_same_limits` holds the two together.
 pub(crate) const MAX_STEPS: usize = 100;
 pub(crate) const MAX_FALLBACKS: usize = 5;
-const MAX_NAME_CHARS: usize = 200;
-const MAX_ID_CHARS: usize = 64;
-const FLOW_TYPES: &[&str] = &["full", "streamlined"];
+pub(crate) const MAX_NAME_CHARS: usize = 200;
+pub(crate) const MAX_ID_CHARS: usize = 64;
+pub(crate) const FLOW_TYPES: &[&str] = &["full", "streamlined"];
+pub(crate) const EXECUTION_MODES: &[&str] = &["sequential", "parallel"];
+pub(crate) const OUTPUT_KINDS: &[&str] = &["text", "json"];
+pub(crate) const TEMPERATURE: (f64, f64) = (0.0, 2.0);
+pub(crate) const MAX_TOKENS: (u64, u64) = (1, 200_000);
+pub(crate) const TIMEOUT_S: (u64, u64) = (1, 900);
+pub(crate) const RETRIES: (u64, u64) = (0, 10);
 
 pub(crate) fn build(raw: &RawFlow<'_>) -> Result<Flow, Vec<Issue>> {
     let mut issues = Vec::new();
@@ -39,7 +47,7 @@ pub(crate) fn build(raw: &RawFlow<'_>) -> Result<Flow, Vec<Issue>> {
                 "execution_mode",
                 "execution mode",
                 s,
-                &["sequential", "parallel"],
+                EXECUTION_MODES,
             ));
             ExecutionMode::Sequential
         }),
@@ -287,11 +295,14 @@ fn build_step(
     let temperature = get("temperature").and_then(|v| {
         let t = v
             .as_f64()
-            .filter(|t| t.is_finite() && (0.0..=2.0).contains(t));
+            .filter(|t| t.is_finite() && (TEMPERATURE.0..=TEMPERATURE.1).contains(t));
         if t.is_none() {
             issues.push(out_of_range(
                 &at("temperature"),
-                "temperature must be a number from 0 to 2",
+                &format!(
+                    "temperature must be a number from {} to {}",
+                    TEMPERATURE.0, TEMPERATURE.1
+                ),
                 id,
             ));
         }
@@ -299,8 +310,8 @@ fn build_step(
     });
     let max_tokens = int_setting(
         get("max_tokens"),
-        1,
-        200_000,
+        MAX_TOKENS.0,
+        MAX_TOKENS.1,
         &at("max_tokens"),
         "max_tokens",
         id,
@@ -309,23 +320,30 @@ fn build_step(
     .and_then(|n| u32::try_from(n).ok());
     let timeout_s = int_setting(
         get("timeout_s"),
-        1,
-        900,
+        TIMEOUT_S.0,
+        TIMEOUT_S.1,
         &at("timeout_s"),
         "timeout_s",
         id,
         issues,
     );
-    let retries = int_setting(get("retries"), 0, 10, &at("retries"), "retries", id, issues)
-        .and_then(|n| u32::try_from(n).ok());
+    let retries = int_setting(
+        get("retries"),
+        RETRIES.0,
+        RETRIES.1,
+        &at("retries"),
+        "retries",
+        id,
+        issues,
+    )
+    .and_then(|n| u32::try_from(n).ok());
 
     let output = match text("output").as_deref() {
         None | Some("text") => OutputKind::Text,
         Some("json") => OutputKind::Json,
         Some(other) => {
             issues.push(
-                invalid_value(&at("output"), "output", other, &["text", "json"])
-                    .with("step_id", id),
+                invalid_value(&at("output"), "output", other, OUTPUT_KINDS).with("step_id", id),
             );
             OutputKind::Text
         }
@@ -730,6 +748,70 @@ fn edit_distance(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
     use crate::error::codes::INVALID_FLOW;
+
+    /// docs/flow.schema.json repeats the limits for editors: it must say what the
+    /// checker enforces.
+    #[test]
+    fn the_json_schema_states_the_same_limits() {
+        let schema: Value =
+            serde_json::from_str(include_str!("../../docs/flow.schema.json")).expect("schema");
+        let at = |path: &str| {
+            schema
+                .pointer(path)
+                .cloned()
+                .unwrap_or_else(|| panic!("{path} not in the schema"))
+        };
+        let words = |path: &str| -> Vec<String> {
+            at(path)
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        };
+        let owned = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let tiers: Vec<&str> = Tier::ALL.iter().map(|t| t.as_str()).collect();
+        assert_eq!(words("/properties/type/enum"), owned(FLOW_TYPES));
+        assert_eq!(
+            words("/properties/execution_mode/enum"),
+            owned(EXECUTION_MODES)
+        );
+        assert_eq!(words("/properties/tier/enum"), owned(&tiers));
+        assert_eq!(words("/$defs/provider/enum"), owned(PROVIDERS));
+        let cfg = "/$defs/configuration/properties";
+        assert_eq!(words(&format!("{cfg}/output/enum")), owned(OUTPUT_KINDS));
+        assert_eq!(at("/properties/steps/maxItems"), json!(MAX_STEPS));
+        assert_eq!(at("/properties/name/maxLength"), json!(MAX_NAME_CHARS));
+        assert_eq!(
+            at("/$defs/step/properties/name/maxLength"),
+            json!(MAX_NAME_CHARS)
+        );
+        assert_eq!(
+            at(&format!("{cfg}/fallbacks/maxItems")),
+            json!(MAX_FALLBACKS)
+        );
+        let range = |key: &str| {
+            (
+                at(&format!("{cfg}/{key}/minimum")),
+                at(&format!("{cfg}/{key}/maximum")),
+            )
+        };
+        let (lo, hi) = range("temperature");
+        assert_eq!(
+            (lo.as_f64(), hi.as_f64()),
+            (Some(TEMPERATURE.0), Some(TEMPERATURE.1))
+        );
+        assert_eq!(
+            range("max_tokens"),
+            (json!(MAX_TOKENS.0), json!(MAX_TOKENS.1))
+        );
+        assert_eq!(range("timeout_s"), (json!(TIMEOUT_S.0), json!(TIMEOUT_S.1)));
+        assert_eq!(range("retries"), (json!(RETRIES.0), json!(RETRIES.1)));
+        assert_eq!(
+            at("/$defs/stepId/pattern"),
+            json!(format!("^[a-z][a-z0-9_-]{{0,{}}}$", MAX_ID_CHARS - 1))
+        );
+    }
     use crate::flow::parse_flow;
     use crate::flow::test_support::{flow, has, refused, step};
     use serde_json::json;

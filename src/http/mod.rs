@@ -3,6 +3,8 @@
 //! tests can bind port 0.
 
 mod admin;
+#[cfg(test)]
+mod agreement;
 mod assignments;
 mod engines;
 pub mod error;
