@@ -111,12 +111,17 @@ pub fn dev_users_from(file: Option<&str>, secret: Option<&str>) -> Result<Vec<De
             "seeded users are offered on the local development stack only",
         )));
     };
+    // The caller learns which setting to fix; the file's path and the parser's
+    // words stay in the service's log.
     let misconfigured = |why: String| {
-        ApiError(Error::new(
-            Kind::Internal,
-            codes::CONFIG_INVALID,
-            format!("{DEV_USERS_ENV}: {why}"),
-        ))
+        ApiError(
+            Error::new(
+                Kind::Internal,
+                codes::CONFIG_INVALID,
+                format!("{DEV_USERS_ENV} names a seeded-users file that cannot be used; see the service's log"),
+            )
+            .with_internal(why),
+        )
     };
     let text = std::fs::read_to_string(file)
         .map_err(|e| misconfigured(format!("cannot read {file}: {e}")))?;
@@ -282,6 +287,10 @@ mod tests {
         let err = err.expect("refused");
         assert_eq!(err.code, codes::CONFIG_INVALID);
         assert!(err.message.contains(DEV_USERS_ENV), "{}", err.message);
+        // The path is for the log, not for whoever called.
+        let path = file.to_string_lossy();
+        assert!(!err.message.contains(path.as_ref()), "{}", err.message);
+        assert!(err.internal.is_some_and(|i| i.contains(path.as_ref())));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -73,7 +73,8 @@ fn backoff(policy: &CallPolicy, attempt: u32, retry_after: Option<Duration>) -> 
     }
     let exp = policy.base_backoff.saturating_mul(1u32 << attempt.min(16));
     let capped = exp.min(policy.max_backoff);
-    // Full jitter in [50%, 100%] so retries of many calls do not line up.
+    // "Equal jitter" (half fixed, half random: [50%, 100%] of the backoff) so retries
+    // of many calls do not line up, while none comes sooner than half the backoff.
     capped.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
 }
 

@@ -197,6 +197,16 @@ fn sql_code(details: Option<&str>) -> Option<&'static str> {
     KNOWN.iter().copied().find(|k| *k == d)
 }
 
+/// The wait in a rate-limit hint, which our SQL (sql/V4) writes as exactly
+/// "Try again in N seconds."; any other hint gives none (the caller's default).
+fn retry_after_of(hint: &str) -> Option<u64> {
+    hint.trim()
+        .strip_prefix("Try again in ")?
+        .strip_suffix(" seconds.")?
+        .parse()
+        .ok()
+}
+
 fn map_error(status: u16, err: PgrstError) -> Error {
     let pg_code = err.code.clone().unwrap_or_default();
     let message = err
@@ -223,12 +233,7 @@ fn map_error(status: u16, err: PgrstError) -> Error {
         };
         let mut e = Error::new(kind, code, message).with_internal(internal);
         if kind == Kind::RateLimited {
-            // Our SQL says "Try again in N seconds."
-            let secs = err
-                .hint
-                .as_deref()
-                .and_then(|h| h.split_whitespace().find_map(|w| w.parse::<u64>().ok()))
-                .unwrap_or(30);
+            let secs = err.hint.as_deref().and_then(retry_after_of).unwrap_or(30);
             e = e.with_retry_after(secs);
         }
         if let Some(hint) = err.hint {
@@ -280,4 +285,19 @@ fn map_error(status: u16, err: PgrstError) -> Error {
         _ => Error::internal("unexpected PostgREST error"),
     };
     e.with_internal(internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_after_of;
+
+    #[test]
+    fn retry_after_comes_only_from_the_sql_hint_form() {
+        assert_eq!(retry_after_of("Try again in 12 seconds."), Some(12));
+        assert_eq!(retry_after_of("Try again in 30 seconds."), Some(30));
+        // Not a number picked out of any text.
+        assert_eq!(retry_after_of("Try again in a few seconds."), None);
+        assert_eq!(retry_after_of("limit 5 per 60 seconds"), None);
+        assert_eq!(retry_after_of("Try again in -3 seconds."), None);
+    }
 }
