@@ -51,7 +51,7 @@ async fn run() -> Res<()> {
         )
         .await?;
 
-    let port = bookengine::local::free_port()?;
+    let port = bookengine::devstack::free_port()?;
     let mut env = stack.child_env();
     env.extend([
         ("BOOKENGINE_ADDR".to_owned(), format!("127.0.0.1:{port}")),

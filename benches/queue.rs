@@ -399,7 +399,7 @@ async fn raw_rpc(ctx: &Ctx, n: usize, limit: Duration) -> (Stats, Stats) {
 
 async fn webhook_latency(ctx: &Ctx, samples: usize) -> Res<(Stats, Stats, f64)> {
     ctx.reset_jobs().await?;
-    let port = bookengine::local::free_port()?;
+    let port = bookengine::devstack::free_port()?;
     let mut env = ctx.worker_env(&ctx.stack.rest_url, "bench-serve", 600_000);
     env.extend([
         ("BOOKENGINE_ADDR".to_owned(), format!("127.0.0.1:{port}")),

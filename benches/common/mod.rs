@@ -7,7 +7,7 @@
 
 use bookengine::auth::{mint, MintRequest};
 use bookengine::config::SupabaseConfig;
-use bookengine::local::{self, PostgrestOptions};
+use bookengine::devstack::{self, PostgrestOptions};
 use bookengine::secret::Secret;
 use serde_json::{json, Value};
 use std::future::Future;
@@ -68,12 +68,12 @@ impl Stack {
         let mut db = server_config();
         db.dbname(&dbname);
         // A leftover from an interrupted run.
-        local::drop_database(&db).await?;
-        local::prepare_database(&db).await?;
+        devstack::drop_database(&db).await?;
+        devstack::prepare_database(&db).await?;
         let pg = bookengine::migrate::connect(&db).await?;
-        let bin = local::find_or_install_postgrest(&repo_root().join(".bookengine"))?;
-        let jwt_secret = local::random_secret(40);
-        let keys = local::local_keys(&jwt_secret)?;
+        let bin = devstack::find_or_install_postgrest(&repo_root().join(".bookengine"))?;
+        let jwt_secret = devstack::random_secret(40);
+        let keys = devstack::local_keys(&jwt_secret)?;
         let mut stack = Stack {
             name: dbname,
             db,
@@ -97,8 +97,8 @@ impl Stack {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let port = local::free_port()?;
-        let child = local::spawn_postgrest(&PostgrestOptions {
+        let port = devstack::free_port()?;
+        let child = devstack::spawn_postgrest(&PostgrestOptions {
             bin: &self.postgrest_bin,
             db: &self.db,
             port,
@@ -109,7 +109,7 @@ impl Stack {
         self.postgrest = Some(child);
         self.rest_port = port;
         self.rest_url = format!("http://127.0.0.1:{port}");
-        local::wait_ready(&self.rest_url, Duration::from_secs(30)).await?;
+        devstack::wait_ready(&self.rest_url, Duration::from_secs(30)).await?;
         Ok(())
     }
 
@@ -200,7 +200,7 @@ impl Drop for Stack {
                 .enable_all()
                 .build()
             {
-                let _ = rt.block_on(local::drop_database(&db));
+                let _ = rt.block_on(devstack::drop_database(&db));
             }
         })
         .join();

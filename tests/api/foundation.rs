@@ -497,8 +497,12 @@ async fn policies_and_indexes_match_the_specification_exactly() {
     // then indexes: the only order in which they can run) and compare catalogues.
     let mut scratch = stack.db.clone();
     scratch.dbname(format!("{}_seed", stack.db.get_dbname().unwrap()));
-    bookengine::local::create_database(&scratch).await.unwrap();
-    bookengine::local::apply_baseline(&scratch).await.unwrap();
+    bookengine::devstack::create_database(&scratch)
+        .await
+        .unwrap();
+    bookengine::devstack::apply_baseline(&scratch)
+        .await
+        .unwrap();
     let client = bookengine::migrate::connect(&scratch).await.unwrap();
     let stmts = seed_statements();
     let rank = |s: &str| {
@@ -549,5 +553,5 @@ async fn policies_and_indexes_match_the_specification_exactly() {
         assert_eq!(actual, expected, "{what} differ from the specification");
     }
     drop(client);
-    bookengine::local::drop_database(&scratch).await.unwrap();
+    bookengine::devstack::drop_database(&scratch).await.unwrap();
 }

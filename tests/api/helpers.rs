@@ -3,7 +3,7 @@
 
 use bookengine::auth::{mint, MintRequest};
 use bookengine::config::SupabaseConfig;
-use bookengine::local::{self, PostgrestOptions};
+use bookengine::devstack::{self, PostgrestOptions};
 use bookengine::secret::Secret;
 use reqwest::Url;
 use serde_json::Value;
@@ -22,7 +22,7 @@ pub struct TestStack {
     pub service_key: Secret,
     /// The local development gateway in front of this stack's PostgREST (in-process):
     /// the project URL layout and the 2026 keys' rules.
-    pub gateway: local::gateway::GatewayHandle,
+    pub gateway: devstack::gateway::GatewayHandle,
     pub supabase_url: String,
     pub publishable_key: Secret,
     pub secret_key: Secret,
@@ -60,7 +60,7 @@ async fn server_config() -> Config {
                 .parse()
                 .expect("BOOKENGINE_TEST_DATABASE_URL must be a valid connection string");
             let private = repo_root().join(".bookengine").join("test-cluster");
-            local::ensure_server(&config, Some(&private))
+            devstack::ensure_server(&config, Some(&private))
                 .await
                 .expect("a Postgres server for the tests")
         })
@@ -95,7 +95,7 @@ impl TestStack {
         let mut db = server;
         let name = format!("bookengine_test_{}", Uuid::new_v4().simple());
         db.dbname(&name);
-        local::prepare_database(&db)
+        devstack::prepare_database(&db)
             .await
             .expect("prepare test database");
         let pg = bookengine::migrate::connect(&db)
@@ -103,10 +103,10 @@ impl TestStack {
             .expect("connect to test database");
 
         let state = repo_root().join(".bookengine");
-        let bin = local::find_or_install_postgrest(&state).expect("PostgREST binary");
-        let jwt_secret = local::random_secret(40);
-        let keys = local::local_keys(&jwt_secret).expect("keys");
-        let port = local::free_port().expect("port");
+        let bin = devstack::find_or_install_postgrest(&state).expect("PostgREST binary");
+        let jwt_secret = devstack::random_secret(40);
+        let keys = devstack::local_keys(&jwt_secret).expect("keys");
+        let port = devstack::free_port().expect("port");
         let postgrest_secret = if jwks {
             use base64::Engine as _;
             let mut set: Value =
@@ -122,7 +122,7 @@ impl TestStack {
         let logs = std::env::temp_dir().join("bookengine-test-logs");
         let _ = std::fs::create_dir_all(&logs);
         let postgrest_log = logs.join(format!("{name}.log"));
-        let postgrest = local::spawn_postgrest(&PostgrestOptions {
+        let postgrest = devstack::spawn_postgrest(&PostgrestOptions {
             bin: &bin,
             db: &db,
             port,
@@ -132,15 +132,18 @@ impl TestStack {
         })
         .expect("spawn PostgREST");
         let rest_url = format!("http://127.0.0.1:{port}");
-        local::wait_ready(&rest_url, Duration::from_secs(20))
+        devstack::wait_ready(&rest_url, Duration::from_secs(20))
             .await
             .expect("PostgREST ready");
         let publishable_key = Secret::new(format!(
             "sb_publishable_{}",
-            local::random_secret(32).expose()
+            devstack::random_secret(32).expose()
         ));
-        let secret_key = Secret::new(format!("sb_secret_{}", local::random_secret(32).expose()));
-        let gateway = local::gateway::spawn(local::gateway::GatewayConfig {
+        let secret_key = Secret::new(format!(
+            "sb_secret_{}",
+            devstack::random_secret(32).expose()
+        ));
+        let gateway = devstack::gateway::spawn(devstack::gateway::GatewayConfig {
             postgrest_url: rest_url.clone(),
             jwt_secret: jwt_secret.clone(),
             jwks_path: jwks.then(|| PathBuf::from(JWKS_PATH)),
@@ -190,9 +193,9 @@ impl TestStack {
 
     /// Start PostgREST again on the same port.
     pub async fn restart_postgrest(&mut self) {
-        let bin = local::find_or_install_postgrest(&repo_root().join(".bookengine"))
+        let bin = devstack::find_or_install_postgrest(&repo_root().join(".bookengine"))
             .expect("PostgREST binary");
-        self.postgrest = local::spawn_postgrest(&PostgrestOptions {
+        self.postgrest = devstack::spawn_postgrest(&PostgrestOptions {
             bin: &bin,
             db: &self.db,
             port: self.postgrest_port,
@@ -201,7 +204,7 @@ impl TestStack {
             log: &self.postgrest_log,
         })
         .expect("respawn PostgREST");
-        local::wait_ready(&self.rest_url, Duration::from_secs(20))
+        devstack::wait_ready(&self.rest_url, Duration::from_secs(20))
             .await
             .expect("PostgREST ready again");
     }
@@ -384,7 +387,7 @@ impl Drop for TestStack {
                 .enable_all()
                 .build()
             {
-                let _ = rt.block_on(local::drop_database(&db));
+                let _ = rt.block_on(devstack::drop_database(&db));
             }
         })
         .join();

@@ -138,7 +138,7 @@ async fn edge_function_suite_passes() {
 /// The Deno binary pinned by supabase/functions/package-lock.json, installed with
 /// `npm ci` when missing or stale. The install runs once per process and, across
 /// processes, in a scratch folder moved into place with a rename, so concurrent
-/// installers never see a half-written node_modules (as src/local/postgrest.rs does).
+/// installers never see a half-written node_modules (as src/devstack/postgrest.rs does).
 async fn deno_binary() -> PathBuf {
     static INSTALL: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
     INSTALL

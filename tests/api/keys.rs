@@ -3,7 +3,7 @@
 //! the new keys generates a book end to end through it.
 
 use crate::helpers::{example_flow, TestStack, ES256_PRIVATE_PEM};
-use bookengine::local::gateway::GatewayStats;
+use bookengine::devstack::gateway::GatewayStats;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::process::Stdio;
@@ -155,7 +155,7 @@ async fn serve_with_only_the_new_keys_generates_a_book_through_the_gateway() {
     let admin = stack.admin().await;
     let pro = stack.user(Some("pro"), false).await;
     let (admin_token, pro_token) = (es256_token(admin.id), es256_token(pro.id));
-    let port = bookengine::local::free_port().expect("port");
+    let port = bookengine::devstack::free_port().expect("port");
     let address = format!("http://127.0.0.1:{port}");
 
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_bookengine"));

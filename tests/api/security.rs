@@ -222,7 +222,7 @@ async fn no_secret_reaches_the_logs_of_a_serve_process() {
     mocks.openai.always(Some(Fault::Status(401)));
     let admin = stack.admin().await;
     let pro = stack.user(Some("pro"), false).await;
-    let port = bookengine::local::free_port().unwrap();
+    let port = bookengine::devstack::free_port().unwrap();
     let webhook = "whsec-0123456789-abcdefghij";
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bookengine"))
         .arg("serve")

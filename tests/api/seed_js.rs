@@ -78,5 +78,5 @@ async fn the_seed_engine_service_deploys_assigns_and_gets_a_book_through_supabas
 
     // supabase-js reached PostgREST only through the gateway, as the people themselves.
     let stats = &app.stack.gateway.stats;
-    assert!(bookengine::local::gateway::GatewayStats::get(&stats.user_jwt) >= 10);
+    assert!(bookengine::devstack::gateway::GatewayStats::get(&stats.user_jwt) >= 10);
 }
