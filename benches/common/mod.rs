@@ -830,6 +830,7 @@ impl ApiService {
             ops: bookengine::http::OpsConfig {
                 metrics_token: None,
                 streams,
+                ..Default::default()
             },
         };
         let stop = tokio_util::sync::CancellationToken::new();

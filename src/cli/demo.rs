@@ -46,6 +46,8 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
     #[command(flatten)]
+    pub home: crate::devstack::HomeArgs,
+    #[command(flatten)]
     pub db: DatabaseConfig,
     #[command(flatten)]
     pub providers: ProvidersConfig,
@@ -131,8 +133,8 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let started = Instant::now();
     step("starting the local stack (Postgres + PostgREST 12)");
     let config = args.db.pg_config()?;
-    let env = crate::devstack::up(&args.db.database_url, &config, args.port, None).await?;
-    env.apply_to_process();
+    let home = &args.home.home;
+    let env = crate::devstack::up(home, &args.db.database_url, &config, args.port, None).await?;
     let db = env
         .database_url
         .expose()
@@ -144,7 +146,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let admin = seed_user(&client, &env.jwt_secret, "admin", "admin", "enterprise").await?;
     let pro = seed_user(&client, &env.jwt_secret, "pro", "user", "pro").await?;
     let hobby = seed_user(&client, &env.jwt_secret, "hobby", "user", "hobby").await?;
-    let dir = crate::devstack::state_dir();
+    let dir = home;
     let dev_users = json!([
         {"label": "admin", "user_id": admin.id},
         {"label": "pro", "user_id": pro.id},

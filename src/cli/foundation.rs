@@ -68,6 +68,8 @@ pub struct LocalArgs {
     /// Port for the local development gateway (SUPABASE_URL); default: the PostgREST port + 1.
     #[arg(long, env = "BOOKENGINE_GATEWAY_PORT", global = true)]
     pub gateway_port: Option<u16>,
+    #[command(flatten)]
+    pub home: devstack::HomeArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -92,11 +94,18 @@ pub async fn local(args: LocalArgs, json: bool) -> Result<()> {
     let gateway_port = args
         .gateway_port
         .unwrap_or_else(|| devstack::default_gateway_port(args.port));
+    let home = &args.home.home;
     match args.action {
         LocalAction::Up { db } => {
             let config = db.pg_config()?;
-            let env =
-                devstack::up(&db.database_url, &config, args.port, Some(gateway_port)).await?;
+            let env = devstack::up(
+                home,
+                &db.database_url,
+                &config,
+                args.port,
+                Some(gateway_port),
+            )
+            .await?;
             if json {
                 println!(
                     "{}",
@@ -120,7 +129,7 @@ pub async fn local(args: LocalArgs, json: bool) -> Result<()> {
             }
         }
         LocalAction::Down => {
-            let done = devstack::down()?;
+            let done = devstack::down(home)?;
             if done.is_empty() {
                 println!("nothing was running");
             }
@@ -128,7 +137,9 @@ pub async fn local(args: LocalArgs, json: bool) -> Result<()> {
                 println!("{line}");
             }
         }
-        LocalAction::Status => println!("{}", devstack::status(args.port, gateway_port).await),
+        LocalAction::Status => {
+            println!("{}", devstack::status(home, args.port, gateway_port).await)
+        }
         LocalAction::Gateway => {
             let stop = tokio_util::sync::CancellationToken::new();
             let signal = stop.clone();
@@ -136,7 +147,7 @@ pub async fn local(args: LocalArgs, json: bool) -> Result<()> {
                 super::serve::shutdown_signal().await;
                 signal.cancel();
             });
-            devstack::run_gateway(args.port, gateway_port, stop).await?;
+            devstack::run_gateway(home, args.port, gateway_port, stop).await?;
         }
     }
     Ok(())

@@ -25,6 +25,9 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    #[command(flatten)]
+    pub log: crate::telemetry::LogArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -67,8 +70,8 @@ pub fn main() -> i32 {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Long-running commands log at info (and as JSON when asked); the rest at warn.
     match cli.command {
-        Command::Serve(_) | Command::Worker(_) => crate::telemetry::init_service(),
-        _ => crate::telemetry::init_cli(),
+        Command::Serve(_) | Command::Worker(_) => crate::telemetry::init_service(&cli.log),
+        _ => crate::telemetry::init_cli(&cli.log),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -23,11 +23,19 @@ use rand::Rng;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Where the local stack keeps its state: `$BOOKENGINE_HOME`, else `./.bookengine`.
-pub fn state_dir() -> PathBuf {
-    std::env::var_os("BOOKENGINE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".bookengine"))
+/// Where the local stack keeps its state (its pids, keys, logs and private cluster):
+/// a command-line setting shared by `local` and `demo`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HomeArgs {
+    /// The local stack's state directory (JWT secret, keys, pid files, logs). Each
+    /// checkout keeps its own; `local up` names the home of a stack that holds its ports.
+    #[arg(
+        long,
+        env = "BOOKENGINE_HOME",
+        default_value = ".bookengine",
+        global = true
+    )]
+    pub home: PathBuf,
 }
 
 /// The local JWT secret, created once and kept so earlier tokens stay valid.

@@ -4,8 +4,8 @@ use super::gateway::{self, GatewayConfig};
 use super::ports;
 use super::{
     apply_baseline, create_database, ensure_server, find_or_install_postgrest, local_api_keys,
-    local_jwt_secret, local_keys, spawn_postgrest, state_dir, stop_private_cluster, wait_ready,
-    write_private, PostgrestOptions,
+    local_jwt_secret, local_keys, spawn_postgrest, stop_private_cluster, wait_ready, write_private,
+    PostgrestOptions,
 };
 use crate::error::{Error, Result};
 use crate::migrate;
@@ -43,18 +43,6 @@ impl StackEnv {
             self.publishable_key.expose(),
             self.secret_key.expose(),
         )
-    }
-
-    /// Set these variables in this process (the demo runs in-process).
-    pub fn apply_to_process(&self) {
-        std::env::set_var("DATABASE_URL", self.database_url.expose());
-        std::env::set_var("POSTGREST_URL", &self.postgrest_url);
-        std::env::set_var("SUPABASE_JWT_SECRET", self.jwt_secret.expose());
-        std::env::set_var("SUPABASE_ANON_KEY", self.anon_key.expose());
-        std::env::set_var("SUPABASE_SERVICE_ROLE_KEY", self.service_role_key.expose());
-        std::env::set_var("SUPABASE_URL", &self.supabase_url);
-        std::env::set_var("SUPABASE_PUBLISHABLE_KEY", self.publishable_key.expose());
-        std::env::set_var("SUPABASE_SECRET_KEY", self.secret_key.expose());
     }
 }
 
@@ -99,13 +87,14 @@ fn url_for(config: &tokio_postgres::Config) -> String {
 
 /// Bring the stack up (idempotent: a running PostgREST is reused).
 pub async fn up(
+    home: &Path,
     database_url: &Secret,
     db: &tokio_postgres::Config,
     port: u16,
     gateway_port: Option<u16>,
 ) -> Result<StackEnv> {
     let gateway_port = gateway_port.unwrap_or_else(|| default_gateway_port(port));
-    let dir = state_dir();
+    let dir = home.to_path_buf();
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
     // Another checkout's stack on our ports would answer with its own JWT secret (every
@@ -234,15 +223,16 @@ async fn ensure_gateway(
         .map_err(|e| Error::internal(format!("log handle: {e}")))?;
     use std::os::unix::process::CommandExt;
     let child = std::process::Command::new(exe)
+        .arg("local")
+        .arg("--home")
+        .arg(&home)
         .args([
-            "local",
             "--port",
             &postgrest_port.to_string(),
             "--gateway-port",
             &gateway_port.to_string(),
             "gateway",
         ])
-        .env("BOOKENGINE_HOME", &home)
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log_err)
@@ -265,14 +255,15 @@ async fn ensure_gateway(
 /// The foreground of `bookengine local gateway`: serve the front over the local
 /// PostgREST with the keys kept in the state directory, until stopped.
 pub async fn run_gateway(
+    home: &Path,
     postgrest_port: u16,
     gateway_port: u16,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
-    let dir = state_dir();
-    let jwt_secret = local_jwt_secret(&dir)?;
+    let dir = home;
+    let jwt_secret = local_jwt_secret(dir)?;
     let keys = local_keys(&jwt_secret)?;
-    let (publishable_key, secret_key) = local_api_keys(&dir)?;
+    let (publishable_key, secret_key) = local_api_keys(dir)?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", gateway_port))
         .await
         .map_err(|e| {
@@ -306,11 +297,11 @@ fn kill(pid: i32) {
 }
 
 /// Stop what `up` started. Returns a line per thing stopped.
-pub fn down() -> Result<Vec<String>> {
-    let dir = state_dir();
+pub fn down(home: &Path) -> Result<Vec<String>> {
+    let dir = home;
     let mut done = Vec::new();
     for (name, label) in [("gateway", "the local gateway"), ("postgrest", "PostgREST")] {
-        if let Some(pid) = read_pid(&dir, name) {
+        if let Some(pid) = read_pid(dir, name) {
             if pid_alive(pid) {
                 kill(pid);
                 done.push(format!("stopped {label} (pid {pid})"));
@@ -318,7 +309,7 @@ pub fn down() -> Result<Vec<String>> {
             let _ = std::fs::remove_file(dir.join(format!("{name}.pid")));
         }
     }
-    ports::release_all(&dir);
+    ports::release_all(dir);
     if stop_private_cluster(&dir.join("postgres"))? {
         done.push("stopped the private Postgres cluster".into());
     }
@@ -326,10 +317,10 @@ pub fn down() -> Result<Vec<String>> {
 }
 
 /// A line per process on what runs.
-pub async fn status(port: u16, gateway_port: u16) -> String {
-    let dir = state_dir();
+pub async fn status(home: &Path, port: u16, gateway_port: u16) -> String {
+    let dir = home;
     let url = format!("http://127.0.0.1:{gateway_port}");
-    let gateway = match read_pid(&dir, "gateway").filter(|p| pid_alive(*p)) {
+    let gateway = match read_pid(dir, "gateway").filter(|p| pid_alive(*p)) {
         Some(pid) => {
             let ready = gateway_ready(&url, Duration::from_millis(500)).await;
             format!(
@@ -339,8 +330,8 @@ pub async fn status(port: u16, gateway_port: u16) -> String {
         }
         None => "the local gateway is not running (bookengine local up)".into(),
     };
-    let mut out = format!("{}\n{gateway}", postgrest_status(&dir, port).await);
-    let others = ports::others(&dir);
+    let mut out = format!("{}\n{gateway}", postgrest_status(dir, port).await);
+    let others = ports::others(dir);
     if !others.is_empty() {
         out.push_str("\nother local stacks on this machine:");
         for (p, home) in others {

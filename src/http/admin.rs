@@ -31,19 +31,26 @@ const APP_CSS: &str = include_str!("admin/app.css");
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
 connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-/// The environment variable naming the seeded-users file (local development only).
+/// The setting naming the seeded-users file (local development only).
 pub const DEV_USERS_ENV: &str = "BOOKENGINE_DEV_USERS";
-/// The environment variable holding the project's JWT secret.
-pub const JWT_SECRET_ENV: &str = "SUPABASE_JWT_SECRET";
+
+/// What `/admin/dev-users` needs (`serve`'s `BOOKENGINE_DEV_USERS` and
+/// `SUPABASE_JWT_SECRET`): unset on a deployed service, where the route is a 404.
+#[derive(Debug, Clone, Default)]
+pub struct DevUsers {
+    pub file: Option<String>,
+    pub jwt_secret: Option<Secret>,
+}
 
 /// Generic over the state so the routes can be tested without a backend.
-pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+pub fn router<S: Clone + Send + Sync + 'static>(dev: DevUsers) -> Router<S> {
+    let dev = std::sync::Arc::new(dev);
     Router::new()
         .route("/admin", get(index))
         .route("/admin/", get(index))
         .route("/admin/app.js", get(script))
         .route("/admin/app.css", get(styles))
-        .route("/admin/dev-users", get(dev_users))
+        .route("/admin/dev-users", get(move || dev_users(dev.clone())))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -88,10 +95,9 @@ pub struct DevUser {
     pub token: String,
 }
 
-async fn dev_users() -> ApiResult<Response> {
-    let file = std::env::var(DEV_USERS_ENV).ok();
-    let secret = std::env::var(JWT_SECRET_ENV).ok();
-    let users = dev_users_from(file.as_deref(), secret.as_deref())?;
+async fn dev_users(dev: std::sync::Arc<DevUsers>) -> ApiResult<Response> {
+    let secret = dev.jwt_secret.as_ref().map(Secret::expose);
+    let users = dev_users_from(dev.file.as_deref(), secret)?;
     let mut response = axum::Json(users).into_response();
     response
         .headers_mut()
@@ -165,7 +171,7 @@ mod tests {
             .expect("bind");
         let port = listener.local_addr().expect("address").port();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, router::<()>()).await;
+            let _ = axum::serve(listener, router::<()>(DevUsers::default())).await;
         });
         format!("http://127.0.0.1:{port}")
     }
@@ -219,11 +225,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dev_users_is_a_404_without_the_environment() {
-        // The test environment does not name a seeded-users file.
-        if std::env::var(DEV_USERS_ENV).is_ok() {
-            return;
-        }
+    async fn dev_users_is_a_404_without_the_setting() {
         let base = serve().await;
         let (status, ct, body) = get(&format!("{base}/admin/dev-users")).await;
         assert_eq!(status, 404);

@@ -52,6 +52,12 @@ pub struct OpsConfig {
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<Secret>,
 
+    /// Local development only: a JSON file of seeded users (`[{"label", "user_id"}]`,
+    /// written by `bookengine demo`) for which /admin offers ready-made tokens, signed
+    /// with SUPABASE_JWT_SECRET. Unset, /admin/dev-users is a 404.
+    #[arg(long, env = "BOOKENGINE_DEV_USERS")]
+    pub dev_users: Option<String>,
+
     #[command(flatten)]
     pub streams: StreamConfig,
 }
@@ -90,10 +96,10 @@ pub struct ServeConfig {
 /// Largest request body accepted anywhere (flow documents included).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, dev_users: admin::DevUsers) -> Router {
     Router::new()
         .merge(health::router())
-        .merge(admin::router())
+        .merge(admin::router(dev_users))
         .merge(engines::router())
         .merge(assignments::router())
         .merge(generations::router())
@@ -142,7 +148,17 @@ impl Application {
         Ok(Self {
             port,
             listener,
-            router: router(state.clone()),
+            router: router(
+                state.clone(),
+                admin::DevUsers {
+                    file: config
+                        .ops
+                        .dev_users
+                        .clone()
+                        .filter(|f| !f.trim().is_empty()),
+                    jwt_secret: crate::config::present(&config.auth.jwt_secret).cloned(),
+                },
+            ),
             state,
         })
     }

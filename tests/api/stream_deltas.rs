@@ -47,6 +47,7 @@ pub(crate) async fn serve(stack: &TestStack, streams: StreamConfig) -> App {
         ops: bookengine::http::OpsConfig {
             metrics_token: None,
             streams,
+            ..Default::default()
         },
     };
     let app = bookengine::http::Application::build(&config).await.unwrap();

@@ -136,6 +136,7 @@ async fn serve(stack: &TestStack, rest_url: &str, streams: StreamConfig) -> App 
         bookengine::http::OpsConfig {
             metrics_token: None,
             streams,
+            ..Default::default()
         },
     )
     .await
