@@ -14,6 +14,7 @@ pub mod error;
 pub mod flow;
 pub mod generations;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod migrate;
 pub mod providers;

@@ -354,7 +354,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let _ = worker.await;
 
     let report = run_report(&detail, &flow);
-    if detail.job.status != "succeeded" {
+    if detail.job.status != crate::jobs::JobStatus::Succeeded {
         return Err(Error::internal(format!(
             "the generation ended {}: {}",
             detail.job.status,

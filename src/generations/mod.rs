@@ -5,8 +5,8 @@
 //! `generation_steps_of`, which test the caller explicitly (sql/V8 says why).
 
 mod report;
-pub mod rows;
 pub mod watch;
+pub use crate::jobs::{rows, JobStatus, StepRecord, StepStatus, STEP_COLUMNS};
 pub use report::{run_report, RunReport, StepLine};
 
 use crate::error::{codes, Error, Result};
@@ -19,10 +19,6 @@ use uuid::Uuid;
 pub const JOB_COLUMNS: &str = "id,user_id,engine_id,engine_name,engine_version,input,status,progress,attempt,max_attempts,\
 lease_losses,cancel_requested,error,errors,result,usage,scheduled_at,created_at,started_at,finished_at,updated_at";
 
-pub const STEP_COLUMNS: &str =
-    "step_id,item_index,status,provider,model,fallback_used,attempts,output,error,\
-usage,latency_ms,attempt_log,started_at,finished_at";
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
     pub id: Uuid,
@@ -34,7 +30,7 @@ pub struct Job {
     pub engine_version: Option<i32>,
     #[serde(default)]
     pub input: Value,
-    pub status: String,
+    pub status: JobStatus,
     #[serde(default)]
     pub progress: Value,
     pub attempt: i32,
@@ -58,7 +54,7 @@ pub struct Job {
 
 impl Job {
     pub fn is_finished(&self) -> bool {
-        matches!(self.status.as_str(), "succeeded" | "failed" | "cancelled")
+        self.status.is_finished()
     }
 
     /// One row of a reply: whole when it can be read, else its scalar columns.
@@ -105,7 +101,7 @@ struct JobHeader {
     engine_name: String,
     #[serde(default)]
     engine_version: Option<i32>,
-    status: String,
+    status: JobStatus,
     attempt: i32,
     max_attempts: i32,
     #[serde(default)]
@@ -117,81 +113,6 @@ struct JobHeader {
     started_at: Option<String>,
     finished_at: Option<String>,
     updated_at: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepRecord {
-    pub step_id: String,
-    pub item_index: i32,
-    pub status: String,
-    pub provider: Option<String>,
-    pub model: Option<String>,
-    pub fallback_used: bool,
-    pub attempts: i32,
-    pub output: Option<Value>,
-    pub error: Option<String>,
-    #[serde(default)]
-    pub usage: Value,
-    pub latency_ms: Option<i32>,
-    #[serde(default)]
-    pub attempt_log: Value,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    /// Its JSON columns could not be decoded: `output` is missing, not empty.
-    #[serde(skip)]
-    pub unreadable: bool,
-}
-
-impl StepRecord {
-    /// One row of a reply: whole when it can be read, else its scalar columns.
-    pub fn from_row(row: &serde_json::value::RawValue) -> Option<StepRecord> {
-        rows::decode(row, |h: StepHeader, e| {
-            tracing::warn!(step = %h.step_id, error = %e, "a step's JSON columns could not be read");
-            StepRecord {
-                step_id: h.step_id,
-                item_index: h.item_index,
-                status: h.status,
-                provider: h.provider,
-                model: h.model,
-                fallback_used: h.fallback_used,
-                attempts: h.attempts,
-                output: None,
-                error: Some(h.error.unwrap_or_else(|| {
-                    "this step's output is nested too deeply (or holds a number too large) to be shown"
-                        .to_owned()
-                })),
-                usage: Value::Null,
-                latency_ms: h.latency_ms,
-                attempt_log: json!([]),
-                started_at: h.started_at,
-                finished_at: h.finished_at,
-                unreadable: true,
-            }
-        })
-    }
-
-    /// Decode a reply row by row (see [`rows`]).
-    pub fn from_rows(rows: &[Box<serde_json::value::RawValue>]) -> Vec<StepRecord> {
-        rows.iter()
-            .filter_map(|r| StepRecord::from_row(r))
-            .collect()
-    }
-}
-
-/// The columns of a step row that can always be decoded (no JSON values).
-#[derive(Deserialize)]
-struct StepHeader {
-    step_id: String,
-    item_index: i32,
-    status: String,
-    provider: Option<String>,
-    model: Option<String>,
-    fallback_used: bool,
-    attempts: i32,
-    error: Option<String>,
-    latency_ms: Option<i32>,
-    started_at: Option<String>,
-    finished_at: Option<String>,
 }
 
 /// A job with its steps, in execution order.

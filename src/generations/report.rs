@@ -20,7 +20,7 @@ pub struct StepLine {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
-    pub status: String,
+    pub status: crate::jobs::JobStatus,
     /// The engine version the job ran (sql/V9); none for jobs older than versions.
     pub engine_version: Option<i32>,
     pub steps: Vec<StepLine>,
@@ -135,7 +135,7 @@ pub fn run_report(detail: &JobDetail, flow: &Flow) -> RunReport {
         }
     }
     RunReport {
-        status: detail.job.status.clone(),
+        status: detail.job.status,
         engine_version: detail.job.engine_version,
         calls: lines.iter().map(|l| l.calls).sum(),
         attempts: lines.iter().map(|l| l.attempts).sum(),

@@ -45,10 +45,7 @@ async fn list(
     Q(q): Q<ListQuery>,
 ) -> ApiResult<Json<Vec<Job>>> {
     if let Some(s) = q.status.as_deref() {
-        if !matches!(
-            s,
-            "queued" | "running" | "succeeded" | "failed" | "cancelled"
-        ) {
+        if s.parse::<generations::JobStatus>().is_err() {
             return Err(ApiError(crate::error::Error::invalid(
                 crate::error::codes::INVALID_REQUEST,
                 "status must be queued, running, succeeded, failed or cancelled",

@@ -7,7 +7,7 @@ mod deltas;
 pub use deltas::{AppendOutcome, Compaction, DeltaHead, DeltaRow};
 
 use crate::error::Result;
-use crate::generations::{rows, StepRecord};
+use crate::jobs::{rows, StepRecord, StepStatus, STEP_COLUMNS};
 use crate::rest::{Caller, Rest};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -128,7 +128,7 @@ output::text,error,usage,latency_ms,attempt_log,started_at,finished_at";
 struct StoredStep {
     step_id: String,
     item_index: i32,
-    status: String,
+    status: StepStatus,
     provider: Option<String>,
     model: Option<String>,
     fallback_used: bool,
@@ -182,7 +182,7 @@ pub struct LeaseState {
 pub struct StepWrite {
     pub step_id: String,
     pub item_index: i32,
-    pub status: &'static str,
+    pub status: StepStatus,
     pub provider: Option<String>,
     pub model: Option<String>,
     pub fallback_used: bool,
@@ -269,7 +269,7 @@ impl Queue {
         let builder = self
             .rest
             .rpc(&Caller::Service, "step_save", &params)?
-            .select(crate::generations::STEP_COLUMNS);
+            .select(STEP_COLUMNS);
         let body = self.rest.send_raw(builder).await?;
         // The stored row (a finished step is never overwritten), read on its own terms.
         let row: Box<RawValue> = serde_json::from_slice(&body).map_err(|e| {

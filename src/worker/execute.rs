@@ -8,10 +8,9 @@ use super::writer::{WriteBehind, WriteFailure};
 use super::Worker;
 use crate::error::{codes, Error};
 use crate::flow::{ExecutionMode, Flow, ModelRef, OutputKind, Step};
-use crate::generations::StepRecord;
+use crate::jobs::{StepRecord, StepStatus};
 use crate::providers::{
     call_with_fallbacks, call_with_fallbacks_streaming, CallPolicy, ChatRequest, StreamOptions,
-    Usage,
 };
 use crate::queue::{ClaimedJob, DeltaRow, StepWrite};
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
@@ -261,7 +260,7 @@ impl Worker {
         // it twice and resume would never see it. Only rows written outside the worker.
         if let Some(s) = existing
             .values()
-            .find(|s| s.unreadable && s.status == "succeeded")
+            .find(|s| s.unreadable && s.status == StepStatus::Succeeded)
         {
             return Err(Stop::Fatal(format!(
                 "step {}: its recorded output cannot be read back",
@@ -412,8 +411,8 @@ impl Run<'_> {
         // Resume: a finished step is never run again.
         if let Some(done) = self
             .existing
-            .get(&(step.id.clone(), -1))
-            .filter(|s| s.status == "succeeded")
+            .get(&(step.id.clone(), crate::jobs::WHOLE_STEP))
+            .filter(|s| s.status == StepStatus::Succeeded)
         {
             self.set_output(&step.id, done.output.clone().unwrap_or(Value::Null));
             let items = done
@@ -479,43 +478,9 @@ impl Run<'_> {
             .buffered(width)
             .try_collect()
             .await?;
-        let mut usage = Usage::default();
-        let mut attempts = 0;
-        let mut fallback_used = false;
-        let mut outputs = Vec::with_capacity(results.len());
-        let mut models: Vec<String> = Vec::new();
-        for (output, write) in results {
-            outputs.push(output);
-            usage.input_tokens += write.usage["input_tokens"].as_u64().unwrap_or(0);
-            usage.output_tokens += write.usage["output_tokens"].as_u64().unwrap_or(0);
-            attempts += write.attempts;
-            fallback_used |= write.fallback_used;
-            let m = format!(
-                "{}/{}",
-                write.provider.unwrap_or_default(),
-                write.model.unwrap_or_default()
-            );
-            if !models.contains(&m) {
-                models.push(m);
-            }
-        }
-        let outputs_len = outputs.len();
+        let (outputs, writes): (Vec<Value>, Vec<StepWrite>) = results.into_iter().unzip();
         let output = Value::Array(outputs);
-        // The fan-out's own row: written once all items are, so resume can skip it whole.
-        let summary = StepWrite {
-            step_id: step.id.clone(),
-            item_index: -1,
-            status: "succeeded",
-            provider: Some(step.config.provider.clone()),
-            model: Some(models.join(", ")),
-            fallback_used,
-            attempts,
-            output: Some(output.clone()),
-            // The items' rows carry the tokens; counting them here too would bill twice.
-            usage: json!(Usage::default()),
-            attempt_log: json!([{"items": outputs_len, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}]),
-            ..Default::default()
-        };
+        let summary = StepWrite::fan_out(&step.id, &step.config.provider, &writes, output.clone());
         self.calls_done.fetch_add(1, Ordering::SeqCst);
         if last {
             self.hold(summary);
@@ -537,7 +502,9 @@ impl Run<'_> {
         item: Option<(usize, &Value)>,
         hold: bool,
     ) -> Result<(Value, StepWrite), Stop> {
-        let index = item.map(|(k, _)| k as i32).unwrap_or(-1);
+        let index = item
+            .map(|(k, _)| k as i32)
+            .unwrap_or(crate::jobs::WHOLE_STEP);
         let label = match item {
             Some((k, _)) => format!("{}[{k}]", step.id),
             None => step.id.clone(),
@@ -545,20 +512,10 @@ impl Run<'_> {
         if let Some(done) = self
             .existing
             .get(&(step.id.clone(), index))
-            .filter(|s| s.status == "succeeded")
+            .filter(|s| s.status == StepStatus::Succeeded)
         {
             self.calls_done.fetch_add(1, Ordering::SeqCst);
-            let write = StepWrite {
-                step_id: step.id.clone(),
-                item_index: index,
-                status: "succeeded",
-                provider: done.provider.clone(),
-                model: done.model.clone(),
-                fallback_used: done.fallback_used,
-                attempts: done.attempts.max(0) as u32,
-                usage: done.usage.clone(),
-                ..Default::default()
-            };
+            let write = StepWrite::reused(&step.id, index, done);
             return Ok((done.output.clone().unwrap_or(Value::Null), write));
         }
         let c = &step.config;
@@ -575,20 +532,12 @@ impl Run<'_> {
         self.writes.check()?;
         let queue = &self.worker.queue;
         let (job_id, lease) = (self.job.id, self.job.lease_token);
-        let running = StepWrite {
-            step_id: step.id.clone(),
-            item_index: index,
-            status: "running",
-            provider: Some(c.provider.clone()),
-            model: Some(c.model.clone()),
-            usage: json!(Usage::default()),
-            attempt_log: json!([]),
-            ..Default::default()
-        };
-        let mut chain = vec![ModelRef {
+        let first = ModelRef {
             provider: c.provider.clone(),
             model: c.model.clone(),
-        }];
+        };
+        let running = StepWrite::running(&step.id, index, &first);
+        let mut chain = vec![first.clone()];
         chain.extend(c.fallbacks.iter().cloned());
         let cfg = &self.worker.config;
         let policy = CallPolicy {
@@ -700,20 +649,7 @@ impl Run<'_> {
                 } else {
                     format!("{} (as {})", o.answered_by, o.provider)
                 };
-                let write = StepWrite {
-                    step_id: step.id.clone(),
-                    item_index: index,
-                    status: "succeeded",
-                    provider: Some(provider),
-                    model: Some(o.model.clone()),
-                    fallback_used: o.fallback_used,
-                    attempts: o.attempts,
-                    output: Some(o.value.clone()),
-                    error: None,
-                    usage: json!(o.usage),
-                    latency_ms: Some(latency_ms),
-                    attempt_log: json!(o.log),
-                };
+                let write = StepWrite::answered(&step.id, index, provider, &o, latency_ms);
                 self.calls_done.fetch_add(1, Ordering::SeqCst);
                 if hold {
                     self.hold(write.clone());
@@ -738,19 +674,7 @@ impl Run<'_> {
                         .inc();
                 }
                 let reason = format!("step {label}: {}", f.message);
-                let write = StepWrite {
-                    step_id: step.id.clone(),
-                    item_index: index,
-                    status: "failed",
-                    provider: Some(c.provider.clone()),
-                    model: Some(c.model.clone()),
-                    attempts: f.attempts,
-                    error: Some(f.message.clone()),
-                    usage: json!(Usage::default()),
-                    latency_ms: Some(latency_ms),
-                    attempt_log: json!(f.log),
-                    ..Default::default()
-                };
+                let write = StepWrite::failed(&step.id, index, &first, &f, latency_ms);
                 if self.streaming {
                     deltas::wait(self.worker.deltas.barrier(job_id)).await?;
                 }

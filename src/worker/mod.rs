@@ -5,6 +5,7 @@
 mod deltas;
 mod execute;
 mod output;
+mod record;
 mod writer;
 
 use crate::metrics::Metrics;

@@ -153,7 +153,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_complete_or_overwrite() {
     let step = bookengine::queue::StepWrite {
         step_id: "outline".into(),
         item_index: -1,
-        status: "succeeded",
+        status: bookengine::jobs::StepStatus::Succeeded,
         output: Some(json!("stale")),
         usage: json!({}),
         attempt_log: json!([]),

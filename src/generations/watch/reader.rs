@@ -109,7 +109,7 @@ pub(super) async fn run_reader(hub: Arc<HubInner>, key: (Uuid, Uuid), reader: Ar
                 Ok(Some(fp)) => match read_full(&rest, &token, reader.job).await {
                     Ok(Some(detail)) => {
                         seen = Some(fp);
-                        running = detail.job.status == "running";
+                        running = detail.job.status == crate::jobs::JobStatus::Running;
                         match serde_json::to_string(&detail) {
                             Ok(data) => {
                                 snapshot = Some(Snapshot {
