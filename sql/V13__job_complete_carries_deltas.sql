@@ -3,12 +3,61 @@
 -- first, so finishing a streamed job costs the one round trip it cost before streaming
 -- (the flush before completion doubled the end of a one-step job's run: benches/README
 -- section 7, the 1-worker queue).
--- The rows are inserted by delta_append, in the same transaction as the steps and the
--- status: a reader sees the last text, the step records and `succeeded` together, so
--- the reassembly rule of V11 holds ("when the step finishes, the text equals its
--- output"). A retried job_complete is idempotent for them (ON CONFLICT DO NOTHING).
--- Every row must belong to the job being completed. Older workers, which do not name
--- `deltas`, get the default: nothing to insert.
+-- The rows are inserted in the same transaction as the steps and the status: a reader
+-- sees the last text, the step records and `succeeded` together, so the reassembly rule
+-- of V11 holds ("when the step finishes, the text equals its output"). A retried
+-- job_complete is idempotent for them (ON CONFLICT DO NOTHING). Every row must belong
+-- to the job being completed. Older workers, which do not name `deltas`, get the
+-- default: nothing to insert.
+-- No NOTIFY here (delta_append sends one per flush): a transaction that notifies holds
+-- a database-wide lock from its pre-commit to the end of its commit, WAL flush
+-- included, so completions would commit one at a time (measured: benches/README
+-- section 7). LISTENing readers learn of the end, and read the last rows, at their
+-- next status read.
+
+-- Rows of one job whose lease the caller holds (job_complete has locked the job row),
+-- with the same checks and bounds as delta_append, without its NOTIFY.
+CREATE FUNCTION public.delta_store(p_job_id uuid, p_lease uuid, p_rows jsonb) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+  n bigint;
+BEGIN
+  IF p_rows IS NULL OR jsonb_typeof(p_rows) <> 'array' THEN
+    RAISE EXCEPTION 'deltas must be a JSON array' USING ERRCODE = '22023', DETAIL = 'invalid_request';
+  END IF;
+  IF jsonb_array_length(p_rows) > 5000 THEN
+    RAISE EXCEPTION 'at most 5000 rows per call' USING ERRCODE = '22023', DETAIL = 'too_many_deltas';
+  END IF;
+  IF octet_length(p_rows::text) > 4194304 THEN
+    RAISE EXCEPTION 'at most 4 MiB per call' USING ERRCODE = '22023', DETAIL = 'deltas_too_large';
+  END IF;
+  IF EXISTS (SELECT 1 FROM jsonb_to_recordset(p_rows) AS r(job_id uuid, lease uuid, seq bigint,
+               step_id text, kind text, attempt integer, run integer)
+              WHERE r.job_id IS DISTINCT FROM p_job_id OR r.lease IS DISTINCT FROM p_lease
+                 OR r.seq IS NULL OR r.step_id IS NULL OR r.kind IS NULL OR r.attempt IS NULL
+                 OR r.run IS NULL) THEN
+    RAISE EXCEPTION 'every row needs seq, step_id, kind, attempt and run, and must belong to the job being completed'
+      USING ERRCODE = '22023', DETAIL = 'invalid_request';
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM public.generation_jobs x
+                  WHERE x.id = p_job_id AND x.status = 'running' AND x.lease_token = p_lease) THEN
+    RAISE EXCEPTION 'lease lost: job % is no longer held by this worker', p_job_id
+      USING ERRCODE = 'PT409', DETAIL = 'lease_lost';
+  END IF;
+  INSERT INTO public.generation_deltas (job_id, seq, step_id, item_index, kind, attempt, run, text, meta)
+  SELECT p_job_id, r.seq, r.step_id, coalesce(r.item_index, -1), r.kind, r.attempt, r.run,
+         coalesce(r.text, ''), r.meta
+    FROM jsonb_to_recordset(p_rows) AS r(seq bigint, step_id text, item_index integer,
+         kind text, attempt integer, run integer, text text, meta jsonb)
+  ON CONFLICT (job_id, seq) DO NOTHING;
+  GET DIAGNOSTICS n = ROW_COUNT;
+  RETURN n;
+END
+$$;
+
+REVOKE ALL ON FUNCTION public.delta_store(uuid, uuid, jsonb) FROM PUBLIC, anon, authenticated, service_role;
+GRANT EXECUTE ON FUNCTION public.delta_store(uuid, uuid, jsonb) TO service_role;
+
 DROP FUNCTION public.job_complete(uuid, uuid, jsonb, jsonb, jsonb);
 CREATE FUNCTION public.job_complete(job_id uuid, lease_token uuid, result jsonb,
                                     progress jsonb DEFAULT NULL, steps jsonb DEFAULT NULL,
@@ -20,15 +69,8 @@ DECLARE
   job public.generation_jobs;
 BEGIN
   PERFORM public.job_lease_check(job_complete.job_id, job_complete.lease_token);
-  IF job_complete.deltas IS NOT NULL AND jsonb_typeof(job_complete.deltas) = 'array'
-     AND jsonb_array_length(job_complete.deltas) > 0 THEN
-    IF EXISTS (SELECT 1 FROM jsonb_to_recordset(job_complete.deltas) AS r(job_id uuid, lease uuid)
-                WHERE r.job_id IS DISTINCT FROM job_complete.job_id
-                   OR r.lease IS DISTINCT FROM job_complete.lease_token) THEN
-      RAISE EXCEPTION 'deltas must all belong to the job being completed'
-        USING ERRCODE = '22023', DETAIL = 'invalid_request';
-    END IF;
-    PERFORM public.delta_append(job_complete.deltas);
+  IF job_complete.deltas IS NOT NULL AND job_complete.deltas <> '[]'::jsonb THEN
+    PERFORM public.delta_store(job_complete.job_id, job_complete.lease_token, job_complete.deltas);
   END IF;
   PERFORM public.step_save(job_complete.job_id, job_complete.lease_token, s.value, NULL)
      FROM jsonb_array_elements(coalesce(job_complete.steps, '[]'::jsonb)) s;
