@@ -427,17 +427,14 @@ impl WatchHub {
             (owner == id, (owner, read))
         };
         let (owner, read) = read;
+        // The read leaves the map when it ends, or when its waiters are gone (so no
+        // token stays behind in it).
+        let _forget = Forget {
+            hub: &self.inner,
+            key,
+            owner,
+        };
         let outcome = read.await;
-        {
-            let mut state = lock(&self.inner.state);
-            if state
-                .authorising
-                .get(&key)
-                .is_some_and(|(o, _)| *o == owner)
-            {
-                state.authorising.remove(&key);
-            }
-        }
         match outcome {
             Ok(true) => Ok(()),
             Ok(false) => Err(not_found(job)),
@@ -545,6 +542,26 @@ impl HubInner {
     fn wake_all(&self) {
         for reader in lock(&self.state).readers.values() {
             reader.wake.notify_one();
+        }
+    }
+}
+
+/// Takes an authorising read out of the map when dropped (unless a later one replaced it).
+struct Forget<'a> {
+    hub: &'a HubInner,
+    key: (Uuid, Uuid),
+    owner: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.hub.state);
+        if state
+            .authorising
+            .get(&self.key)
+            .is_some_and(|(o, _)| *o == self.owner)
+        {
+            state.authorising.remove(&self.key);
         }
     }
 }
