@@ -416,8 +416,10 @@ impl MockLlm {
         let app = axum::Router::new()
             .route("/v1/chat/completions", post(mock_complete))
             .with_state(state);
+        // Like a real provider's server: small SSE chunks go out at once (with Nagle's
+        // algorithm each would wait for the client's delayed ACK, ~40 ms a stream).
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(bookengine::http::nodelay(listener), app).await;
         });
         Ok(MockLlm {
             base_url: format!("http://127.0.0.1:{port}/v1"),

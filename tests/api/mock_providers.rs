@@ -166,7 +166,7 @@ impl MockProvider {
         let port = listener.local_addr().expect("addr").port();
         let app = Router::new().fallback(handle).with_state(shared.clone());
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(bookengine::http::nodelay(listener), app).await;
         });
         let prefix = match kind {
             Kind::OpenAi | Kind::Anthropic => "/v1",
