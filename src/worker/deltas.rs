@@ -159,10 +159,7 @@ impl Deltas {
         if let Err(mpsc::error::SendError(Msg::Finish { done, .. })) =
             self.tx.send(Msg::Finish { job, done })
         {
-            let _ = done.send(Err(DeltaFailure {
-                lease_lost: false,
-                message: "the delta writer stopped".into(),
-            }));
+            let _ = done.send(Err(writer_stopped()));
         }
         rx
     }
@@ -173,12 +170,17 @@ impl Deltas {
         if let Err(mpsc::error::SendError(Msg::Barrier { done, .. })) =
             self.tx.send(Msg::Barrier { job, done })
         {
-            let _ = done.send(Err(DeltaFailure {
-                lease_lost: false,
-                message: "the delta writer stopped".into(),
-            }));
+            let _ = done.send(Err(writer_stopped()));
         }
         rx
+    }
+}
+
+/// What a caller gets when the writer task is gone.
+fn writer_stopped() -> DeltaFailure {
+    DeltaFailure {
+        lease_lost: false,
+        message: "the delta writer stopped".into(),
     }
 }
 
@@ -187,22 +189,12 @@ pub(super) type Finishing = oneshot::Receiver<Result<Vec<DeltaRow>, DeltaFailure
 
 /// Wait for a job's last rows; a writer that went away counts as a failure.
 pub(super) async fn last_rows(finishing: Finishing) -> Result<Vec<DeltaRow>, DeltaFailure> {
-    finishing.await.unwrap_or_else(|_| {
-        Err(DeltaFailure {
-            lease_lost: false,
-            message: "the delta writer stopped".into(),
-        })
-    })
+    finishing.await.unwrap_or_else(|_| Err(writer_stopped()))
 }
 
 /// Wait for a barrier; a writer that went away counts as a failure.
 pub(super) async fn wait(barrier: Barrier) -> Result<(), DeltaFailure> {
-    barrier.await.unwrap_or_else(|_| {
-        Err(DeltaFailure {
-            lease_lost: false,
-            message: "the delta writer stopped".into(),
-        })
-    })
+    barrier.await.unwrap_or_else(|_| Err(writer_stopped()))
 }
 
 /// A row waiting for a flush (its seq is given when the batch is cut).
