@@ -22,15 +22,7 @@ const TOKENS_PER_ROW: f64 = 5.0;
 const FLUSH: Duration = Duration::from_millis(100);
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = rt.block_on(run()) {
-        eprintln!("deltas benchmark failed: {e}");
-        std::process::exit(1);
-    }
+    bench_main("deltas", run);
 }
 
 /// Running jobs with leases, straight into the table (no engine, no trigger).

@@ -30,15 +30,7 @@ const SLOW: u8 = 1;
 const DOWN: u8 = 2;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = rt.block_on(run()) {
-        eprintln!("jwks benchmark failed: {e}");
-        std::process::exit(1);
-    }
+    bench_main("jwks", run);
 }
 
 struct Endpoint {

@@ -16,15 +16,7 @@ const JOBS: usize = 1_000;
 const MOCK_LATENCY: Duration = Duration::from_secs(2);
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = rt.block_on(run()) {
-        eprintln!("memory benchmark failed: {e}");
-        std::process::exit(1);
-    }
+    bench_main("memory", run);
 }
 
 async fn run() -> Res<()> {

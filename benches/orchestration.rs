@@ -22,15 +22,7 @@ const CHAPTERS: usize = 12;
 const CALLS: usize = CHAPTERS + 2;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = rt.block_on(run()) {
-        eprintln!("orchestration benchmark failed: {e}");
-        std::process::exit(1);
-    }
+    bench_main("orchestration", run);
 }
 
 struct Bench {

@@ -22,15 +22,7 @@ const WORKER_CONCURRENCY: usize = 16;
 const WEBHOOK_SECRET: &str = "bench-webhook-secret-0123456789abcdef";
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = rt.block_on(run()) {
-        eprintln!("queue benchmark failed: {e}");
-        std::process::exit(1);
-    }
+    bench_main("queue", run);
 }
 
 struct Ctx {

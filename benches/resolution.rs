@@ -96,15 +96,7 @@ fn plan() -> Plan {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = rt.block_on(run()) {
-        eprintln!("resolution benchmark failed: {e}");
-        std::process::exit(1);
-    }
+    bench_main("resolution", run);
 }
 
 async fn seed_base(pg: &tokio_postgres::Client, flow: &serde_json::Value) -> Res<()> {

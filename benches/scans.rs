@@ -19,15 +19,7 @@ const USERS: i64 = 10_000;
 const MINE: i64 = 20;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = rt.block_on(run()) {
-        eprintln!("scans benchmark failed: {e:?}");
-        std::process::exit(1);
-    }
+    bench_main("scans", run);
 }
 
 fn user_uuid(g: i64) -> Uuid {

@@ -29,15 +29,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    if let Err(e) = rt.block_on(run()) {
-        eprintln!("streams benchmark failed: {e:?}");
-        std::process::exit(1);
-    }
+    bench_main("streams", run);
 }
 
 /// CPU seconds used by this process's threads named `svc`.

@@ -21,6 +21,23 @@ use uuid::Uuid;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Res<T> = std::result::Result<T, BoxError>;
 
+/// A benchmark's `main`: `run` on a runtime of two worker threads (the machine's two
+/// cores); a failure is printed as "<name> benchmark failed: …" and exits 1.
+pub fn bench_main<F>(name: &str, run: impl FnOnce() -> F)
+where
+    F: std::future::Future<Output = Res<()>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    if let Err(e) = rt.block_on(run()) {
+        eprintln!("{name} benchmark failed: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// `BENCH_QUICK=1` or `-- --quick`: the short run CI can afford.
 pub fn quick() -> bool {
     std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
