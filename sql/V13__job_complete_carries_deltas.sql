@@ -94,3 +94,76 @@ $$;
 REVOKE ALL ON FUNCTION public.job_complete(uuid, uuid, jsonb, jsonb, jsonb, jsonb)
   FROM PUBLIC, anon, authenticated, service_role;
 GRANT EXECUTE ON FUNCTION public.job_complete(uuid, uuid, jsonb, jsonb, jsonb, jsonb) TO service_role;
+
+-- step_save, as in V6, dating a finished call from its end: the worker sends `age_ms`,
+-- how long ago the call ended when the record is sent. V6 took now() as the end, but a
+-- record can wait in the worker's write-behind queue (behind its streamed text's
+-- flush), so a step could be dated after the steps that ran after it (seen: an outline
+-- listed after its chapters). Without `age_ms` (older workers) it is V6's behaviour.
+CREATE OR REPLACE FUNCTION public.step_save(job_id uuid, lease_token uuid, step jsonb, progress jsonb DEFAULT NULL)
+RETURNS public.generation_steps
+LANGUAGE plpgsql VOLATILE SECURITY INVOKER SET search_path = pg_catalog, public AS $$
+#variable_conflict use_column
+DECLARE
+  saved public.generation_steps;
+  step_status text := coalesce(step ->> 'status', 'running');
+  -- When the call ended: `age_ms` before now (bounded to an hour: a clock of ours, not
+  -- the caller's, and never in the future).
+  ended timestamptz := now() - make_interval(secs => least(greatest(
+      coalesce((step ->> 'age_ms')::double precision, 0), 0), 3600000) / 1000.0);
+BEGIN
+  PERFORM 1 FROM public.generation_jobs j
+   WHERE j.id = step_save.job_id AND j.status = 'running' AND j.lease_token = step_save.lease_token
+   FOR KEY SHARE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'lease lost: job % is no longer held by this worker', step_save.job_id
+      USING ERRCODE = 'PT409', DETAIL = 'lease_lost';
+  END IF;
+  INSERT INTO public.generation_steps AS s
+    (job_id, step_id, item_index, status, provider, model, fallback_used, attempts, output, error,
+     usage, latency_ms, attempt_log, started_at, finished_at)
+  VALUES (
+    step_save.job_id,
+    step ->> 'step_id',
+    coalesce((step ->> 'item_index')::integer, -1),
+    step_status,
+    step ->> 'provider',
+    step ->> 'model',
+    coalesce((step ->> 'fallback_used')::boolean, false),
+    coalesce((step ->> 'attempts')::integer, 0),
+    step -> 'output',
+    step ->> 'error',
+    coalesce(step -> 'usage', '{"input_tokens": 0, "output_tokens": 0}'::jsonb),
+    (step ->> 'latency_ms')::integer,
+    coalesce(step -> 'attempt_log', '[]'::jsonb),
+    CASE WHEN step_status <> 'running' AND step ? 'latency_ms'
+         THEN ended - make_interval(secs => coalesce((step ->> 'latency_ms')::double precision, 0) / 1000.0)
+         ELSE now() END,
+    CASE WHEN step_status = 'running' THEN NULL ELSE ended END)
+  ON CONFLICT (job_id, step_id, item_index) DO UPDATE
+    SET status = EXCLUDED.status, provider = EXCLUDED.provider, model = EXCLUDED.model,
+        fallback_used = EXCLUDED.fallback_used, attempts = EXCLUDED.attempts,
+        output = EXCLUDED.output, error = EXCLUDED.error, usage = EXCLUDED.usage,
+        latency_ms = EXCLUDED.latency_ms, attempt_log = EXCLUDED.attempt_log,
+        -- A finished call knows its own start (now() - latency); a row left `running` by
+        -- an earlier attempt must not stretch it. Summary rows (no latency) keep theirs.
+        started_at = CASE WHEN EXCLUDED.status = 'running' OR s.status <> 'running'
+                            OR step_save.step ? 'latency_ms'
+                          THEN EXCLUDED.started_at ELSE s.started_at END,
+        finished_at = EXCLUDED.finished_at
+    WHERE s.status <> 'succeeded'
+  RETURNING * INTO saved;
+  IF saved.id IS NULL THEN
+    SELECT * INTO saved FROM public.generation_steps s
+     WHERE s.job_id = step_save.job_id AND s.step_id = step ->> 'step_id'
+       AND s.item_index = coalesce((step ->> 'item_index')::integer, -1);
+  END IF;
+  IF step_save.progress IS NOT NULL THEN
+    UPDATE public.generation_jobs j SET progress = step_save.progress, updated_at = now()
+     WHERE j.id = (SELECT x.id FROM public.generation_jobs x WHERE x.id = step_save.job_id
+                   FOR NO KEY UPDATE SKIP LOCKED)
+       AND coalesce((j.progress ->> 'done')::bigint, -1) <= coalesce((step_save.progress ->> 'done')::bigint, 0);
+  END IF;
+  RETURN saved;
+END
+$$;

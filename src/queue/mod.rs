@@ -192,6 +192,25 @@ pub struct StepWrite {
     pub usage: Value,
     pub latency_ms: Option<u64>,
     pub attempt_log: Value,
+    /// When the call ended. Sent as `age_ms` (how long ago, when the record is sent), so
+    /// the database dates the call from its end, not from when the write-behind writer
+    /// got to it (sql/V13): steps stay in the order they ran.
+    #[serde(
+        rename = "age_ms",
+        serialize_with = "age_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ended: Option<std::time::Instant>,
+}
+
+fn age_ms<S: serde::Serializer>(
+    ended: &Option<std::time::Instant>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match ended {
+        Some(t) => s.serialize_some(&(t.elapsed().as_millis() as u64)),
+        None => s.serialize_none(),
+    }
 }
 
 #[derive(Clone)]

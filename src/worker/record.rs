@@ -59,6 +59,7 @@ impl StepWrite {
             usage: json!(o.usage),
             latency_ms: Some(latency_ms),
             attempt_log: json!(o.log),
+            ended: Some(std::time::Instant::now()),
         }
     }
 
@@ -81,6 +82,7 @@ impl StepWrite {
             usage: json!(Usage::default()),
             latency_ms: Some(latency_ms),
             attempt_log: json!(f.log),
+            ended: Some(std::time::Instant::now()),
             ..Default::default()
         }
     }

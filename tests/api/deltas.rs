@@ -508,3 +508,63 @@ async fn with_streaming_off_books_are_written_whole_and_no_delta_is_stored() {
         "/v1beta/models/gemini-1.5-flash:generateContent"
     );
 }
+
+/// A record that waited in the worker (behind its text's flush) is dated from when its
+/// call ended, not from when it was saved: steps stay in the order they ran (sql/V13).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_is_dated_from_when_its_call_ended_not_from_when_it_was_saved() {
+    let app = spawn_app().await;
+    let (_admin, pro, _) = book_setup(&app).await;
+    let _ = request(&app, &pro, "dating").await;
+    let queue = Queue::new(Rest::new(&app.stack.supabase_config()).expect("rest"));
+    let job = crate::resilience::ready(queue.claim("test-worker", 1, 30).await.expect("claim"))
+        .pop()
+        .expect("a job");
+    let ended = Instant::now()
+        .checked_sub(Duration::from_secs(5))
+        .expect("an instant 5 s ago");
+    let write = |step: &str, ended: Option<Instant>| bookengine::queue::StepWrite {
+        step_id: step.into(),
+        item_index: -1,
+        status: bookengine::jobs::StepStatus::Succeeded,
+        output: Some(json!("x")),
+        usage: json!({}),
+        latency_ms: Some(2000),
+        attempt_log: json!([]),
+        ended,
+        ..Default::default()
+    };
+    // The outline ended 5 s ago but is saved after the chapter that ended now.
+    queue
+        .save_step(
+            job.id,
+            job.lease_token,
+            &write("chapters", Some(Instant::now())),
+            None,
+        )
+        .await
+        .expect("save chapters");
+    let outline = queue
+        .save_step(
+            job.id,
+            job.lease_token,
+            &write("outline", Some(ended)),
+            None,
+        )
+        .await
+        .expect("save outline");
+    let steps = queue.steps(job.id).await.expect("steps");
+    let order: Vec<&str> = steps.iter().map(|s| s.step_id.as_str()).collect();
+    assert_eq!(order, ["outline", "chapters"], "{steps:?}");
+    // started = ended - latency: about 7 s before now, finished about 5 s before.
+    let parse = |t: &Option<String>| {
+        chrono::DateTime::parse_from_rfc3339(t.as_deref().expect("a time")).expect("rfc3339")
+    };
+    let span = parse(&outline.finished_at) - parse(&outline.started_at);
+    assert_eq!(span.num_milliseconds(), 2000, "{outline:?}");
+    let age = chrono::Utc::now().signed_duration_since(parse(&outline.finished_at));
+    assert!(
+        (4_000..30_000).contains(&age.num_milliseconds()),
+        "finished {age:?} ago"
+    );
+}
