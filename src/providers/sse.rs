@@ -89,30 +89,56 @@ pub(crate) async fn read(
     sink: &DeltaSink,
     mut decoder: impl StreamDecoder,
 ) -> Result<ChatResponse, ProviderError> {
+    use futures::FutureExt;
     let mut text = String::new();
+    // Deltas that arrived together (one network read holds many events) go to the sink
+    // as one: the sink's consumers then do per read what they would do per event.
+    let mut pending = String::new();
+    let flush = |pending: &mut String| {
+        if !pending.is_empty() {
+            sink.delta(pending);
+            pending.clear();
+        }
+    };
     while !decoder.done() {
-        let event = match tokio::time::timeout(idle, events.next()).await {
+        let next = match events.next().now_or_never() {
+            Some(next) => Ok(next),
+            None => {
+                flush(&mut pending);
+                tokio::time::timeout(idle, events.next()).await
+            }
+        };
+        let event = match next {
             Err(_) => {
+                flush(&mut pending);
                 return Err(transient(format!(
                     "the stream stalled: nothing for {} ms",
                     idle.as_millis()
-                )))
+                )));
             }
             Ok(None) => break,
             Ok(Some(Err(message))) => {
-                return Err(transient(format!("the stream broke: {message}")))
+                flush(&mut pending);
+                return Err(transient(format!("the stream broke: {message}")));
             }
             Ok(Some(Ok(event))) => event,
         };
-        let delta = decoder.event(&event.event, &event.data)?;
+        let delta = match decoder.event(&event.event, &event.data) {
+            Ok(delta) => delta,
+            Err(e) => {
+                flush(&mut pending);
+                return Err(e);
+            }
+        };
         if let Some(usage) = decoder.usage() {
             sink.report_usage(usage);
         }
         if let Some(delta) = delta.filter(|d| !d.is_empty()) {
-            sink.delta(&delta);
+            pending.push_str(&delta);
             text.push_str(&delta);
         }
     }
+    flush(&mut pending);
     if !decoder.complete() {
         return Err(transient(
             "the stream ended before its terminal event".into(),
@@ -266,5 +292,37 @@ mod tests {
         .expect_err("broken");
         assert!(matches!(e, ProviderError::Transient { .. }));
         assert!(e.to_string().contains("broke"), "{e}");
+    }
+
+    /// Events that arrive together reach the sink as one delta; a pause between them
+    /// sends what came before it at once.
+    #[tokio::test]
+    async fn deltas_that_arrive_together_are_sent_as_one() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let sink = DeltaSink::new(1, tx);
+        let pause = futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(eventsource_stream::Event {
+                event: "message".into(),
+                data: "c".into(),
+                id: String::new(),
+                retry: None,
+            })
+        });
+        let s = futures::stream::iter(events(&["a", "b"]))
+            .chain(pause)
+            .chain(futures::stream::iter(events(&["d", "end"])));
+        let r = read(Box::pin(s), Duration::from_secs(5), &sink, Plain::default())
+            .await
+            .expect("complete");
+        assert_eq!(r.text, "abcd");
+        drop(sink);
+        let mut sent = Vec::new();
+        while let Some(e) = rx.recv().await {
+            if let crate::providers::StreamEvent::Delta { text, .. } = e {
+                sent.push(text);
+            }
+        }
+        assert_eq!(sent, ["ab", "cd"]);
     }
 }
