@@ -139,6 +139,8 @@ impl Ctx {
         let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
         let cpu0: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
         let pgrst0 = self.stack.postgrest_pid().map(cpu_seconds).unwrap_or(0.0);
+        // This process: the mock provider (it streams, too), the inserts, the polling.
+        let bench0 = cpu_seconds(std::process::id());
         let pg0: Vec<(u32, f64)> = self
             .backend_pids()
             .await?
@@ -163,6 +165,7 @@ impl Ctx {
             .map(|(p, c0)| cpu_seconds(*p) - c0)
             .sum();
         let pgrst_cpu = self.stack.postgrest_pid().map(cpu_seconds).unwrap_or(0.0) - pgrst0;
+        let bench_cpu = cpu_seconds(std::process::id()) - bench0;
         // Backends PostgREST opened during the run count from zero.
         let pg_cpu: f64 = self
             .backend_pids()
@@ -201,6 +204,7 @@ impl Ctx {
             worker_cpu,
             pgrst_cpu,
             pg_cpu,
+            bench_cpu,
         })
     }
 
@@ -244,9 +248,26 @@ struct Throughput {
     worker_cpu: f64,
     pgrst_cpu: f64,
     pg_cpu: f64,
+    /// This bench process (mock provider, inserts, polling).
+    bench_cpu: f64,
 }
 
 impl Throughput {
+    /// CPU ms per finished job by process, and the share of two cores they kept busy.
+    fn cpu_per_job(&self) -> String {
+        let per = |s: f64| 1000.0 * s / (self.done.max(1) as f64);
+        let total = self.worker_cpu + self.pgrst_cpu + self.pg_cpu + self.bench_cpu;
+        format!(
+            "CPU ms per job: workers {:.2}, PostgREST {:.2}, Postgres {:.2}, bench process (mock, inserts) {:.2}; total {:.2} = {:.0}% of 2 cores over the run",
+            per(self.worker_cpu),
+            per(self.pgrst_cpu),
+            per(self.pg_cpu),
+            per(self.bench_cpu),
+            per(total),
+            100.0 * total / (2.0 * self.elapsed.as_secs_f64())
+        )
+    }
+
     fn jobs_per_s(&self) -> f64 {
         self.done as f64 / self.elapsed.as_secs_f64()
     }
@@ -589,6 +610,7 @@ async fn run() -> Res<()> {
             r.pg_cpu,
             r.busy_before
         );
+        println!("  {}", r.cpu_per_job());
         results.push(r);
     }
 
@@ -608,12 +630,13 @@ async fn run() -> Res<()> {
             .throughput(workers, n_jobs, limit, &ctx.stack.rest_url)
             .await?;
         println!(
-            "\n{} worker process(es), streaming OFF: {}/{} succeeded in {:.2} s -> {:.0} jobs/s",
+            "\n{} worker process(es), streaming OFF: {}/{} succeeded in {:.2} s -> {:.0} jobs/s ({})",
             r.workers,
             r.done,
             r.n,
             r.elapsed.as_secs_f64(),
-            r.jobs_per_s()
+            r.jobs_per_s(),
+            r.cpu_per_job()
         );
         off.push(r);
     }
