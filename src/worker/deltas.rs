@@ -530,6 +530,11 @@ impl Writer {
         if let Some(done) = done {
             let _ = done.send(Ok(rows));
         }
+        self.recount_pending();
+    }
+
+    /// The text still waiting, over every job (after rows left the queue unflushed).
+    fn recount_pending(&mut self) {
         self.pending_bytes = self
             .jobs
             .values()
@@ -609,12 +614,7 @@ impl Writer {
         }
         if left {
             self.due = Some(Instant::now());
-            self.pending_bytes = self
-                .jobs
-                .values()
-                .flat_map(|s| s.pending.iter())
-                .map(|p| p.text.len())
-                .sum();
+            self.recount_pending();
         } else {
             self.due = None;
             self.pending_bytes = 0;
