@@ -159,14 +159,7 @@ impl Sse {
 }
 
 fn listen_url(stack: &Stack) -> Secret {
-    let host = match stack.db.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".into(),
-    };
-    let port = stack.db.get_ports().first().copied().unwrap_or(5432);
-    let user = stack.db.get_user().unwrap_or("postgres");
-    let db = stack.db.get_dbname().unwrap_or("postgres");
-    Secret::new(format!("postgres://{user}@{host}:{port}/{db}"))
+    Secret::new(bookengine::devstack::url_for(&stack.db))
 }
 
 /// 1. Token → SSE latency for one job and one viewer, `tokens` tokens at 50/s.

@@ -38,7 +38,7 @@ impl LogArgs {
 
     /// The filter asked for, else `default`; a filter that does not parse falls back to
     /// `default` (said once on stderr, as there is no logger yet).
-    fn filter(&self, default: &str) -> EnvFilter {
+    fn env_filter(&self, default: &str) -> EnvFilter {
         match self.filter.as_deref().filter(|f| !f.trim().is_empty()) {
             Some(f) => EnvFilter::try_new(f).unwrap_or_else(|e| {
                 eprintln!("warning: RUST_LOG/--log {f:?} is not a filter ({e}); using {default:?}");
@@ -52,7 +52,7 @@ impl LogArgs {
 /// For short CLI commands: warnings only, to stderr.
 pub fn init_cli(log: &LogArgs) {
     let _ = fmt()
-        .with_env_filter(log.filter("warn"))
+        .with_env_filter(log.env_filter("warn"))
         .with_ansi(log.colours())
         .with_writer(std::io::stderr)
         .try_init();
@@ -61,7 +61,7 @@ pub fn init_cli(log: &LogArgs) {
 /// For `serve` and `worker`: info by default, JSON when asked.
 pub fn init_service(log: &LogArgs) {
     let builder = fmt()
-        .with_env_filter(log.filter("info,tower_http=warn"))
+        .with_env_filter(log.env_filter("info,tower_http=warn"))
         .with_ansi(log.colours())
         .with_writer(std::io::stderr);
     let _ = if log.log_format == LogFormat::Json {

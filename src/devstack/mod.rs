@@ -128,4 +128,6 @@ pub fn local_keys(secret: &Secret) -> Result<LocalKeys> {
     })
 }
 mod stack;
-pub use stack::{default_gateway_port, down, prepare_database, run_gateway, status, up, StackEnv};
+pub use stack::{
+    default_gateway_port, down, prepare_database, run_gateway, status, up, url_for, StackEnv,
+};

@@ -74,7 +74,8 @@ fn read_pid(dir: &Path, name: &str) -> Option<i32> {
         .ok()
 }
 
-fn url_for(config: &tokio_postgres::Config) -> String {
+/// A password-less connection string for `config` (the local, trust-auth server).
+pub fn url_for(config: &tokio_postgres::Config) -> String {
     let host = match config.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => "127.0.0.1".into(),

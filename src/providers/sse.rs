@@ -94,41 +94,31 @@ pub(crate) async fn read(
     // Deltas that arrived together (one network read holds many events) go to the sink
     // as one: the sink's consumers then do per read what they would do per event.
     let mut pending = String::new();
-    let flush = |pending: &mut String| {
-        if !pending.is_empty() {
-            sink.delta(pending);
-            pending.clear();
+    let outcome = loop {
+        if decoder.done() {
+            break Ok(());
         }
-    };
-    while !decoder.done() {
         let next = match events.next().now_or_never() {
             Some(next) => Ok(next),
             None => {
-                flush(&mut pending);
+                sink.delta(&std::mem::take(&mut pending));
                 tokio::time::timeout(idle, events.next()).await
             }
         };
         let event = match next {
             Err(_) => {
-                flush(&mut pending);
-                return Err(transient(format!(
+                break Err(transient(format!(
                     "the stream stalled: nothing for {} ms",
                     idle.as_millis()
-                )));
+                )))
             }
-            Ok(None) => break,
-            Ok(Some(Err(message))) => {
-                flush(&mut pending);
-                return Err(transient(format!("the stream broke: {message}")));
-            }
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(message))) => break Err(transient(format!("the stream broke: {message}"))),
             Ok(Some(Ok(event))) => event,
         };
         let delta = match decoder.event(&event.event, &event.data) {
             Ok(delta) => delta,
-            Err(e) => {
-                flush(&mut pending);
-                return Err(e);
-            }
+            Err(e) => break Err(e),
         };
         if let Some(usage) = decoder.usage() {
             sink.report_usage(usage);
@@ -137,8 +127,11 @@ pub(crate) async fn read(
             pending.push_str(&delta);
             text.push_str(&delta);
         }
-    }
-    flush(&mut pending);
+    };
+    // What arrived before the end (or the failure) is sent: a failed attempt's text is
+    // the caller's to discard.
+    sink.delta(&pending);
+    outcome?;
     if !decoder.complete() {
         return Err(transient(
             "the stream ended before its terminal event".into(),

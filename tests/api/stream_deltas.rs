@@ -66,14 +66,7 @@ pub(crate) async fn serve(stack: &TestStack, streams: StreamConfig) -> App {
 
 /// The test database as a connection string (for LISTEN).
 fn listen_url(stack: &TestStack) -> Secret {
-    let host = match stack.db.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        _ => "127.0.0.1".into(),
-    };
-    let port = stack.db.get_ports().first().copied().unwrap_or(5432);
-    let user = stack.db.get_user().unwrap_or("postgres");
-    let db = stack.db.get_dbname().unwrap_or("postgres");
-    Secret::new(format!("postgres://{user}@{host}:{port}/{db}"))
+    Secret::new(bookengine::devstack::url_for(&stack.db))
 }
 
 /// A running job of a pro user (no worker: the test holds its lease).

@@ -402,7 +402,7 @@ impl WatchHub {
     async fn authorise(&self, job: Uuid, user: Uuid, token: &Secret) -> Result<()> {
         let key = (job, user);
         let fresh = Duration::from_millis(self.inner.config.stream_poll_ms.saturating_mul(2));
-        let (mine, read) = {
+        let (owner, read, mine) = {
             let mut state = lock(&self.inner.state);
             let vouched = state.readers.get(&key).is_some_and(|r| {
                 lock(&r.shared)
@@ -424,9 +424,8 @@ impl WatchHub {
                     (id, read.boxed().shared())
                 })
                 .clone();
-            (owner == id, (owner, read))
+            (owner, read, owner == id)
         };
-        let (owner, read) = read;
         // The read leaves the map when it ends, or when its waiters are gone (so no
         // token stays behind in it).
         let _forget = Forget {
@@ -434,16 +433,16 @@ impl WatchHub {
             key,
             owner,
         };
-        let outcome = read.await;
-        match outcome {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(not_found(job)),
-            Err(e) if mine => Err(e.as_ref().clone()),
+        let seen = match read.await {
+            Ok(seen) => seen,
+            Err(e) if mine => return Err(e.as_ref().clone()),
             // Another viewer's read failed (its token, a hiccup): this one reads itself.
-            Err(_) => match visible(&self.inner.rest, &Caller::User(token.clone()), job).await? {
-                true => Ok(()),
-                false => Err(not_found(job)),
-            },
+            Err(_) => visible(&self.inner.rest, &Caller::User(token.clone()), job).await?,
+        };
+        if seen {
+            Ok(())
+        } else {
+            Err(not_found(job))
         }
     }
 
