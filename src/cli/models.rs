@@ -28,6 +28,13 @@ pub enum ModelsAction {
         /// Recompute the file's sha256 and compare it with the recorded one.
         #[arg(long)]
         verify: bool,
+        /// Time the model on this machine: a fixed prompt, greedy decoding, prompt
+        /// reading (ms/token) and writing (tokens/s) apart.
+        #[arg(long)]
+        bench: bool,
+        /// With --bench: how the weights are held in memory.
+        #[arg(long, value_enum, default_value = "f16", requires = "bench")]
+        weights: local::WeightFormat,
     },
 }
 
@@ -51,16 +58,28 @@ pub async fn models(args: ModelsArgs, json: bool) -> Result<()> {
         ModelsAction::Status {
             local_model,
             verify,
-        } => status(cache, local_model, verify, json).await,
+            bench,
+            weights,
+        } => {
+            let serving = status(cache, local_model, verify, json).await?;
+            match (bench, serving) {
+                (true, Some(path)) => run_bench(path, weights, json).await,
+                (true, None) => Err(Error::unavailable(
+                    "no model file to time: run `bookengine models fetch` first",
+                )),
+                (false, _) => Ok(()),
+            }
+        }
     }
 }
 
+/// Print the model's status; returns the file the provider serves, if any.
 async fn status(
     cache: PathBuf,
     local_model: Option<PathBuf>,
     verify: bool,
     json: bool,
-) -> Result<()> {
+) -> Result<Option<PathBuf>> {
     let default_path = local::default_model_path(&cache);
     let fetched = local::cached_default_model(&cache).is_some();
     let serving = match &local_model {
@@ -137,6 +156,35 @@ async fn status(
     }
     if verified == Some(false) {
         return Err(Error::unavailable("the model file failed verification"));
+    }
+    Ok(serving)
+}
+
+async fn run_bench(path: PathBuf, weights: local::WeightFormat, json: bool) -> Result<()> {
+    let report = tokio::task::spawn_blocking(move || local::bench::run(&path, weights))
+        .await
+        .map_err(|e| Error::internal(format!("bench task: {e}")))?
+        .map_err(|e| Error::unavailable(format!("the model could not be timed: {e:#}")))?;
+    if json {
+        println!("{}", json!({ "bench": report }));
+    } else {
+        println!(
+            "bench          weights {}, loaded in {:.2} s",
+            report.weights, report.load_seconds
+        );
+        println!(
+            "prefill        {} prompt tokens at {:.1} ms/token",
+            report.prompt_tokens, report.prefill_ms_per_token
+        );
+        println!(
+            "decode         {} tokens at {:.1} tokens/s",
+            report.output_tokens, report.decode_tokens_per_second
+        );
+        println!(
+            "simd           built for {}; this CPU has {}",
+            report.build_simd, report.cpu_simd
+        );
+        println!("sample         {}", report.sample);
     }
     Ok(())
 }

@@ -188,18 +188,37 @@ fn list_item(line: &str) -> Option<String> {
 }
 
 fn starts_with_chapter_number(s: &str) -> bool {
-    let lower = s.to_lowercase();
-    lower
-        .strip_prefix("chapter ")
-        .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+    chapter_number_len(s).is_some()
+}
+
+/// The length of a leading "Chapter 3", "chapters 2-3" or "Chapters 4–5" (a
+/// small model numbers a chapter that covers two parts of its plan that way).
+fn chapter_number_len(s: &str) -> Option<usize> {
+    let lower = s.to_ascii_lowercase();
+    let word = ["chapters ", "chapter "]
+        .iter()
+        .find(|w| lower.starts_with(*w))?
+        .len();
+    let digits = |from: usize| s[from..].chars().take_while(char::is_ascii_digit).count();
+    let first = digits(word);
+    if first == 0 {
+        return None;
+    }
+    let mut end = word + first;
+    if let Some(dash) = ["-", "–", "—"].iter().find(|d| s[end..].starts_with(*d)) {
+        let more = digits(end + dash.len());
+        if more > 0 {
+            end += dash.len() + more;
+        }
+    }
+    Some(end)
 }
 
 /// "Chapter 3: The Hive" -> "The Hive" (and "**Chapter 3**: X" -> "X").
 fn strip_chapter_word(item: &str) -> String {
     let unbold = item.trim_start_matches('*');
-    if starts_with_chapter_number(unbold) {
-        let after = &unbold["chapter ".len()..];
-        let after = after.trim_start_matches(|c: char| c.is_ascii_digit());
+    if let Some(len) = chapter_number_len(unbold) {
+        let after = &unbold[len..];
         let after = after.trim_start_matches('*');
         let after = after.trim_start_matches([':', '.', '-', '—', '–', ')', ' ']);
         // "Chapter 3" alone keeps its name.
@@ -322,6 +341,22 @@ mod tests {
         assert_eq!(ch[1]["summary"], "pollination");
         assert_eq!(ch[2]["title"], "Honey");
         assert_eq!(coerce_outline(text).unwrap()["title"], "Untitled");
+    }
+
+    #[test]
+    fn chapter_ranges_are_one_chapter_each() {
+        // SmolLM2's answer in the demo, with the F16 weights (a title line, then
+        // "Chapters 2-3:" headings each followed by a paragraph).
+        let text = "Title: The History of Tea\n\nChapter 1: The Golden Age\n\nIts origins.\n\nChapters 2-3: The Industrial Revolution\n\nFactories.\n\nChapters 4–5: The Modern Era\n\nCoffee culture.\n\nSummary:\n\nIn this chapter, more.";
+        let v = coerce_outline(text).unwrap();
+        assert_eq!(v["title"], "The History of Tea");
+        let ch = v["chapters"].as_array().unwrap();
+        assert_eq!(ch.len(), 3, "{v}");
+        assert_eq!(ch[0]["summary"], "Its origins.");
+        assert_eq!(ch[1]["title"], "The Industrial Revolution");
+        assert_eq!(ch[1]["summary"], "Factories.");
+        assert_eq!(ch[2]["title"], "The Modern Era");
+        assert!(coerce_outline("Chapters about bees: none").is_none());
     }
 
     #[test]

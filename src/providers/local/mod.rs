@@ -7,20 +7,28 @@
 //! loaded once per process and shared; answers are generated one at a time on a
 //! blocking thread, off the async runtime.
 //!
+//! - `bench`: `models status --bench`, prefill and decode timed apart.
 //! - `fetch`: the default model file, its cache and its verification.
 //! - `tokenizer`: the tokenizer rebuilt from the GGUF metadata; ChatML.
-//! - `generate`: sampling, the repeat penalty, stop conditions, truncation.
+//! - `llama`: the model itself (the llama architecture on candle's tensors).
+//! - `generate`: prompt reading, the decode loop, stop conditions, truncation.
+//! - `sampling`: greedy or top-p choice of the next token, the repeat penalty.
 //! - `json`: JSON out of a weak model's answer (and outline lists into JSON).
+//! - `weights`: the weights converted to a format the CPU has fast kernels for.
 //!
 //! Behind the cargo feature `local-model`, on by default; `--no-default-features`
 //! leaves candle and tokenizers out (about 5 CPU-minutes of a clean build on the
 //! 2-core machines) and the offline provider answers for `local` in the demo.
 
+pub mod bench;
 mod fetch;
 mod generate;
 mod json;
+mod llama;
 mod pieces;
+mod sampling;
 mod tokenizer;
+mod weights;
 
 pub use fetch::{
     cached_default_model, default_cache_dir, default_model_path, fetch_default_model,
@@ -33,6 +41,7 @@ pub use json::{
     outline_list_prompt, topic_of,
 };
 pub use tokenizer::{chatml, chatml_turns, Turn, DEFAULT_SYSTEM};
+pub use weights::WeightFormat;
 
 use super::{ChatProvider, ChatRequest, ChatResponse, DeltaSink, ProviderError, Usage};
 use async_trait::async_trait;
@@ -91,10 +100,11 @@ pub fn last_tokens_per_second() -> Option<f64> {
     *LAST_TPS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-type SharedEngine = Arc<Mutex<Engine>>;
+/// Answers wait for the model in turn, asynchronously (see `LocalModelProvider::answer`).
+type SharedEngine = Arc<tokio::sync::Mutex<Engine>>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // An answer that panicked leaves nothing half-done: each one resets the kv cache.
+    // What these guard is whole after any panic (a map, a number).
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -106,7 +116,10 @@ pub fn shared_engine(path: &Path) -> anyhow::Result<SharedEngine> {
         return Ok(e.clone());
     }
     let started = Instant::now();
-    let engine = Arc::new(Mutex::new(Engine::load(path)?));
+    let engine = Arc::new(tokio::sync::Mutex::new(Engine::load(
+        path,
+        WeightFormat::F16,
+    )?));
     tracing::info!(
         path = %path.display(),
         seconds = started.elapsed().as_secs_f64(),
@@ -140,6 +153,44 @@ impl LocalModelProvider {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Wait for the model (one answer at a time), then answer on a blocking thread.
+    async fn answer(
+        &self,
+        req: &ChatRequest,
+        timeout: Duration,
+        sink: Option<&DeltaSink>,
+    ) -> Result<ChatResponse, ProviderError> {
+        // Stop a little before the caller's timeout so the partial answer gets back.
+        let margin = (timeout / 10).min(Duration::from_millis(500));
+        let deadline = Instant::now() + timeout.saturating_sub(margin);
+        let path = self.path.clone();
+        let engine = tokio::task::spawn_blocking(move || shared_engine(&path))
+            .await
+            .map_err(|e| transient(format!("local model task failed: {e}")))?
+            .map_err(|e| permanent(format!("{e:#}")))?;
+        // Queued behind other answers no longer than the deadline; a caller that
+        // stops waiting drops this future and leaves the queue.
+        let mut engine = tokio::time::timeout_at(deadline.into(), engine.lock_owned())
+            .await
+            .map_err(|_| transient("the local model stayed busy until the deadline".into()))?;
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _cancel_on_drop = CancelOnDrop(cancel.clone());
+        let (seed, request) = (self.seed, req.clone());
+        let streaming = sink.filter(|_| !req.json).cloned();
+        tokio::task::spawn_blocking(move || {
+            answer(
+                &mut engine,
+                seed,
+                &request,
+                deadline,
+                &cancel,
+                streaming.as_ref(),
+            )
+        })
+        .await
+        .map_err(|e| transient(format!("local model task failed: {e}")))?
     }
 
     /// Load the model now rather than on the first request.
@@ -183,15 +234,7 @@ impl ChatProvider for LocalModelProvider {
         req: &ChatRequest,
         timeout: Duration,
     ) -> Result<ChatResponse, ProviderError> {
-        // Stop a little before the caller's timeout so the partial answer gets back.
-        let margin = (timeout / 10).min(Duration::from_millis(500));
-        let deadline = Instant::now() + timeout.saturating_sub(margin);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let _cancel_on_drop = CancelOnDrop(cancel.clone());
-        let (path, seed, req) = (self.path.clone(), self.seed, req.clone());
-        tokio::task::spawn_blocking(move || answer(&path, seed, &req, deadline, &cancel, None))
-            .await
-            .map_err(|e| transient(format!("local model task failed: {e}")))?
+        self.answer(req, timeout, None).await
     }
 
     /// Prose token by token from the decode loop. A JSON answer is sent whole at
@@ -204,17 +247,7 @@ impl ChatProvider for LocalModelProvider {
         _idle: Duration,
         sink: &DeltaSink,
     ) -> Result<ChatResponse, ProviderError> {
-        let margin = (timeout / 10).min(Duration::from_millis(500));
-        let deadline = Instant::now() + timeout.saturating_sub(margin);
-        let cancel = Arc::new(AtomicBool::new(false));
-        let _cancel_on_drop = CancelOnDrop(cancel.clone());
-        let (path, seed, request) = (self.path.clone(), self.seed, req.clone());
-        let streaming = (!req.json).then(|| sink.clone());
-        let response = tokio::task::spawn_blocking(move || {
-            answer(&path, seed, &request, deadline, &cancel, streaming.as_ref())
-        })
-        .await
-        .map_err(|e| transient(format!("local model task failed: {e}")))??;
+        let response = self.answer(req, timeout, Some(sink)).await?;
         if req.json {
             sink.delta(&response.text);
         }
@@ -226,29 +259,13 @@ impl ChatProvider for LocalModelProvider {
 /// One request, on a blocking thread: the answer, or for JSON requests the JSON
 /// (found, coerced from a list, or asked for again with an example).
 fn answer(
-    path: &Path,
+    engine: &mut Engine,
     seed: u64,
     req: &ChatRequest,
     deadline: Instant,
     cancel: &AtomicBool,
     sink: Option<&DeltaSink>,
 ) -> Result<ChatResponse, ProviderError> {
-    let engine = shared_engine(path).map_err(|e| permanent(format!("{e:#}")))?;
-    // One answer at a time per model; wait for the model no longer than the deadline.
-    let mut engine = loop {
-        match engine.try_lock() {
-            Ok(guard) => break guard,
-            Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                if cancel.load(Ordering::Relaxed) || Instant::now() >= deadline {
-                    return Err(transient(
-                        "the local model stayed busy until the deadline".into(),
-                    ));
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    };
     let params = GenParams {
         temperature: req.temperature.unwrap_or(DEFAULT_TEMPERATURE),
         max_tokens: req
