@@ -17,6 +17,7 @@ pub mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod migrate;
+pub mod pgtls;
 pub mod providers;
 pub mod queue;
 pub mod rest;

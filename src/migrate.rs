@@ -22,17 +22,11 @@ pub struct MigrationState {
     pub applied: bool,
 }
 
-/// Connect with TLS when the server offers it (hosted Supabase requires it).
-///
-/// Like libpq's `sslmode=prefer` and `require`, the certificate chain is not checked:
-/// the channel is encrypted, the server is not authenticated.
+/// Connect with TLS when the server offers it (hosted Supabase requires it); see
+/// [`crate::pgtls`] for what is and is not checked.
 pub async fn connect(config: &tokio_postgres::Config) -> Result<Client> {
-    let tls = native_tls::TlsConnector::builder()
-        .danger_accept_invalid_certs(true)
-        .danger_accept_invalid_hostnames(true)
-        .build()
-        .map_err(|e| Error::internal(format!("TLS setup failed: {e}")))?;
-    let tls = postgres_native_tls::MakeTlsConnector::new(tls);
+    let tls =
+        crate::pgtls::connector().map_err(|e| Error::internal(format!("TLS setup failed: {e}")))?;
     let (client, connection) = config.connect(tls).await.map_err(|e| {
         Error::unavailable(format!(
             "cannot connect to Postgres at {}: {e}",

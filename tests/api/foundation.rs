@@ -40,6 +40,32 @@ async fn migrate_twice_is_a_no_op_and_status_lists_all() {
     assert_eq!(exposed, 0);
 }
 
+/// The service's own connections (migrate, LISTEN) use TLS whenever the server
+/// offers it (rustls, the chain not checked: see `bookengine::pgtls`).
+#[tokio::test]
+async fn the_service_connects_to_postgres_over_tls_when_offered() {
+    let stack = TestStack::start().await;
+    let client = bookengine::migrate::connect(&stack.db).await.unwrap();
+    let offered: String = client.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    let encrypted: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let tcp = matches!(
+        stack.db.get_hosts().first(),
+        Some(tokio_postgres::config::Host::Tcp(_))
+    );
+    assert_eq!(
+        encrypted,
+        tcp && offered == "on",
+        "ssl={offered}, tcp={tcp}"
+    );
+}
+
 struct World {
     hobby_engine: Uuid,
     pro_engine: Uuid,

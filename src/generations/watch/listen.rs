@@ -62,12 +62,7 @@ async fn session(
     stop: &CancellationToken,
 ) -> Result<(), String> {
     // As `bookengine migrate` connects: TLS when offered, the chain not checked.
-    let tls = native_tls::TlsConnector::builder()
-        .danger_accept_invalid_certs(true)
-        .danger_accept_invalid_hostnames(true)
-        .build()
-        .map_err(|e| format!("TLS setup failed: {e}"))?;
-    let tls = postgres_native_tls::MakeTlsConnector::new(tls);
+    let tls = crate::pgtls::connector().map_err(|e| format!("TLS setup failed: {e}"))?;
     let (client, mut connection) = tokio::select! {
         _ = stop.cancelled() => return Ok(()),
         c = config.connect(tls) => c.map_err(|e| e.to_string())?,
