@@ -433,10 +433,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
             "text:          written by the OFFLINE provider (placeholder, not model output) for {names}"
         ),
         Writer::Local(path) => {
-            let (tokens, seconds) = local_decode_totals();
-            let rate = if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 };
+            let (prompt, prefill_ms, written, rate) = local_model_totals();
             println!(
-                "text:          written by the local model {} on the CPU for {names}: {tokens} tokens at {rate:.1} tokens/s",
+                "text:          written by the local model {} on the CPU for {names}: {written} tokens at {rate:.1} tokens/s (writing); prompts {prompt} tokens at {prefill_ms:.1} ms/token (reading)",
                 path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
             );
         }
@@ -542,13 +541,20 @@ async fn local_model(_explicit: Option<&Path>) -> std::result::Result<PathBuf, S
 }
 
 #[cfg(feature = "local-model")]
-fn local_decode_totals() -> (u64, f64) {
-    crate::providers::local::decode_totals()
+/// Prompt tokens, ms per prompt token, tokens written, tokens/s of writing.
+fn local_model_totals() -> (u64, f64, u64, f64) {
+    let t = crate::providers::local::totals();
+    (
+        t.prompt_tokens,
+        t.prefill_ms_per_token(),
+        t.output_tokens,
+        t.tokens_per_second(),
+    )
 }
 
 #[cfg(not(feature = "local-model"))]
-fn local_decode_totals() -> (u64, f64) {
-    (0, 0.0)
+fn local_model_totals() -> (u64, f64, u64, f64) {
+    (0, 0.0, 0, 0.0)
 }
 
 /// Fit the example flow to a 135M-parameter model on 2 cores (the demo stays under

@@ -35,6 +35,9 @@ pub enum ModelsAction {
         /// With --bench: how the weights are held in memory.
         #[arg(long, value_enum, default_value = "f16", requires = "bench")]
         weights: local::WeightFormat,
+        /// With --bench: how many tokens to write.
+        #[arg(long, default_value_t = local::bench::BENCH_TOKENS, requires = "bench")]
+        tokens: usize,
     },
 }
 
@@ -60,10 +63,11 @@ pub async fn models(args: ModelsArgs, json: bool) -> Result<()> {
             verify,
             bench,
             weights,
+            tokens,
         } => {
             let serving = status(cache, local_model, verify, json).await?;
             match (bench, serving) {
-                (true, Some(path)) => run_bench(path, weights, json).await,
+                (true, Some(path)) => run_bench(path, weights, tokens, json).await,
                 (true, None) => Err(Error::unavailable(
                     "no model file to time: run `bookengine models fetch` first",
                 )),
@@ -160,8 +164,13 @@ async fn status(
     Ok(serving)
 }
 
-async fn run_bench(path: PathBuf, weights: local::WeightFormat, json: bool) -> Result<()> {
-    let report = tokio::task::spawn_blocking(move || local::bench::run(&path, weights))
+async fn run_bench(
+    path: PathBuf,
+    weights: local::WeightFormat,
+    tokens: usize,
+    json: bool,
+) -> Result<()> {
+    let report = tokio::task::spawn_blocking(move || local::bench::run(&path, weights, tokens))
         .await
         .map_err(|e| Error::internal(format!("bench task: {e}")))?
         .map_err(|e| Error::unavailable(format!("the model could not be timed: {e:#}")))?;

@@ -73,6 +73,11 @@ pub struct ProvidersConfig {
     /// without it, `local` serves the default model once `bookengine models fetch` got it.
     #[arg(long, env = "BOOKENGINE_LOCAL_MODEL")]
     pub local_model: Option<std::path::PathBuf>,
+
+    /// The `local` model's sampling seed (default 42): answers at a temperature
+    /// above 0 repeat for the same seed and prompt.
+    #[arg(long, env = "BOOKENGINE_LOCAL_SEED")]
+    pub local_seed: Option<u64>,
 }
 
 fn base(url: &str) -> String {
@@ -164,8 +169,10 @@ impl ProvidersConfig {
         // here): one answer at a time per process.
         #[cfg(feature = "local-model")]
         if let Some(path) = super::local::resolve_model(self.local_model.as_deref()) {
-            let local: Arc<dyn ChatProvider> =
-                Arc::new(super::local::LocalModelProvider::new(path));
+            let local: Arc<dyn ChatProvider> = Arc::new(
+                super::local::LocalModelProvider::new(path)
+                    .with_seed(self.local_seed.unwrap_or(super::local::DEFAULT_SEED)),
+            );
             reg.insert("local", "local", local.clone(), 1);
             if self.local_fallback {
                 // One model behind every name: the engine's lock runs one answer at a time.
@@ -193,5 +200,29 @@ impl ProvidersConfig {
             }
         }
         Ok(reg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ProvidersConfig;
+
+    /// The names a flow may use (`flow::PROVIDERS`, which the JSON Schema is held
+    /// to) are exactly the names the registry serves, so the three never drift.
+    #[tokio::test]
+    async fn the_registry_serves_exactly_the_names_a_flow_may_use() {
+        let config = ProvidersConfig {
+            offline_fallback: true,
+            ..Default::default()
+        };
+        let registry = config.registry().await.unwrap();
+        let mut served: Vec<String> = registry.labels().into_iter().map(|(n, _)| n).collect();
+        let mut allowed: Vec<String> = crate::flow::PROVIDERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        served.sort();
+        allowed.sort();
+        assert_eq!(served, allowed);
     }
 }

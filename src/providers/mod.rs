@@ -4,6 +4,7 @@
 mod anthropic;
 mod config;
 mod gemini;
+pub mod json_answer;
 #[cfg(feature = "local-model")]
 pub mod local;
 pub mod offline;

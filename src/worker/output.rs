@@ -2,32 +2,13 @@
 
 use serde_json::{json, Map, Value};
 
-/// Parse a JSON answer. Models often wrap JSON in a Markdown fence or a sentence,
-/// so the first JSON object or array in the text is taken.
+/// Parse a JSON answer: the whole text, else the first JSON object or array in it
+/// (inside a Markdown fence or a sentence; see [`crate::providers::json_answer`]).
 pub fn parse_json_output(text: &str) -> Result<Value, String> {
-    let trimmed = text.trim();
-    if let Ok(v) = serde_json::from_str::<Value>(trimmed) {
-        return Ok(v);
-    }
-    let unfenced = trimmed
-        .strip_prefix("```json")
-        .or_else(|| trimmed.strip_prefix("```"))
-        .and_then(|s| s.trim_end().strip_suffix("```"))
-        .map(str::trim);
-    if let Some(inner) = unfenced {
-        if let Ok(v) = serde_json::from_str::<Value>(inner) {
-            return Ok(v);
-        }
-    }
-    for (i, c) in trimmed.char_indices() {
-        if c == '{' || c == '[' {
-            let mut stream = serde_json::Deserializer::from_str(&trimmed[i..]).into_iter::<Value>();
-            if let Some(Ok(v)) = stream.next() {
-                return Ok(v);
-            }
-        }
-    }
-    Err("the model's answer was not valid JSON".into())
+    serde_json::from_str::<Value>(text.trim())
+        .ok()
+        .or_else(|| crate::providers::json_answer::extract_json(text))
+        .ok_or_else(|| "the model's answer was not valid JSON".into())
 }
 
 /// Follow `path` (object keys, or array indices) into `value`.

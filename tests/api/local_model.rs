@@ -109,7 +109,7 @@ async fn a_prompt_longer_than_the_context_is_cut_from_the_left() {
         ..GenParams::default()
     };
     let g = tokio::task::spawn_blocking(move || {
-        let mut engine = engine.lock().unwrap_or_else(|e| e.into_inner());
+        let mut engine = engine.blocking_lock();
         let turns = [Turn {
             role: "user",
             content: &long,

@@ -20,7 +20,7 @@ the boat returns with letters, a new lens and a visitor who asks to stay. Write 
 \"Arrival on the island\", in plain, warm prose of about two paragraphs. Describe the island, \
 the tower, the first evening's lighting of the lamp and the keeper's first entry in the log.";
 
-/// Tokens the bench asks for.
+/// Tokens the bench asks for unless told otherwise.
 pub const BENCH_TOKENS: usize = 128;
 
 /// What one bench run measured.
@@ -42,7 +42,7 @@ pub struct BenchReport {
 
 /// Load the model at `path` as `format` and time one fixed answer (after one
 /// unmeasured warm-up answer, so first-touch costs are not counted).
-pub fn run(path: &Path, format: WeightFormat) -> anyhow::Result<BenchReport> {
+pub fn run(path: &Path, format: WeightFormat, tokens: usize) -> anyhow::Result<BenchReport> {
     let started = Instant::now();
     let mut engine = Engine::load(path, format)?;
     let load_seconds = started.elapsed().as_secs_f64();
@@ -51,12 +51,12 @@ pub fn run(path: &Path, format: WeightFormat) -> anyhow::Result<BenchReport> {
         content: BENCH_PROMPT,
     }];
     let params = GenParams {
-        max_tokens: BENCH_TOKENS,
+        max_tokens: tokens.max(1),
         ..GenParams::default()
     };
     let never = AtomicBool::new(false);
     let warm = GenParams {
-        max_tokens: 8,
+        max_tokens: 8.min(params.max_tokens),
         ..params.clone()
     };
     engine.generate(None, &turns, "", &warm, &never)?;
