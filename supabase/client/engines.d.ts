@@ -220,6 +220,8 @@ export interface GenerationJob {
   progress: Record<string, Json>;
   attempt: number;
   max_attempts: number;
+  /** Claims lost because a worker died; not counted in `attempt`. */
+  lease_losses: number;
   cancel_requested: boolean;
   error: string | null;
   errors: Json[];

@@ -28,4 +28,5 @@ mod security;
 mod seed_js;
 mod stream_deltas;
 mod streaming_providers;
+mod typings;
 mod versions;
