@@ -29,53 +29,135 @@ pub enum Kind {
     Internal,
 }
 
-/// Stable error codes. Clients match on these; messages may change.
-pub mod codes {
-    pub const INVALID_REQUEST: &str = "invalid_request";
-    pub const INVALID_JSON: &str = "invalid_json";
-    pub const INVALID_FLOW: &str = "invalid_flow";
-    pub const FLOW_NOT_READY: &str = "flow_not_ready";
-    pub const SECRET_IN_FLOW: &str = "secret_in_flow";
-    pub const INVALID_ASSIGNMENT: &str = "invalid_assignment";
-    pub const UNKNOWN_REFERENCE: &str = "unknown_reference";
-    pub const MISSING_TOKEN: &str = "missing_token";
-    pub const INVALID_TOKEN: &str = "invalid_token";
-    pub const TOKEN_EXPIRED: &str = "token_expired";
-    pub const PERMISSION_DENIED: &str = "permission_denied";
-    pub const NOT_FOUND: &str = "not_found";
-    pub const ENGINE_NOT_FOUND: &str = "engine_not_found";
-    pub const ASSIGNMENT_NOT_FOUND: &str = "assignment_not_found";
-    pub const GENERATION_NOT_FOUND: &str = "generation_not_found";
-    pub const NO_ENGINE_ASSIGNED: &str = "no_engine_assigned";
+/// Stable error codes. Clients match on the text (`as_str`, and what the API and the
+/// CLI print); the service matches on the variant. `codes::X` names each variant as the
+/// constant the call sites use.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $konst:ident = $variant:ident : $text:literal,)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Code {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Code {
+            /// Every code, in the catalogue's order.
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+
+            /// The stable snake_case text clients see.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $text,)*
+                }
+            }
+        }
+
+        pub mod codes {
+            use super::Code;
+            $($(#[$doc])* pub const $konst: Code = Code::$variant;)*
+        }
+    };
+}
+
+error_codes! {
+    INVALID_REQUEST = InvalidRequest: "invalid_request",
+    INVALID_JSON = InvalidJson: "invalid_json",
+    INVALID_FLOW = InvalidFlow: "invalid_flow",
+    FLOW_NOT_READY = FlowNotReady: "flow_not_ready",
+    SECRET_IN_FLOW = SecretInFlow: "secret_in_flow",
+    INVALID_ASSIGNMENT = InvalidAssignment: "invalid_assignment",
+    UNKNOWN_REFERENCE = UnknownReference: "unknown_reference",
+    MISSING_TOKEN = MissingToken: "missing_token",
+    INVALID_TOKEN = InvalidToken: "invalid_token",
+    TOKEN_EXPIRED = TokenExpired: "token_expired",
+    PERMISSION_DENIED = PermissionDenied: "permission_denied",
+    NOT_FOUND = NotFound: "not_found",
+    ENGINE_NOT_FOUND = EngineNotFound: "engine_not_found",
+    ASSIGNMENT_NOT_FOUND = AssignmentNotFound: "assignment_not_found",
+    GENERATION_NOT_FOUND = GenerationNotFound: "generation_not_found",
+    NO_ENGINE_ASSIGNED = NoEngineAssigned: "no_engine_assigned",
     /// The engine's flow failed the service's check; `details.issues` says why.
-    pub const ENGINE_NOT_RUNNABLE: &str = "engine_not_runnable";
+    ENGINE_NOT_RUNNABLE = EngineNotRunnable: "engine_not_runnable",
     /// The engine changed moments ago and its check is not done: retry shortly.
-    pub const ENGINE_CHECK_PENDING: &str = "engine_check_pending";
-    pub const CONFLICT: &str = "conflict";
-    pub const PORT_IN_USE: &str = "port_in_use";
+    ENGINE_CHECK_PENDING = EngineCheckPending: "engine_check_pending",
+    CONFLICT = Conflict: "conflict",
+    PORT_IN_USE = PortInUse: "port_in_use",
     /// An engine has no version with that number.
-    pub const VERSION_NOT_FOUND: &str = "version_not_found";
+    VERSION_NOT_FOUND = VersionNotFound: "version_not_found",
     /// A version the service's check found broken cannot be rolled back to or out.
-    pub const VERSION_NOT_RUNNABLE: &str = "version_not_runnable";
+    VERSION_NOT_RUNNABLE = VersionNotRunnable: "version_not_runnable",
     /// Rolling back or out to the version the engine runs already.
-    pub const VERSION_IS_CURRENT: &str = "version_is_current";
+    VERSION_IS_CURRENT = VersionIsCurrent: "version_is_current",
     /// Another candidate is being rolled out: promote or abort it first.
-    pub const ROLLOUT_IN_PROGRESS: &str = "rollout_in_progress";
+    ROLLOUT_IN_PROGRESS = RolloutInProgress: "rollout_in_progress",
     /// Promote or abort with no rollout.
-    pub const NO_ROLLOUT: &str = "no_rollout";
-    pub const LEASE_LOST: &str = "lease_lost";
-    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
-    pub const RATE_LIMITED: &str = "rate_limited";
-    pub const TOO_MANY_STREAMS: &str = "too_many_streams";
-    pub const BACKEND_UNAVAILABLE: &str = "backend_unavailable";
-    pub const CONFIG_INVALID: &str = "config_invalid";
-    pub const INTERNAL: &str = "internal_error";
+    NO_ROLLOUT = NoRollout: "no_rollout",
+    LEASE_LOST = LeaseLost: "lease_lost",
+    /// A request body nested deeper than the limit (sql/V4).
+    INPUT_TOO_DEEP = InputTooDeep: "input_too_deep",
+    /// A request body with more keys or items than the limit (sql/V4).
+    INPUT_TOO_WIDE = InputTooWide: "input_too_wide",
+    PAYLOAD_TOO_LARGE = PayloadTooLarge: "payload_too_large",
+    RATE_LIMITED = RateLimited: "rate_limited",
+    TOO_MANY_STREAMS = TooManyStreams: "too_many_streams",
+    BACKEND_UNAVAILABLE = BackendUnavailable: "backend_unavailable",
+    CONFIG_INVALID = ConfigInvalid: "config_invalid",
+    INTERNAL = Internal: "internal_error",
+}
+
+impl Code {
+    /// The code our SQL names in `RAISE ... USING DETAIL = 'code'`, for the codes it
+    /// may name (its own spellings of two of them included); `None` for any other
+    /// detail, so a database message cannot pick an arbitrary code.
+    pub fn from_sql_detail(detail: &str) -> Option<Code> {
+        const FROM_SQL: &[Code] = &[
+            codes::NO_ENGINE_ASSIGNED,
+            codes::ENGINE_NOT_FOUND,
+            codes::ENGINE_NOT_RUNNABLE,
+            codes::ENGINE_CHECK_PENDING,
+            codes::INVALID_FLOW,
+            codes::GENERATION_NOT_FOUND,
+            codes::LEASE_LOST,
+            codes::RATE_LIMITED,
+            codes::INPUT_TOO_DEEP,
+            codes::INPUT_TOO_WIDE,
+            codes::INVALID_REQUEST,
+            codes::PERMISSION_DENIED,
+            codes::VERSION_NOT_FOUND,
+            codes::VERSION_NOT_RUNNABLE,
+            codes::VERSION_IS_CURRENT,
+            codes::ROLLOUT_IN_PROGRESS,
+            codes::NO_ROLLOUT,
+        ];
+        match detail {
+            "invalid_input" | "input_too_large" => Some(codes::INVALID_REQUEST),
+            "not_authenticated" => Some(codes::MISSING_TOKEN),
+            d => FROM_SQL.iter().copied().find(|c| c.as_str() == d),
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Code {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Code {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Error {
     pub kind: Kind,
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
     pub details: Option<Value>,
     /// Seconds a rate-limited caller should wait.
@@ -87,7 +169,7 @@ pub struct Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub fn new(kind: Kind, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(kind: Kind, code: Code, message: impl Into<String>) -> Self {
         Self {
             kind,
             code,
@@ -98,15 +180,15 @@ impl Error {
         }
     }
 
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(code: Code, message: impl Into<String>) -> Self {
         Self::new(Kind::Invalid, code, message)
     }
 
-    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn not_found(code: Code, message: impl Into<String>) -> Self {
         Self::new(Kind::NotFound, code, message)
     }
 
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn conflict(code: Code, message: impl Into<String>) -> Self {
         Self::new(Kind::Conflict, code, message)
     }
 
@@ -114,7 +196,7 @@ impl Error {
         Self::new(Kind::Forbidden, codes::PERMISSION_DENIED, message)
     }
 
-    pub fn unauthenticated(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn unauthenticated(code: Code, message: impl Into<String>) -> Self {
         Self::new(Kind::Unauthenticated, code, message)
     }
 
@@ -167,3 +249,38 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_unique_snake_case_text() {
+        let mut seen = std::collections::HashSet::new();
+        for code in Code::ALL {
+            let text = code.as_str();
+            assert!(seen.insert(text), "{text} twice");
+            assert!(
+                !text.is_empty() && text.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{text}"
+            );
+            assert_eq!(serde_json::json!(code), serde_json::json!(text));
+        }
+    }
+
+    #[test]
+    fn sql_details_name_only_the_codes_sql_may_raise() {
+        assert_eq!(Code::from_sql_detail("lease_lost"), Some(codes::LEASE_LOST));
+        assert_eq!(
+            Code::from_sql_detail("input_too_large"),
+            Some(codes::INVALID_REQUEST)
+        );
+        assert_eq!(
+            Code::from_sql_detail("not_authenticated"),
+            Some(codes::MISSING_TOKEN)
+        );
+        // A catalogued code our SQL never raises, and text that is no code at all.
+        assert_eq!(Code::from_sql_detail("internal_error"), None);
+        assert_eq!(Code::from_sql_detail("anything"), None);
+    }
+}

@@ -181,7 +181,7 @@ impl KeyStore {
                         .saturating_mul(1u32 << exp)
                         .min(store.policy.backoff_max);
                     book.retry_at = Some(Instant::now() + delay);
-                    tracing::warn!(code = e.code, detail = %e.message,
+                    tracing::warn!(code = %e.code, detail = %e.message,
                         failures = book.failures, retry_in_ms = delay.as_millis() as u64,
                         "JWKS fetch failed; keeping the keys we have");
                     Metrics::global()

@@ -114,7 +114,7 @@ async fn run(cli: Cli) -> Result<i32, Error> {
 /// Print an error the way scripts and people both can read, and pick the exit code.
 fn report(e: &Error, json: bool) -> i32 {
     if let Some(internal) = &e.internal {
-        tracing::debug!(code = e.code, detail = %internal, "command failed");
+        tracing::debug!(code = %e.code, detail = %internal, "command failed");
     }
     if json {
         let body = serde_json::json!({"error": {"code": e.code, "message": e.message, "details": e.details}});

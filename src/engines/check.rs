@@ -153,7 +153,7 @@ pub fn spawn(
                 Err(e) => {
                     failures = failures.saturating_add(1);
                     tracing::warn!(
-                        code = e.code,
+                        code = %e.code,
                         detail = e.internal.as_deref().unwrap_or(""),
                         "engine check round failed"
                     );

@@ -118,10 +118,10 @@ pub async fn deploy(rest: &Rest, caller: &Caller, created_by: Uuid, doc: &Value)
 /// to the checker (`pending` until then).
 async fn checked(rest: &Rest, caller: &Caller, engine: Engine) -> Engine {
     if let Err(e) = check::run_pending(rest, Some(engine.id)).await {
-        tracing::debug!(code = e.code, "engine left for the checker");
+        tracing::debug!(code = %e.code, "engine left for the checker");
     }
     if let Err(e) = versions::run_pending(rest, Some(engine.id)).await {
-        tracing::debug!(code = e.code, "version left for the checker");
+        tracing::debug!(code = %e.code, "version left for the checker");
     }
     get(rest, caller, engine.id).await.unwrap_or(engine)
 }

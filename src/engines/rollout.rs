@@ -118,7 +118,7 @@ pub async fn start(
     }
     // A candidate is handed to users only once checked: check it now if it waits.
     if let Err(e) = super::versions::run_pending(rest, Some(engine)).await {
-        tracing::debug!(code = e.code, "version left for the checker");
+        tracing::debug!(code = %e.code, "version left for the checker");
     }
     let params =
         json!({"engine_id": engine, "version": request.version, "percent": request.percent});
@@ -140,7 +140,7 @@ pub async fn promote(rest: &Rest, caller: &Caller, engine: Uuid) -> Result<Rollo
         .await?;
     // The engine's flow changed: check it now, as a deploy does.
     if let Err(e) = super::check::run_pending(rest, Some(engine)).await {
-        tracing::debug!(code = e.code, "engine left for the checker");
+        tracing::debug!(code = %e.code, "engine left for the checker");
     }
     Ok(r.into())
 }

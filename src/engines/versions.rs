@@ -206,7 +206,7 @@ pub async fn rollback(
         .await?;
     // The engine changed: check it (and the new version) now, as a deploy does.
     if let Err(e) = check::run_pending(rest, Some(engine)).await {
-        tracing::debug!(code = e.code, "engine left for the checker");
+        tracing::debug!(code = %e.code, "engine left for the checker");
     }
     get(rest, caller, engine, created.version).await
 }
@@ -240,7 +240,7 @@ pub async fn propose(
         .send(rest.rpc(caller, "engine_version_propose", &params)?)
         .await?;
     if let Err(e) = run_pending(rest, Some(engine)).await {
-        tracing::debug!(code = e.code, "version left for the checker");
+        tracing::debug!(code = %e.code, "version left for the checker");
     }
     let mut v = get(rest, caller, engine, created.version).await?;
     v.notes = flow.notes;

@@ -93,7 +93,7 @@ pub(crate) fn quote(s: &str) -> String {
 /// The error for one failed stage: `headline` plus the first issue as the
 /// message, all issues (and `extra` members) in `details`.
 pub(crate) fn stage_error(
-    code: &'static str,
+    code: crate::error::Code,
     headline: &str,
     issues: &[Issue],
     extra: Option<(&str, Value)>,

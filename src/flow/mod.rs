@@ -152,7 +152,7 @@ pub(crate) mod test_support {
     }
 
     /// Parses `doc`, expecting the error `code`; returns its issues.
-    pub fn refused(doc: &Value, code: &str) -> Vec<(String, String)> {
+    pub fn refused(doc: &Value, code: crate::error::Code) -> Vec<(String, String)> {
         match super::parse_flow(doc) {
             Ok(_) => panic!("expected {code}, the flow was accepted"),
             Err(e) => {

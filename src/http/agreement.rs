@@ -107,6 +107,21 @@ fn every_route_is_documented_and_every_documented_operation_is_served() {
     );
 }
 
+/// The error codes the document lists are exactly the catalogue (`error::Code`).
+#[test]
+fn the_documented_error_codes_are_the_catalogue() {
+    let doc: Value = serde_json::from_str(include_str!("openapi.json")).expect("openapi.json");
+    let listed: Vec<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]
+        ["properties"]["code"]["enum"]
+        .as_array()
+        .expect("the Error schema's code enum")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let catalogue: Vec<&str> = crate::error::Code::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(listed, catalogue);
+}
+
 #[test]
 fn the_route_parser_reads_multi_line_routes_and_chained_methods() {
     let source = r#"

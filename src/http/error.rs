@@ -37,7 +37,7 @@ pub fn status_of(kind: Kind) -> StatusCode {
 /// What the logging middleware learns about a failed request.
 #[derive(Clone)]
 struct Logged {
-    code: &'static str,
+    code: crate::error::Code,
     internal: Option<String>,
 }
 
@@ -112,9 +112,9 @@ pub async fn log_errors(request: Request, next: Next) -> Response {
         let status = response.status().as_u16();
         let detail = logged.internal.as_deref().unwrap_or("");
         if status >= 500 {
-            tracing::error!(%method, %path, status, code = logged.code, detail, "request failed");
+            tracing::error!(%method, %path, status, code = %logged.code, detail, "request failed");
         } else {
-            tracing::info!(%method, %path, status, code = logged.code, detail, "request refused");
+            tracing::info!(%method, %path, status, code = %logged.code, detail, "request refused");
         }
     }
     response

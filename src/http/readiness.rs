@@ -13,7 +13,7 @@ pub const READINESS_MAX_AGE: Duration = Duration::from_secs(1);
 /// Why the service is not ready: the failure's code and public message.
 #[derive(Debug, Clone)]
 pub struct NotReady {
-    pub code: &'static str,
+    pub code: crate::error::Code,
     pub message: String,
 }
 
@@ -41,7 +41,7 @@ impl Readiness {
         }
         let result = self.rest.ping().await.map_err(|e| {
             tracing::warn!(
-                code = e.code,
+                code = %e.code,
                 detail = e.internal.as_deref().unwrap_or(""),
                 "not ready"
             );

@@ -5,7 +5,7 @@
 pub mod keys;
 
 use crate::config::SupabaseConfig;
-use crate::error::{codes, Error, Kind, Result};
+use crate::error::{codes, Code, Error, Kind, Result};
 use crate::secret::Secret;
 use keys::{header_safe, ApiKeys};
 use postgrest::{Builder, Postgrest};
@@ -169,34 +169,6 @@ impl Rest {
     }
 }
 
-/// A stable code set by our SQL (`RAISE ... USING DETAIL = 'snake_code'`).
-fn sql_code(details: Option<&str>) -> Option<&'static str> {
-    let d = details?;
-    const KNOWN: &[&str] = &[
-        codes::NO_ENGINE_ASSIGNED,
-        codes::ENGINE_NOT_FOUND,
-        codes::ENGINE_NOT_RUNNABLE,
-        codes::ENGINE_CHECK_PENDING,
-        codes::INVALID_FLOW,
-        codes::GENERATION_NOT_FOUND,
-        codes::LEASE_LOST,
-        codes::RATE_LIMITED,
-        "invalid_input",
-        "input_too_large",
-        "input_too_deep",
-        "input_too_wide",
-        "not_authenticated",
-        codes::INVALID_REQUEST,
-        codes::PERMISSION_DENIED,
-        codes::VERSION_NOT_FOUND,
-        codes::VERSION_NOT_RUNNABLE,
-        codes::VERSION_IS_CURRENT,
-        codes::ROLLOUT_IN_PROGRESS,
-        codes::NO_ROLLOUT,
-    ];
-    KNOWN.iter().copied().find(|k| *k == d)
-}
-
 /// The wait in a rate-limit hint, which our SQL (sql/V4) writes as exactly
 /// "Try again in N seconds."; any other hint gives none (the caller's default).
 fn retry_after_of(hint: &str) -> Option<u64> {
@@ -217,7 +189,8 @@ fn map_error(status: u16, err: PgrstError) -> Error {
         "PostgREST {status} {pg_code}: {message} (details: {:?}, hint: {:?})",
         err.details, err.hint
     );
-    if let Some(code) = sql_code(err.details.as_deref()) {
+    // A stable code set by our SQL (`RAISE ... USING DETAIL = 'snake_code'`).
+    if let Some(code) = err.details.as_deref().and_then(Code::from_sql_detail) {
         let kind = match status {
             401 => Kind::Unauthenticated,
             403 => Kind::Forbidden,
@@ -225,11 +198,6 @@ fn map_error(status: u16, err: PgrstError) -> Error {
             409 => Kind::Conflict,
             429 => Kind::RateLimited,
             _ => Kind::Invalid,
-        };
-        let code = match code {
-            "invalid_input" | "input_too_large" => codes::INVALID_REQUEST,
-            "not_authenticated" => codes::MISSING_TOKEN,
-            c => c,
         };
         let mut e = Error::new(kind, code, message).with_internal(internal);
         if kind == Kind::RateLimited {

@@ -665,7 +665,7 @@ impl Writer {
                 self.failures = self.failures.saturating_add(1);
                 let wait = Duration::from_millis(100u64 << self.failures.min(5));
                 tracing::warn!(
-                    code = e.code,
+                    code = %e.code,
                     failures = self.failures,
                     "delta flush failed; will retry"
                 );

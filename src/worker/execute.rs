@@ -65,7 +65,7 @@ impl From<Error> for Stop {
         } else {
             // The job's error is shown to its user: the public message only; detail goes to the log.
             tracing::warn!(
-                code = e.code,
+                code = %e.code,
                 detail = e.internal.as_deref().unwrap_or(""),
                 "infrastructure error"
             );
@@ -160,7 +160,7 @@ impl Worker {
                     cancel.cancel();
                     return;
                 }
-                Err(e) => tracing::warn!(code = e.code, "heartbeat failed; will retry"),
+                Err(e) => tracing::warn!(code = %e.code, "heartbeat failed; will retry"),
             }
         }
     }
@@ -215,7 +215,7 @@ impl Worker {
         };
         if let Err(e) = result {
             // The lease will expire and the job will be claimed again.
-            tracing::warn!(code = e.code, "could not record the job's outcome");
+            tracing::warn!(code = %e.code, "could not record the job's outcome");
         }
     }
 
@@ -608,7 +608,7 @@ impl Run<'_> {
                 match marked {
                     Err(e) if e.code == codes::LEASE_LOST => return Err(Stop::LeaseLost),
                     // Advisory: the finished record is what counts, and it is written below.
-                    Err(e) => tracing::warn!(code = e.code, step = %label, "could not mark the step running"),
+                    Err(e) => tracing::warn!(code = %e.code, step = %label, "could not mark the step running"),
                     Ok(_) => {}
                 }
                 o

@@ -199,7 +199,7 @@ impl Worker {
                     Err(e) => {
                         failures = failures.saturating_add(1);
                         tracing::warn!(
-                            code = e.code,
+                            code = %e.code,
                             detail = e.internal.as_deref().unwrap_or(""),
                             "claim failed"
                         );
@@ -251,7 +251,7 @@ impl Worker {
                 )
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(code = e.code, "delta retention pass failed"),
+            Err(e) => tracing::warn!(code = %e.code, "delta retention pass failed"),
         }
     }
 
@@ -268,7 +268,7 @@ impl Worker {
                 .inc(),
             // Its lease expires; the release's poison guard bounds how often this repeats.
             Err(e) => {
-                tracing::warn!(job_id = %id, code = e.code, "could not fail the unreadable job")
+                tracing::warn!(job_id = %id, code = %e.code, "could not fail the unreadable job")
             }
         }
     }

@@ -61,7 +61,7 @@ impl WriteBehind {
                     }
                 }
                 if let Err(e) = queue.save_step(job, lease, &write, Some(&progress)).await {
-                    tracing::warn!(code = e.code, step = %write.step_id, item = write.item_index, "step write failed; the rest wait for the completion");
+                    tracing::warn!(code = %e.code, step = %write.step_id, item = write.item_index, "step write failed; the rest wait for the completion");
                     let f = WriteFailure {
                         lease_lost: e.code == codes::LEASE_LOST,
                         message: format!("temporary failure ({}): {}", e.code, e.message),

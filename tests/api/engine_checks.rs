@@ -525,7 +525,7 @@ async fn an_insert_missing_what_sql_can_check_is_refused_naming_the_field() {
         .insert(json!({"name": "x", "flow_config": {"steps": []}, "models": []}).to_string());
     let err = rest.send::<Value>(builder).await.expect_err("refused");
     assert_eq!(
-        (err.code, err.message.as_str()),
+        (err.code.as_str(), err.message.as_str()),
         ("invalid_flow", "flow_config.steps must not be empty")
     );
 }

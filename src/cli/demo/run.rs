@@ -28,7 +28,7 @@ async fn new_text(rest: &Rest, token: &Secret, job: Uuid, live: &mut LiveText) -
             .collect(),
         // The text is a view: the book and the report do not depend on it.
         Err(e) => {
-            tracing::debug!(code = e.code, "reading the job's text failed");
+            tracing::debug!(code = %e.code, "reading the job's text failed");
             Vec::new()
         }
     }

@@ -73,7 +73,7 @@ pub(super) async fn run_reader(hub: Arc<HubInner>, key: (Uuid, Uuid), reader: Ar
     let mut next_light = Instant::now();
     let mut next_delta = Instant::now();
     let mut seen: Option<bytes::Bytes> = None;
-    let mut failing: Option<&'static str> = None;
+    let mut failing: Option<crate::error::Code> = None;
     let mut running = false;
     // The last text row published (the first read starts at the beginning, so the
     // reader holds the job's text for the viewers who join later).
@@ -168,7 +168,7 @@ pub(super) async fn run_reader(hub: Arc<HubInner>, key: (Uuid, Uuid), reader: Ar
                 seen = None;
                 // Said once per outage, not every interval; the stream stays open.
                 if failing != Some(e.code) {
-                    tracing::warn!(job_id = %reader.job, code = e.code,
+                    tracing::warn!(job_id = %reader.job, code = %e.code,
                         detail = e.internal.as_deref().unwrap_or(""), "event stream read failed");
                     reader.publish_error(&e, false);
                     failing = Some(e.code);

@@ -2,7 +2,7 @@
 
 use super::deltas::{self, DeltaEvent};
 use super::{lock, Body, Reader, Slot, Update, FIRST_ROUND_WAIT};
-use crate::error::{codes, Result};
+use crate::error::{codes, Code, Result};
 use crate::rest::Rest;
 use crate::secret::Secret;
 use futures::Stream;
@@ -48,7 +48,7 @@ impl Sent {
     }
 }
 
-fn error_update(seq: u64, code: &str, message: &str, last: bool) -> Arc<Update> {
+fn error_update(seq: u64, code: Code, message: &str, last: bool) -> Arc<Update> {
     Arc::new(Update {
         seq,
         body: Body::Snapshot {
