@@ -4,7 +4,7 @@
 //! service always agree.
 
 use crate::error::{codes, Error, Kind, Result};
-use crate::flow::Tier;
+use crate::flow::{ExecutionMode, Tier};
 use crate::rest::{Caller, Rest};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -15,8 +15,8 @@ use uuid::Uuid;
 pub struct Assignment {
     pub id: Uuid,
     pub engine_id: Option<Uuid>,
-    pub assignment_type: String,
-    pub tier: Option<String>,
+    pub assignment_type: AssignmentType,
+    pub tier: Option<Tier>,
     pub user_id: Option<Uuid>,
     pub priority: Option<i32>,
     pub active: Option<bool>,
@@ -31,12 +31,12 @@ pub struct EngineChoice {
     pub description: Option<String>,
     pub flow_config: Value,
     pub models: Value,
-    pub execution_mode: Option<String>,
-    pub tier: Option<String>,
+    pub execution_mode: Option<ExecutionMode>,
+    pub tier: Option<Tier>,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
     pub assignment_id: Uuid,
-    pub assignment_type: String,
+    pub assignment_type: AssignmentType,
     pub assignment_priority: Option<i32>,
     pub assigned_at: Option<String>,
     pub rank: i32,
@@ -55,6 +55,29 @@ pub struct EngineChoice {
     /// true when that version is a rollout's candidate (the caller is in its share).
     #[serde(default)]
     pub rollout: Option<bool>,
+}
+
+/// The `assignment_type` column (its CHECK values, sql/V1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssignmentType {
+    Tier,
+    User,
+}
+
+impl AssignmentType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tier => "tier",
+            Self::User => "user",
+        }
+    }
+}
+
+impl std::fmt::Display for AssignmentType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Who an assignment is for.

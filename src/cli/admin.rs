@@ -578,9 +578,9 @@ fn assignment_rows(list: &[assignments::Assignment]) -> Vec<Vec<String>> {
             vec![
                 a.id.to_string(),
                 opt(&a.engine_id),
-                a.assignment_type.clone(),
+                a.assignment_type.to_string(),
                 a.tier
-                    .clone()
+                    .map(|t| t.to_string())
                     .or(a.user_id.map(|u| u.to_string()))
                     .unwrap_or_default(),
                 opt(&a.priority),
@@ -735,7 +735,7 @@ pub async fn resolve(args: ResolveArgs, json: bool) -> Result<()> {
                         c.rank.to_string(),
                         c.id.to_string(),
                         c.name.clone(),
-                        c.assignment_type.clone(),
+                        c.assignment_type.to_string(),
                         opt(&c.assignment_priority),
                     ]
                 })

@@ -8,7 +8,7 @@ pub mod rollout;
 pub mod versions;
 
 use crate::error::{codes, Error, Kind, Result};
-use crate::flow::{parse_flow, Note, Tier};
+use crate::flow::{parse_flow, ExecutionMode, Note, Tier};
 use crate::rest::{Caller, Rest};
 use check::EngineCheck;
 use serde::{Deserialize, Serialize};
@@ -23,8 +23,8 @@ pub struct Engine {
     pub description: Option<String>,
     pub flow_config: Value,
     pub models: Value,
-    pub execution_mode: Option<String>,
-    pub tier: Option<String>,
+    pub execution_mode: Option<ExecutionMode>,
+    pub tier: Option<Tier>,
     pub active: Option<bool>,
     pub created_by: Option<Uuid>,
     pub created_at: Option<String>,

@@ -192,25 +192,11 @@ pub struct StepWrite {
     pub usage: Value,
     pub latency_ms: Option<u64>,
     pub attempt_log: Value,
-    /// When the call ended. Sent as `age_ms` (how long ago, when the record is sent), so
-    /// the database dates the call from its end, not from when the write-behind writer
-    /// got to it (sql/V13): steps stay in the order they ran.
-    #[serde(
-        rename = "age_ms",
-        serialize_with = "age_ms",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ended: Option<std::time::Instant>,
-}
-
-fn age_ms<S: serde::Serializer>(
-    ended: &Option<std::time::Instant>,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    match ended {
-        Some(t) => s.serialize_some(&(t.elapsed().as_millis() as u64)),
-        None => s.serialize_none(),
-    }
+    /// When the call ended, by the worker's clock: every call of a job is dated by
+    /// the same clock, so the steps stay in the order they ran (sql/V14; V13 dated
+    /// them from an age, and the time each write took shifted them by different amounts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Clone)]

@@ -59,7 +59,7 @@ impl StepWrite {
             usage: json!(o.usage),
             latency_ms: Some(latency_ms),
             attempt_log: json!(o.log),
-            ended: Some(std::time::Instant::now()),
+            ended_at: Some(chrono::Utc::now()),
         }
     }
 
@@ -82,7 +82,7 @@ impl StepWrite {
             usage: json!(Usage::default()),
             latency_ms: Some(latency_ms),
             attempt_log: json!(f.log),
-            ended: Some(std::time::Instant::now()),
+            ended_at: Some(chrono::Utc::now()),
             ..Default::default()
         }
     }

@@ -510,7 +510,8 @@ async fn with_streaming_off_books_are_written_whole_and_no_delta_is_stored() {
 }
 
 /// A record that waited in the worker (behind its text's flush) is dated from when its
-/// call ended, not from when it was saved: steps stay in the order they ran (sql/V13).
+/// call ended, by the worker's clock, not from when it was saved: steps stay in the
+/// order they ran (sql/V13, V14). A time in the future is taken as now.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_is_dated_from_when_its_call_ended_not_from_when_it_was_saved() {
     let app = spawn_app().await;
@@ -520,26 +521,26 @@ async fn a_step_is_dated_from_when_its_call_ended_not_from_when_it_was_saved() {
     let job = crate::resilience::ready(queue.claim("test-worker", 1, 30).await.expect("claim"))
         .pop()
         .expect("a job");
-    let ended = Instant::now()
-        .checked_sub(Duration::from_secs(5))
-        .expect("an instant 5 s ago");
-    let write = |step: &str, ended: Option<Instant>| bookengine::queue::StepWrite {
-        step_id: step.into(),
-        item_index: -1,
-        status: bookengine::jobs::StepStatus::Succeeded,
-        output: Some(json!("x")),
-        usage: json!({}),
-        latency_ms: Some(2000),
-        attempt_log: json!([]),
-        ended,
-        ..Default::default()
+    let ended = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let write = |step: &str, ended_at: Option<chrono::DateTime<chrono::Utc>>| {
+        bookengine::queue::StepWrite {
+            step_id: step.into(),
+            item_index: -1,
+            status: bookengine::jobs::StepStatus::Succeeded,
+            output: Some(json!("x")),
+            usage: json!({}),
+            latency_ms: Some(2000),
+            attempt_log: json!([]),
+            ended_at,
+            ..Default::default()
+        }
     };
     // The outline ended 5 s ago but is saved after the chapter that ended now.
     queue
         .save_step(
             job.id,
             job.lease_token,
-            &write("chapters", Some(Instant::now())),
+            &write("chapters", Some(chrono::Utc::now())),
             None,
         )
         .await
@@ -566,5 +567,23 @@ async fn a_step_is_dated_from_when_its_call_ended_not_from_when_it_was_saved() {
     assert!(
         (4_000..30_000).contains(&age.num_milliseconds()),
         "finished {age:?} ago"
+    );
+    // A worker clock ahead of the database's: the end is taken as now, never later.
+    let ahead = queue
+        .save_step(
+            job.id,
+            job.lease_token,
+            &write(
+                "edit",
+                Some(chrono::Utc::now() + chrono::Duration::seconds(60)),
+            ),
+            None,
+        )
+        .await
+        .expect("save edit");
+    let late = chrono::Utc::now().signed_duration_since(parse(&ahead.finished_at));
+    assert!(
+        late.num_milliseconds() >= 0,
+        "finished in the future: {ahead:?}"
     );
 }

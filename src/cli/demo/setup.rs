@@ -214,8 +214,8 @@ pub async fn prepare(args: &DemoArgs) -> Result<Prepared> {
     let flow = Flow::from_engine(
         &engine.name,
         &engine.flow_config,
-        engine.execution_mode.as_deref(),
-        engine.tier.as_deref(),
+        engine.execution_mode.map(|m| m.as_str()),
+        engine.tier.map(|t| t.as_str()),
     )?;
 
     Ok(Prepared {
