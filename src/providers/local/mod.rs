@@ -17,8 +17,9 @@
 //! - `weights`: the weights converted to a format the CPU has fast kernels for.
 //!
 //! Behind the cargo feature `local-model`, on by default; `--no-default-features`
-//! leaves candle and tokenizers out (about 5 CPU-minutes of a clean build on the
-//! 2-core machines) and the offline provider answers for `local` in the demo.
+//! leaves candle, gemm and tokenizers out (about 2.6 of a clean release build's 9
+//! CPU-minutes on the 2-core machines) and the offline provider answers for `local`
+//! in the demo.
 
 pub mod bench;
 mod fetch;
