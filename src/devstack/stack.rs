@@ -243,7 +243,9 @@ async fn ensure_gateway(
     std::fs::write(dir.join("gateway.pid"), child.id().to_string())
         .map_err(|e| Error::internal(format!("writing pid file: {e}")))?;
     ports::claim(gateway_port, dir);
-    if gateway_ready(url, Duration::from_secs(10)).await {
+    // Generous: on a busy 2-core machine a debug binary can take seconds to start;
+    // the wait ends as soon as it answers.
+    if gateway_ready(url, Duration::from_secs(30)).await {
         Ok(())
     } else {
         Err(Error::unavailable(format!(

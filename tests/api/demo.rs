@@ -141,12 +141,17 @@ async fn a_new_user_runs_the_demo_without_keys_and_gets_a_book_and_a_report() {
     assert!(again.status.success(), "{}", text(&again.stderr));
 }
 
-/// The demo with no keys writes its chapters with SmolLM2 on the CPU (about 35 s
-/// in the debug test binary since the model holds F16 matrices: in every run, not
-/// only the long tier).
+/// The long tier: the demo with no keys writes its chapters with SmolLM2 on the CPU
+/// (about 35 s in the debug test binary). Not in every run: it keeps both cores busy
+/// for that long, and the other tests' stacks then start slowly (seen: a local
+/// gateway that did not answer within its 10 s, CI at 9a989c3).
 #[cfg(feature = "local-model")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_local_model_the_demo_book_is_written_by_smollm2() {
+    if !crate::load::long() {
+        eprintln!("skipped: BOOKENGINE_LONG_TESTS=1 runs the local-model demo");
+        return;
+    }
     let demo = Demo::new();
     let cache = bookengine::providers::local::default_cache_dir();
     let started = std::time::Instant::now();
