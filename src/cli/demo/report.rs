@@ -2,7 +2,7 @@
 //! report (steps, models, attempts, tokens, times, who wrote the text).
 
 use super::setup::Prepared;
-use super::writer::{local_model_totals, Writer};
+use super::writer::{local_model_speed, Writer};
 use crate::error::{Error, Result};
 use crate::generations::{run_report, JobDetail};
 use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
@@ -93,10 +93,10 @@ pub fn finish(demo: &Prepared, detail: &JobDetail, started: Instant) -> Result<(
             "text:          written by the OFFLINE provider (placeholder, not model output) for {names}"
         ),
         Writer::Local(path) => {
-            let (prompt, prefill_ms, written, rate) = local_model_totals();
             println!(
-                "text:          written by the local model {} on the CPU for {names}: {written} tokens at {rate:.1} tokens/s (writing); prompts {prompt} tokens at {prefill_ms:.1} ms/token (reading)",
-                path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+                "text:          written by the local model {} on the CPU for {names}: {}",
+                path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default(),
+                local_model_speed()
             );
         }
     }

@@ -99,21 +99,15 @@ async fn local_model(_explicit: Option<&Path>) -> std::result::Result<PathBuf, S
     )
 }
 
+/// What the local model wrote and read in this process, and how fast.
 #[cfg(feature = "local-model")]
-/// Prompt tokens, ms per prompt token, tokens written, tokens/s of writing.
-pub fn local_model_totals() -> (u64, f64, u64, f64) {
-    let t = crate::providers::local::totals();
-    (
-        t.prompt_tokens,
-        t.prefill_ms_per_token(),
-        t.output_tokens,
-        t.tokens_per_second(),
-    )
+pub fn local_model_speed() -> String {
+    crate::providers::local::totals().to_string()
 }
 
 #[cfg(not(feature = "local-model"))]
-pub fn local_model_totals() -> (u64, f64, u64, f64) {
-    (0, 0.0, 0, 0.0)
+pub fn local_model_speed() -> String {
+    String::new()
 }
 
 /// Fit the example flow to a 135M-parameter model on 2 cores (the demo stays under

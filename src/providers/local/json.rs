@@ -2,7 +2,6 @@
 //! numbered or bulleted outline into the book-outline JSON shape
 //! `{"title": ..., "chapters": [{"title": ..., "summary": ...}]}`.
 
-pub use crate::providers::json_answer::{extract_json, extract_json_with, has_keys, required_keys};
 use serde_json::{json, Value};
 
 /// Appended to a JSON request's prompt.

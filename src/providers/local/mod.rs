@@ -37,14 +37,13 @@ pub use fetch::{
     PYPI_PACKAGE, PYPI_VERSION,
 };
 pub use generate::{Engine, GenParams, Generation, StopReason};
-pub use json::{
-    coerce_outline, coerce_outline_with_topic, extract_json, extract_json_with,
-    outline_list_prompt, topic_of,
-};
+pub use json::{coerce_outline, coerce_outline_with_topic, outline_list_prompt, topic_of};
 pub use tokenizer::{chatml, chatml_turns, Turn, DEFAULT_SYSTEM};
 pub use weights::WeightFormat;
 
-use super::{ChatProvider, ChatRequest, ChatResponse, DeltaSink, ProviderError, Usage};
+use super::{
+    json_answer, ChatProvider, ChatRequest, ChatResponse, DeltaSink, ProviderError, Usage,
+};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -106,6 +105,20 @@ impl Totals {
         } else {
             0.0
         }
+    }
+}
+
+/// "732 tokens at 46.5 tokens/s (writing); prompts 454 tokens at 4.1 ms/token (reading)".
+impl std::fmt::Display for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} tokens at {:.1} tokens/s (writing); prompts {} tokens at {:.1} ms/token (reading)",
+            self.output_tokens,
+            self.tokens_per_second(),
+            self.prompt_tokens,
+            self.prefill_ms_per_token()
+        )
     }
 }
 
@@ -368,11 +381,11 @@ fn answer(
     let prompt = format!("{}\n\n{}", req.prompt.trim_end(), json::JSON_INSTRUCTION);
     // A JSON example in the request (`{"title": "...", "chapters": [...]}`) names
     // the keys the answer must have.
-    let required = json::required_keys(&req.prompt);
+    let required = json_answer::required_keys(&req.prompt);
     // The JSON, and whether it had to be rebuilt from a list.
     let structured = |g: &Generation, attempt: u32| -> Option<(String, bool)> {
         tracing::debug!(attempt, text = %g.text, "local model: raw answer");
-        if let Some(v) = json::extract_json_with(&g.text, &required) {
+        if let Some(v) = json_answer::extract_json_with(&g.text, &required) {
             return Some((v.to_string(), false));
         }
         let v = coerce_outline_with_topic(&g.text, topic.as_deref())?;
@@ -403,10 +416,10 @@ fn answer(
         )?;
         tracing::debug!(text = %listed.text, "local model: outline as a list");
         // It may answer with JSON anyway; else its list, if it has every key asked for.
-        let parsed = match json::extract_json_with(&listed.text, &required) {
+        let parsed = match json_answer::extract_json_with(&listed.text, &required) {
             Some(v) => Some((v, None)),
             None => coerce_outline_with_topic(&listed.text, topic.as_deref())
-                .filter(|v| json::has_keys(v, &required))
+                .filter(|v| json_answer::has_keys(v, &required))
                 .map(|v| {
                     let cut = if listed.stop == StopReason::MaxTokens {
                         " (cut at max_tokens: the last chapter may be missing)"

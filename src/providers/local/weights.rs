@@ -14,15 +14,13 @@ use candle_core::{DType, Module, Tensor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum WeightFormat {
     /// F16 (the default: run-time SIMD through gemm, half of F32's memory).
-    #[value(name = "f16")]
     F16,
     /// F32: run-time SIMD through gemm, twice F16's memory.
-    #[value(name = "f32")]
     F32,
     /// Quantized, exactly as stored in the file (candle's compile-time kernels).
-    #[value(name = "file")]
     File,
     /// Quantized as Q8_0 (candle's compile-time kernels).
+    // clap would spell it q8-0.
     #[value(name = "q8_0")]
     Q8_0,
 }
