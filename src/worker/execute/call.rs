@@ -7,7 +7,8 @@ use crate::error::codes;
 use crate::flow::{ModelRef, OutputKind, Step};
 use crate::jobs::StepStatus;
 use crate::providers::{
-    call_with_fallbacks, call_with_fallbacks_streaming, CallPolicy, ChatRequest, StreamOptions,
+    call_with_fallbacks, call_with_fallbacks_streaming, AttemptLog, CallPolicy, ChatRequest,
+    StreamOptions,
 };
 use crate::queue::StepWrite;
 use crate::worker::deltas::{self, CallKey};
@@ -142,15 +143,7 @@ impl Run<'_> {
         let m = &self.worker.metrics;
         match outcome {
             Ok(o) => {
-                for a in o.log.iter().filter(|a| a.error.is_some()) {
-                    let status = a
-                        .status
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| "none".into());
-                    m.provider_errors
-                        .with_label_values(&[a.provider.as_str(), status.as_str()])
-                        .inc();
-                }
+                count_provider_errors(m, o.log.iter().filter(|a| a.error.is_some()));
                 m.retries
                     .with_label_values(&[o.provider.as_str()])
                     .inc_by(u64::from(o.attempts.saturating_sub(1)));
@@ -188,15 +181,7 @@ impl Run<'_> {
                 Ok((o.value, write))
             }
             Err(f) => {
-                for a in &f.log {
-                    let status = a
-                        .status
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| "none".into());
-                    m.provider_errors
-                        .with_label_values(&[a.provider.as_str(), status.as_str()])
-                        .inc();
-                }
+                count_provider_errors(m, &f.log);
                 let reason = format!("step {label}: {}", f.message);
                 let write = StepWrite::failed(&step.id, index, &first, &f, latency_ms);
                 if self.streaming {
@@ -206,5 +191,18 @@ impl Run<'_> {
                 Err(Stop::Fatal(reason))
             }
         }
+    }
+}
+
+/// One `provider_errors` count per failed attempt, by provider and HTTP status.
+fn count_provider_errors<'a>(
+    m: &crate::metrics::Metrics,
+    attempts: impl IntoIterator<Item = &'a AttemptLog>,
+) {
+    for a in attempts {
+        let status = a.status.map(|s| s.to_string());
+        m.provider_errors
+            .with_label_values(&[a.provider.as_str(), status.as_deref().unwrap_or("none")])
+            .inc();
     }
 }
