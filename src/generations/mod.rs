@@ -6,7 +6,7 @@
 
 mod report;
 pub mod watch;
-pub use crate::jobs::{rows, JobStatus, StepRecord, StepStatus, STEP_COLUMNS};
+pub use crate::jobs::{rows, JobStatus, Progress, StepRecord, StepStatus, STEP_COLUMNS};
 pub use report::{run_report, RunReport, StepLine};
 
 use crate::error::{codes, Error, Result};
@@ -32,7 +32,7 @@ pub struct Job {
     pub input: Value,
     pub status: JobStatus,
     #[serde(default)]
-    pub progress: Value,
+    pub progress: Progress,
     pub attempt: i32,
     pub max_attempts: i32,
     /// Claims lost because a worker died (not counted in `attempt`).
@@ -69,7 +69,7 @@ impl Job {
                 engine_version: h.engine_version,
                 input: Value::Null,
                 status: h.status,
-                progress: Value::Null,
+                progress: Progress::default(),
                 attempt: h.attempt,
                 max_attempts: h.max_attempts,
                 lease_losses: h.lease_losses,

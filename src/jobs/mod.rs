@@ -2,10 +2,14 @@
 //! (`queue`), the worker, the run report and the HTTP layer: statuses as types, one
 //! step-row type, and row-by-row decoding of PostgREST replies.
 
+mod progress;
 pub mod rows;
+mod snapshot;
 mod status;
 mod step;
 
+pub use progress::Progress;
+pub use snapshot::EngineSnapshot;
 pub use status::{JobStatus, StepStatus};
 pub use step::{StepRecord, STEP_COLUMNS};
 

@@ -7,7 +7,7 @@ mod deltas;
 pub use deltas::{AppendOutcome, Compaction, DeltaHead, DeltaRow};
 
 use crate::error::Result;
-use crate::jobs::{rows, StepRecord, StepStatus, STEP_COLUMNS};
+use crate::jobs::{rows, EngineSnapshot, Progress, StepRecord, StepStatus, STEP_COLUMNS};
 use crate::rest::{Caller, Rest};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -21,7 +21,7 @@ pub struct ClaimedJob {
     pub user_id: Uuid,
     pub engine_id: Option<Uuid>,
     pub engine_name: String,
-    pub engine_snapshot: Value,
+    pub engine_snapshot: EngineSnapshot,
     pub input: Value,
     pub attempt: i32,
     pub max_attempts: i32,
@@ -267,7 +267,7 @@ impl Queue {
         job: Uuid,
         lease: Uuid,
         step: &StepWrite,
-        progress: Option<&Value>,
+        progress: Option<&Progress>,
     ) -> Result<StepRecord> {
         let params =
             json!({"job_id": job, "lease_token": lease, "step": step, "progress": progress});
@@ -293,7 +293,7 @@ impl Queue {
         job: Uuid,
         lease: Uuid,
         result: &Value,
-        progress: Option<&Value>,
+        progress: Option<&Progress>,
         steps: &[StepWrite],
         deltas: &[DeltaRow],
     ) -> Result<()> {

@@ -208,6 +208,14 @@ export interface VersionDiff {
   identical: boolean;
 }
 
+/** How far a job has come: calls done of calls known, and the step under way. */
+export interface Progress {
+  done: number;
+  total: number;
+  /** Absent on a queued job and once the run has ended. */
+  current?: string | null;
+}
+
 export interface GenerationJob {
   id: string;
   user_id: string;
@@ -217,7 +225,7 @@ export interface GenerationJob {
   engine_version: number | null;
   input: Record<string, Json>;
   status: JobStatus;
-  progress: Record<string, Json>;
+  progress: Progress;
   attempt: number;
   max_attempts: number;
   /** Claims lost because a worker died; not counted in `attempt`. */

@@ -100,12 +100,12 @@ pub async fn book(demo: &Prepared, args: &DemoArgs) -> Result<JobDetail> {
         show(&bar, new_text(rest, &pro.token, job.id, &mut live).await);
         let d = generations::get(rest, &as_pro, job.id).await?;
         let p = &d.job.progress;
-        bar.set_length(p["total"].as_u64().unwrap_or(1).max(1));
-        bar.set_position(p["done"].as_u64().unwrap_or(0));
+        bar.set_length(p.total.max(1));
+        bar.set_position(p.done);
         bar.set_message(format!(
             "{} {}",
             d.job.status,
-            p["current"].as_str().unwrap_or("")
+            p.current.as_deref().unwrap_or("")
         ));
         if d.job.is_finished() {
             // The worker stores all of a job's text before it completes the job.

@@ -10,7 +10,7 @@ use super::writer::{WriteBehind, WriteFailure};
 use super::Worker;
 use crate::error::{codes, Error};
 use crate::flow::{ExecutionMode, Flow};
-use crate::jobs::{StepRecord, StepStatus};
+use crate::jobs::{Progress, StepRecord, StepStatus};
 use crate::queue::{ClaimedJob, DeltaRow, StepWrite};
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
@@ -96,7 +96,7 @@ struct Run<'a> {
 
 /// A finished run: the book, the final progress, the records held for completion and
 /// the streamed rows not flushed yet (both stored by `job_complete`).
-type Finished = (Value, Value, Vec<StepWrite>, Vec<DeltaRow>);
+type Finished = (Value, Progress, Vec<StepWrite>, Vec<DeltaRow>);
 
 impl Worker {
     pub(super) async fn execute(self: Arc<Self>, job: ClaimedJob) {
@@ -224,9 +224,9 @@ impl Worker {
         let snapshot = &job.engine_snapshot;
         let flow = Flow::from_engine(
             &job.engine_name,
-            &snapshot["flow_config"],
-            snapshot["execution_mode"].as_str(),
-            snapshot["tier"].as_str(),
+            &snapshot.flow_config,
+            snapshot.execution_mode.map(|m| m.as_str()),
+            snapshot.tier.map(|t| t.as_str()),
         )
         .map_err(|e| Stop::Fatal(format!("the engine's flow is invalid: {}", e.message)))?;
         // A first claim has nothing recorded yet: skip the read. A job taken over from
@@ -359,12 +359,12 @@ impl Run<'_> {
         }
     }
 
-    fn progress(&self, current: Option<&str>) -> Value {
-        json!({
-            "done": self.calls_done.load(Ordering::SeqCst),
-            "total": self.calls_total.load(Ordering::SeqCst),
-            "current": current,
-        })
+    fn progress(&self, current: Option<&str>) -> Progress {
+        Progress {
+            done: self.calls_done.load(Ordering::SeqCst),
+            total: self.calls_total.load(Ordering::SeqCst),
+            current: current.map(str::to_owned),
+        }
     }
 
     fn output_of(&self, id: &str) -> Option<Value> {
