@@ -1,5 +1,7 @@
 //! One row of `generation_steps`: what a step (or one item of a fan-out) did. Read by
-//! the user side (`generations`), the report and the worker resuming a job.
+//! the user side (`generations`), the report and the worker resuming a job; written by
+//! the worker (`queue::Queue::save_step`, `job_complete`), which builds it with the
+//! constructors in `worker/record.rs`.
 
 use super::{rows, StepStatus};
 use serde::{Deserialize, Serialize};
@@ -9,7 +11,7 @@ pub const STEP_COLUMNS: &str =
     "step_id,item_index,status,provider,model,fallback_used,attempts,output,error,\
 usage,latency_ms,attempt_log,started_at,finished_at";
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct StepRecord {
     pub step_id: String,
     pub item_index: i32,
@@ -25,8 +27,15 @@ pub struct StepRecord {
     pub latency_ms: Option<i32>,
     #[serde(default)]
     pub attempt_log: Value,
+    /// Set by the database (a write's are ignored).
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// When the call ended, by the worker's clock: sent with a write, never a column.
+    /// Every call of a job is dated by the same clock, so the steps stay in the order
+    /// they ran (sql/V14; V13 dated them from an age, and the time each write took
+    /// shifted them by different amounts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Its JSON columns could not be decoded: `output` is missing, not empty.
     #[serde(skip)]
     pub unreadable: bool,
@@ -55,6 +64,7 @@ impl StepRecord {
                 attempt_log: json!([]),
                 started_at: h.started_at,
                 finished_at: h.finished_at,
+                ended_at: None,
                 unreadable: true,
             }
         })

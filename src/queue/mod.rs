@@ -7,9 +7,9 @@ mod deltas;
 pub use deltas::{AppendOutcome, Compaction, DeltaHead, DeltaRow};
 
 use crate::error::Result;
-use crate::jobs::{rows, EngineSnapshot, Progress, StepRecord, StepStatus, STEP_COLUMNS};
+use crate::jobs::{rows, EngineSnapshot, Progress, StepRecord, STEP_COLUMNS};
 use crate::rest::{Caller, Rest};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -123,50 +123,25 @@ impl Claim {
 const RESUME_COLUMNS: &str = "step_id,item_index,status,provider,model,fallback_used,attempts,\
 output::text,error,usage,latency_ms,attempt_log,started_at,finished_at";
 
-/// A recorded step as the worker reads it.
+/// A recorded step as the worker reads it: the output apart, as text.
 #[derive(Deserialize)]
-struct StoredStep {
-    step_id: String,
-    item_index: i32,
-    status: StepStatus,
-    provider: Option<String>,
-    model: Option<String>,
-    fallback_used: bool,
-    attempts: i32,
+struct ResumeRow {
     output: Option<String>,
-    error: Option<String>,
-    #[serde(default)]
-    usage: Value,
-    latency_ms: Option<i32>,
-    #[serde(default)]
-    attempt_log: Value,
-    started_at: Option<String>,
-    finished_at: Option<String>,
+    #[serde(flatten)]
+    step: StepRecord,
 }
 
-impl From<StoredStep> for StepRecord {
-    fn from(s: StoredStep) -> StepRecord {
-        let (output, unreadable) = match s.output.as_deref().map(serde_json::from_str::<Value>) {
+impl From<ResumeRow> for StepRecord {
+    fn from(row: ResumeRow) -> StepRecord {
+        let (output, unreadable) = match row.output.as_deref().map(serde_json::from_str::<Value>) {
             None => (None, false),
             Some(Ok(v)) => (Some(v), false),
             Some(Err(_)) => (None, true),
         };
         StepRecord {
-            step_id: s.step_id,
-            item_index: s.item_index,
-            status: s.status,
-            provider: s.provider,
-            model: s.model,
-            fallback_used: s.fallback_used,
-            attempts: s.attempts,
             output,
-            error: s.error,
-            usage: s.usage,
-            latency_ms: s.latency_ms,
-            attempt_log: s.attempt_log,
-            started_at: s.started_at,
-            finished_at: s.finished_at,
             unreadable,
+            ..row.step
         }
     }
 }
@@ -175,28 +150,6 @@ impl From<StoredStep> for StepRecord {
 #[derive(Debug, Clone, Deserialize)]
 pub struct LeaseState {
     pub cancel_requested: bool,
-}
-
-/// What the worker records about one call (a step, or one fan-out item).
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct StepWrite {
-    pub step_id: String,
-    pub item_index: i32,
-    pub status: StepStatus,
-    pub provider: Option<String>,
-    pub model: Option<String>,
-    pub fallback_used: bool,
-    pub attempts: u32,
-    pub output: Option<Value>,
-    pub error: Option<String>,
-    pub usage: Value,
-    pub latency_ms: Option<u64>,
-    pub attempt_log: Value,
-    /// When the call ended, by the worker's clock: every call of a job is dated by
-    /// the same clock, so the steps stay in the order they ran (sql/V14; V13 dated
-    /// them from an age, and the time each write took shifted them by different amounts).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Clone)]
@@ -252,7 +205,7 @@ impl Queue {
         let rows = rows::fetch(&self.rest, builder).await?;
         Ok(rows
             .iter()
-            .filter_map(|r| match serde_json::from_str::<StoredStep>(r.get()) {
+            .filter_map(|r| match serde_json::from_str::<ResumeRow>(r.get()) {
                 Ok(s) => Some(StepRecord::from(s)),
                 Err(e) => {
                     tracing::warn!(job_id = %job, error = %e, "a recorded step could not be read; left out");
@@ -266,7 +219,7 @@ impl Queue {
         &self,
         job: Uuid,
         lease: Uuid,
-        step: &StepWrite,
+        step: &StepRecord,
         progress: Option<&Progress>,
     ) -> Result<StepRecord> {
         let params =
@@ -294,7 +247,7 @@ impl Queue {
         lease: Uuid,
         result: &Value,
         progress: Option<&Progress>,
-        steps: &[StepWrite],
+        steps: &[StepRecord],
         deltas: &[DeltaRow],
     ) -> Result<()> {
         let mut params = json!({
@@ -339,5 +292,62 @@ impl Queue {
             .rpc(&Caller::Service, "job_cancelled", &params)?
             .select("id");
         self.rest.send_raw(builder).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::StepStatus;
+
+    fn resume_row(output: Value) -> StepRecord {
+        let row = json!({
+            "step_id": "outline", "item_index": -1, "status": "succeeded", "provider": "openai",
+            "model": "m", "fallback_used": false, "attempts": 1, "output": output, "error": null,
+            "usage": {"input_tokens": 3, "output_tokens": 4}, "latency_ms": 12,
+            "attempt_log": [], "started_at": "2026-11-30T00:00:00+00:00", "finished_at": null
+        });
+        serde_json::from_value::<ResumeRow>(row)
+            .expect("a resume row")
+            .into()
+    }
+
+    #[test]
+    fn a_resumed_steps_output_is_decoded_apart_from_its_row() {
+        let s = resume_row(json!("{\"title\": \"A\"}"));
+        assert_eq!(s.output, Some(json!({"title": "A"})));
+        assert!(!s.unreadable);
+        assert_eq!(s.status, StepStatus::Succeeded);
+        assert_eq!(s.usage["output_tokens"], 4);
+        assert_eq!(s.latency_ms, Some(12));
+    }
+
+    #[test]
+    fn an_output_that_cannot_be_read_marks_the_step_unreadable() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let s = resume_row(json!(deep));
+        assert_eq!(s.output, None);
+        assert!(s.unreadable);
+        assert_eq!(resume_row(Value::Null).output, None);
+        assert!(!resume_row(Value::Null).unreadable);
+    }
+
+    #[test]
+    fn a_write_sends_the_worker_clock_only_when_set() {
+        let write = StepRecord {
+            step_id: "outline".into(),
+            item_index: crate::jobs::WHOLE_STEP,
+            ..Default::default()
+        };
+        let sent = serde_json::to_value(&write).expect("json");
+        assert!(sent.get("ended_at").is_none());
+        assert!(sent.get("unreadable").is_none());
+        let when = chrono::Utc::now();
+        let sent = serde_json::to_value(StepRecord {
+            ended_at: Some(when),
+            ..write
+        })
+        .expect("json");
+        assert_eq!(sent["ended_at"], json!(when));
     }
 }

@@ -4,13 +4,12 @@
 use crate::flow::ModelRef;
 use crate::jobs::{StepRecord, StepStatus};
 use crate::providers::{CallFailure, CallOutcome, Usage};
-use crate::queue::StepWrite;
 use serde_json::{json, Value};
 
-impl StepWrite {
+impl StepRecord {
     /// A slow call is under way (written so viewers see it).
     pub(super) fn running(step_id: &str, item_index: i32, model: &ModelRef) -> Self {
-        StepWrite {
+        StepRecord {
             step_id: step_id.to_owned(),
             item_index,
             status: StepStatus::Running,
@@ -24,14 +23,14 @@ impl StepWrite {
 
     /// A call an earlier run of the job finished: kept as it was.
     pub(super) fn reused(step_id: &str, item_index: i32, done: &StepRecord) -> Self {
-        StepWrite {
+        StepRecord {
             step_id: step_id.to_owned(),
             item_index,
             status: StepStatus::Succeeded,
             provider: done.provider.clone(),
             model: done.model.clone(),
             fallback_used: done.fallback_used,
-            attempts: done.attempts.max(0) as u32,
+            attempts: done.attempts,
             usage: done.usage.clone(),
             ..Default::default()
         }
@@ -46,20 +45,21 @@ impl StepWrite {
         o: &CallOutcome<Value>,
         latency_ms: u64,
     ) -> Self {
-        StepWrite {
+        StepRecord {
             step_id: step_id.to_owned(),
             item_index,
             status: StepStatus::Succeeded,
             provider: Some(provider),
             model: Some(o.model.clone()),
             fallback_used: o.fallback_used,
-            attempts: o.attempts,
+            attempts: column(o.attempts),
             output: Some(o.value.clone()),
             error: None,
             usage: json!(o.usage),
-            latency_ms: Some(latency_ms),
+            latency_ms: Some(column(latency_ms)),
             attempt_log: json!(o.log),
             ended_at: Some(chrono::Utc::now()),
+            ..Default::default()
         }
     }
 
@@ -71,16 +71,16 @@ impl StepWrite {
         f: &CallFailure,
         latency_ms: u64,
     ) -> Self {
-        StepWrite {
+        StepRecord {
             step_id: step_id.to_owned(),
             item_index,
             status: StepStatus::Failed,
             provider: Some(model.provider.clone()),
             model: Some(model.model.clone()),
-            attempts: f.attempts,
+            attempts: column(f.attempts),
             error: Some(f.message.clone()),
             usage: json!(Usage::default()),
-            latency_ms: Some(latency_ms),
+            latency_ms: Some(column(latency_ms)),
             attempt_log: json!(f.log),
             ended_at: Some(chrono::Utc::now()),
             ..Default::default()
@@ -93,7 +93,7 @@ impl StepWrite {
     pub(super) fn fan_out(
         step_id: &str,
         provider: &str,
-        items: &[StepWrite],
+        items: &[StepRecord],
         output: Value,
     ) -> Self {
         let mut usage = Usage::default();
@@ -103,7 +103,7 @@ impl StepWrite {
         for item in items {
             usage.input_tokens += item.usage["input_tokens"].as_u64().unwrap_or(0);
             usage.output_tokens += item.usage["output_tokens"].as_u64().unwrap_or(0);
-            attempts += item.attempts;
+            attempts = item.attempts.saturating_add(attempts);
             fallback_used |= item.fallback_used;
             let m = format!(
                 "{}/{}",
@@ -114,7 +114,7 @@ impl StepWrite {
                 models.push(m);
             }
         }
-        StepWrite {
+        StepRecord {
             step_id: step_id.to_owned(),
             item_index: crate::jobs::WHOLE_STEP,
             status: StepStatus::Succeeded,
@@ -128,4 +128,9 @@ impl StepWrite {
             ..Default::default()
         }
     }
+}
+
+/// A count or a duration as its integer column holds it (24 days of milliseconds).
+fn column(n: impl TryInto<i32>) -> i32 {
+    n.try_into().unwrap_or(i32::MAX)
 }

@@ -13,8 +13,8 @@
 
 use super::deltas::{self, Barrier};
 use crate::error::codes;
-use crate::jobs::Progress;
-use crate::queue::{Queue, StepWrite};
+use crate::jobs::{Progress, StepRecord};
+use crate::queue::Queue;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -29,14 +29,14 @@ pub(super) struct WriteFailure {
 }
 
 pub(super) struct WriteBehind {
-    tx: mpsc::UnboundedSender<(StepWrite, Progress, Option<Barrier>)>,
+    tx: mpsc::UnboundedSender<(StepRecord, Progress, Option<Barrier>)>,
     failed: Arc<Mutex<Option<WriteFailure>>>,
-    task: JoinHandle<Vec<StepWrite>>,
+    task: JoinHandle<Vec<StepRecord>>,
 }
 
 impl WriteBehind {
     pub fn start(queue: Queue, job: Uuid, lease: Uuid) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(StepWrite, Progress, Option<Barrier>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(StepRecord, Progress, Option<Barrier>)>();
         let failed: Arc<Mutex<Option<WriteFailure>>> = Arc::default();
         let failure = failed.clone();
         let task = tokio::spawn(async move {
@@ -79,7 +79,7 @@ impl WriteBehind {
 
     /// Queue a record (and the job's progress at that point) for saving, once
     /// `barrier` (the call's streamed text stored) is met.
-    pub fn send(&self, write: StepWrite, progress: Progress, barrier: Option<Barrier>) {
+    pub fn send(&self, write: StepRecord, progress: Progress, barrier: Option<Barrier>) {
         if let Err(mpsc::error::SendError((write, _, _))) = self.tx.send((write, progress, barrier))
         {
             // The writer task is gone (it panicked); `finish` reports that.
@@ -101,7 +101,7 @@ impl WriteBehind {
 
     /// Wait for every queued record; returns the ones not saved (to be saved with the
     /// completion) or the failure that makes completing pointless (lease lost).
-    pub async fn finish(self) -> Result<Vec<StepWrite>, WriteFailure> {
+    pub async fn finish(self) -> Result<Vec<StepRecord>, WriteFailure> {
         let Self { tx, failed, task } = self;
         drop(tx);
         let unsaved = task.await.map_err(|e| WriteFailure {

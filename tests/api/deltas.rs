@@ -523,7 +523,7 @@ async fn a_step_is_dated_from_when_its_call_ended_not_from_when_it_was_saved() {
         .expect("a job");
     let ended = chrono::Utc::now() - chrono::Duration::seconds(5);
     let write = |step: &str, ended_at: Option<chrono::DateTime<chrono::Utc>>| {
-        bookengine::queue::StepWrite {
+        bookengine::jobs::StepRecord {
             step_id: step.into(),
             item_index: -1,
             status: bookengine::jobs::StepStatus::Succeeded,

@@ -150,7 +150,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_complete_or_overwrite() {
         (1, 1),
         "a lost lease is not an attempt"
     );
-    let step = bookengine::queue::StepWrite {
+    let step = bookengine::jobs::StepRecord {
         step_id: "outline".into(),
         item_index: -1,
         status: bookengine::jobs::StepStatus::Succeeded,
@@ -194,7 +194,7 @@ async fn a_worker_whose_lease_was_taken_over_cannot_complete_or_overwrite() {
     let fresh = b[0].lease_token;
     let saved = queue.save_step(id, fresh, &step, None).await.unwrap();
     assert_eq!(saved.output, Some(json!("stale")));
-    let again = bookengine::queue::StepWrite {
+    let again = bookengine::jobs::StepRecord {
         output: Some(json!("overwrite")),
         ..step
     };

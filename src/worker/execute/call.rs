@@ -5,12 +5,12 @@
 use super::{Run, Stop};
 use crate::error::codes;
 use crate::flow::{ModelRef, OutputKind, Step};
+use crate::jobs::StepRecord;
 use crate::jobs::StepStatus;
 use crate::providers::{
     call_with_fallbacks, call_with_fallbacks_streaming, AttemptLog, CallPolicy, ChatRequest,
     StreamOptions,
 };
-use crate::queue::StepWrite;
 use crate::worker::deltas::{self, CallKey};
 use crate::worker::output::parse_json_output;
 use serde_json::Value;
@@ -26,7 +26,7 @@ impl Run<'_> {
         step: &Step,
         item: Option<(usize, &Value)>,
         hold: bool,
-    ) -> Result<(Value, StepWrite), Stop> {
+    ) -> Result<(Value, StepRecord), Stop> {
         let index = item
             .map(|(k, _)| k as i32)
             .unwrap_or(crate::jobs::WHOLE_STEP);
@@ -40,7 +40,7 @@ impl Run<'_> {
             .filter(|s| s.status == StepStatus::Succeeded)
         {
             self.calls_done.fetch_add(1, Ordering::SeqCst);
-            let write = StepWrite::reused(&step.id, index, done);
+            let write = StepRecord::reused(&step.id, index, done);
             return Ok((done.output.clone().unwrap_or(Value::Null), write));
         }
         let c = &step.config;
@@ -61,7 +61,7 @@ impl Run<'_> {
             provider: c.provider.clone(),
             model: c.model.clone(),
         };
-        let running = StepWrite::running(&step.id, index, &first);
+        let running = StepRecord::running(&step.id, index, &first);
         let mut chain = vec![first.clone()];
         chain.extend(c.fallbacks.iter().cloned());
         let cfg = &self.worker.config;
@@ -166,7 +166,7 @@ impl Run<'_> {
                 } else {
                     format!("{} (as {})", o.answered_by, o.provider)
                 };
-                let write = StepWrite::answered(&step.id, index, provider, &o, latency_ms);
+                let write = StepRecord::answered(&step.id, index, provider, &o, latency_ms);
                 self.calls_done.fetch_add(1, Ordering::SeqCst);
                 if hold {
                     self.hold(write.clone());
@@ -183,7 +183,7 @@ impl Run<'_> {
             Err(f) => {
                 count_provider_errors(m, &f.log);
                 let reason = format!("step {label}: {}", f.message);
-                let write = StepWrite::failed(&step.id, index, &first, &f, latency_ms);
+                let write = StepRecord::failed(&step.id, index, &first, &f, latency_ms);
                 if self.streaming {
                     deltas::wait(self.worker.deltas.barrier(job_id)).await?;
                 }

@@ -11,7 +11,7 @@ use super::Worker;
 use crate::error::{codes, Error};
 use crate::flow::{ExecutionMode, Flow};
 use crate::jobs::{Progress, StepRecord, StepStatus};
-use crate::queue::{ClaimedJob, DeltaRow, StepWrite};
+use crate::queue::{ClaimedJob, DeltaRow};
 use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -85,7 +85,7 @@ struct Run<'a> {
     calls_total: AtomicU64,
     calls_done: AtomicU64,
     /// Records of the flow's last step, saved by `job_complete` in the same round trip.
-    held: Mutex<Vec<StepWrite>>,
+    held: Mutex<Vec<StepRecord>>,
     /// Every other record, saved in order while the flow goes on.
     writes: WriteBehind,
     /// Provider calls are streamed into generation_deltas.
@@ -96,7 +96,7 @@ struct Run<'a> {
 
 /// A finished run: the book, the final progress, the records held for completion and
 /// the streamed rows not flushed yet (both stored by `job_complete`).
-type Finished = (Value, Progress, Vec<StepWrite>, Vec<DeltaRow>);
+type Finished = (Value, Progress, Vec<StepRecord>, Vec<DeltaRow>);
 
 impl Worker {
     pub(super) async fn execute(self: Arc<Self>, job: ClaimedJob) {
@@ -401,7 +401,7 @@ impl Run<'_> {
     }
 
     /// Hold a record back for `job_complete` instead of saving it now.
-    fn hold(&self, write: StepWrite) {
+    fn hold(&self, write: StepRecord) {
         if let Ok(mut h) = self.held.lock() {
             h.push(write);
         }
@@ -475,13 +475,13 @@ impl Run<'_> {
             .into_iter()
             .enumerate()
             .map(|(k, item)| async move { self.call(step, Some((k, &item)), false).await });
-        let results: Vec<(Value, StepWrite)> = futures::stream::iter(calls)
+        let results: Vec<(Value, StepRecord)> = futures::stream::iter(calls)
             .buffered(width)
             .try_collect()
             .await?;
-        let (outputs, writes): (Vec<Value>, Vec<StepWrite>) = results.into_iter().unzip();
+        let (outputs, writes): (Vec<Value>, Vec<StepRecord>) = results.into_iter().unzip();
         let output = Value::Array(outputs);
-        let summary = StepWrite::fan_out(&step.id, &step.config.provider, &writes, output.clone());
+        let summary = StepRecord::fan_out(&step.id, &step.config.provider, &writes, output.clone());
         self.calls_done.fetch_add(1, Ordering::SeqCst);
         if last {
             self.hold(summary);
