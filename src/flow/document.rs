@@ -188,6 +188,11 @@ pub struct Flow {
     /// How the React app's spellings were read (stage 0); empty for a canonical document.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<super::Note>,
+    /// `deps[i]`: the steps step `i` depends on (explicit `depends_on`, template
+    /// references and the `for_each` source), sorted; computed once, by validation,
+    /// which built `steps` and refused any reference it could not resolve.
+    #[serde(skip)]
+    pub(super) deps: Vec<Vec<usize>>,
 }
 
 /// The `ai_engines` columns a deploy writes.

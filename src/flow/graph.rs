@@ -7,7 +7,6 @@
 use std::collections::VecDeque;
 
 use super::document::Flow;
-use super::template;
 
 /// Steps in an order where each comes after its dependencies. Steps on or
 /// behind a cycle are left out.
@@ -118,35 +117,19 @@ impl Flow {
     /// Indices of the steps that step `i` depends on (explicit `depends_on`,
     /// template references and the `for_each` source), sorted, deduplicated.
     /// Empty for an out-of-range `i`.
-    pub fn dependencies(&self, i: usize) -> Vec<usize> {
-        let Some(step) = self.steps.get(i) else {
-            return Vec::new();
-        };
-        let cfg = &step.config;
-        let mut ids: Vec<String> = cfg.depends_on.clone();
-        ids.extend(cfg.for_each.iter().map(|f| f.step.clone()));
-        for text in std::iter::once(&cfg.prompt).chain(cfg.system.iter()) {
-            // A template that does not compile has no references to follow;
-            // validation has already refused it for parsed flows.
-            ids.extend(template::references(text).unwrap_or_default());
-        }
-        let mut out: Vec<usize> = ids
-            .iter()
-            .filter_map(|id| self.step_index(id))
-            .filter(|&j| j != i)
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
+    pub fn dependencies(&self, i: usize) -> &[usize] {
+        self.deps.get(i).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Every step's dependencies, by step index.
+    pub fn graph(&self) -> &[Vec<usize>] {
+        &self.deps
     }
 
     /// Length of the longest dependency chain, in steps: the critical path in
     /// calls, a fan-out counting as one level. 0 for a flow without steps.
     pub fn depth(&self) -> usize {
-        let deps: Vec<Vec<usize>> = (0..self.steps.len())
-            .map(|i| self.dependencies(i))
-            .collect();
-        longest_chain(&deps)
+        longest_chain(&self.deps)
     }
 }
 

@@ -569,7 +569,7 @@ mod tests {
             let doc = graph_doc(parallel, &steps);
             let Ok(f) = parse_flow(&doc) else { return Ok(()); };
             let n = f.steps.len();
-            let deps: Vec<Vec<usize>> = (0..n).map(|i| f.dependencies(i)).collect();
+            let deps = f.graph();
             for (i, ds) in deps.iter().enumerate() {
                 for &d in ds {
                     prop_assert!(d < n && d != i, "dangling or self dependency {i} -> {d}");
@@ -586,7 +586,7 @@ mod tests {
                     prop_assert!(src.is_some_and(|j| f.steps[j].config.output == OutputKind::Json));
                 }
             }
-            prop_assert_eq!(graph::topological_order(&deps).len(), n, "cycle accepted");
+            prop_assert_eq!(graph::topological_order(deps).len(), n, "cycle accepted");
             prop_assert!(f.depth() >= 1 && f.depth() <= n);
             // What was accepted must also survive a store and reload.
             let row = f.to_engine_row();

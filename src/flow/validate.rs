@@ -131,6 +131,7 @@ pub(crate) fn build(raw: &RawFlow<'_>) -> Result<Flow, Vec<Issue>> {
         tier,
         steps,
         notes: Vec::new(),
+        deps,
     })
 }
 

@@ -329,7 +329,7 @@ impl Run<'_> {
     /// Run steps as soon as their dependencies are done; the first failure stops all.
     async fn graph(&self) -> Result<(), Stop> {
         let n = self.flow.steps.len();
-        let deps: Vec<Vec<usize>> = (0..n).map(|i| self.flow.dependencies(i)).collect();
+        let deps = self.flow.graph();
         let mut done = vec![false; n];
         let mut started = vec![false; n];
         let mut inflight = FuturesUnordered::new();
