@@ -1,5 +1,7 @@
-//! The SuperAdmin page at /admin: one HTML page with its script and style sheet,
-//! embedded in the binary (no build step, nothing fetched from elsewhere).
+//! The SuperAdmin page at /admin: one HTML page, its ES modules and its style sheet,
+//! embedded in the binary (no build step, nothing fetched from elsewhere). The modules
+//! include the React app's own API client (`supabase/client/engines.js`), so the page
+//! runs the same tested code rather than a copy.
 //!
 //! The page holds no privilege of its own: it calls this service's `/v1` API with
 //! the access token the person pastes, so Row Level Security decides what it
@@ -24,8 +26,38 @@ use std::time::Duration;
 use uuid::Uuid;
 
 const INDEX_HTML: &str = include_str!("admin/index.html");
-const APP_JS: &str = include_str!("admin/app.js");
 const APP_CSS: &str = include_str!("admin/app.css");
+
+/// The page's JavaScript modules as (URL path, source): the one list the routes are
+/// built from and the import check below reads, so a module renamed or added without
+/// its line here fails a unit test instead of the page. `main.js` is the entry
+/// (index.html's `<script type="module">`); the others are imported by relative path.
+const MODULES: &[(&str, &str)] = &[
+    ("/admin/main.js", include_str!("admin/main.js")),
+    ("/admin/api.js", include_str!("admin/api.js")),
+    (
+        "/admin/assignments.js",
+        include_str!("admin/assignments.js"),
+    ),
+    ("/admin/bulk.js", include_str!("admin/bulk.js")),
+    ("/admin/deploy.js", include_str!("admin/deploy.js")),
+    ("/admin/dom.js", include_str!("admin/dom.js")),
+    ("/admin/engines.js", include_str!("admin/engines.js")),
+    (
+        "/admin/generations.js",
+        include_str!("admin/generations.js"),
+    ),
+    ("/admin/messages.js", include_str!("admin/messages.js")),
+    ("/admin/session.js", include_str!("admin/session.js")),
+    ("/admin/state.js", include_str!("admin/state.js")),
+    ("/admin/tabs.js", include_str!("admin/tabs.js")),
+    ("/admin/timeline.js", include_str!("admin/timeline.js")),
+    ("/admin/versions.js", include_str!("admin/versions.js")),
+    (
+        "/admin/client/engines.js",
+        include_str!("../../supabase/client/engines.js"),
+    ),
+];
 
 /// Scripts, styles and requests from this origin only; no framing.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -45,12 +77,14 @@ pub struct DevUsers {
 /// Generic over the state so the routes can be tested without a backend.
 pub fn router<S: Clone + Send + Sync + 'static>(dev: DevUsers) -> Router<S> {
     let dev = std::sync::Arc::new(dev);
-    Router::new()
+    let router = Router::new()
         .route("/admin", get(index))
         .route("/admin/", get(index))
-        .route("/admin/app.js", get(script))
         .route("/admin/app.css", get(styles))
-        .route("/admin/dev-users", get(move || dev_users(dev.clone())))
+        .route("/admin/dev-users", get(move || dev_users(dev.clone())));
+    MODULES.iter().fold(router, |router, &(path, source)| {
+        router.route(path, get(move || module(source)))
+    })
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -71,8 +105,8 @@ async fn index() -> Response {
     asset("text/html; charset=utf-8", INDEX_HTML)
 }
 
-async fn script() -> Response {
-    asset("text/javascript; charset=utf-8", APP_JS)
+async fn module(source: &'static str) -> Response {
+    asset("text/javascript; charset=utf-8", source)
 }
 
 async fn styles() -> Response {
@@ -163,6 +197,7 @@ pub fn dev_users_from(file: Option<&str>, secret: Option<&str>) -> Result<Vec<De
 mod tests {
     use super::*;
     use serde_json::Value;
+    use std::collections::BTreeSet;
 
     /// Serve the admin routes alone on a free port; returns the base URL.
     async fn serve() -> String {
@@ -195,17 +230,34 @@ mod tests {
         assert_eq!(status, 200);
         assert_eq!(ct, "text/html; charset=utf-8");
         assert!(body.contains("<main"), "{body}");
-        assert!(body.contains("/admin/app.js") && body.contains("/admin/app.css"));
-
-        let (status, ct, body) = get(&format!("{base}/admin/app.js")).await;
-        assert_eq!(
-            (status, ct.as_str()),
-            (200, "text/javascript; charset=utf-8")
-        );
-        assert!(body.contains("/v1/engines"));
+        assert!(body.contains("/admin/main.js") && body.contains("/admin/app.css"));
 
         let (status, ct, _) = get(&format!("{base}/admin/app.css")).await;
         assert_eq!((status, ct.as_str()), (200, "text/css; charset=utf-8"));
+
+        // Every module, with the page's headers: a browser runs a module only when it
+        // comes with a JavaScript type, and the CSP's script-src 'self' admits it.
+        for (path, source) in MODULES {
+            let resp = reqwest::get(format!("{base}{path}"))
+                .await
+                .expect("request");
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            assert_eq!(resp.status().as_u16(), 200, "{path}");
+            assert_eq!(header("content-type"), "text/javascript; charset=utf-8");
+            assert_eq!(header("cache-control"), "no-cache", "{path}");
+            assert_eq!(header("content-security-policy"), CSP, "{path}");
+            assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+            assert_eq!(resp.text().await.unwrap_or_default(), *source, "{path}");
+        }
+        // The page's client is the React app's, not a copy.
+        let (_, _, client) = get(&format!("{base}/admin/client/engines.js")).await;
+        assert!(client.contains("export function createEngineClient"));
 
         let resp = reqwest::get(format!("{base}/admin"))
             .await
@@ -216,12 +268,169 @@ mod tests {
 
     #[test]
     fn the_assets_reach_nothing_outside_this_service() {
-        for text in [INDEX_HTML, APP_JS, APP_CSS] {
+        let modules = MODULES.iter().map(|(_, source)| *source);
+        for text in [INDEX_HTML, APP_CSS].into_iter().chain(modules) {
             assert!(!text.contains("http://") && !text.contains("https://"));
             assert!(!text.contains("@import") && !text.contains("<script>"));
         }
         assert!(INDEX_HTML.contains("aria-live"));
         assert!(INDEX_HTML.contains("local development only"));
+    }
+
+    /// The module specifiers of `source`'s static `import ... from '...'`,
+    /// `import '...'` and `export ... from '...'` statements (each ends at its `;`).
+    fn specifiers(source: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        for line in source.split_inclusive('\n') {
+            let start = offset + (line.len() - line.trim_start().len());
+            offset += line.len();
+            let code = line.trim_start();
+            let import = code.starts_with("import ")
+                || code.starts_with("import{")
+                || code.starts_with("import'")
+                || code.starts_with("import\"");
+            let reexport = code.starts_with("export {")
+                || code.starts_with("export{")
+                || code.starts_with("export *");
+            if !import && !reexport {
+                continue;
+            }
+            let rest = &source[start..];
+            let statement = rest[..rest.find(';').unwrap_or(rest.len())].trim_end();
+            // `export { a, b };` names local bindings: no module.
+            let Some(quote) = statement.chars().last().filter(|c| *c == '\'' || *c == '"') else {
+                assert!(
+                    reexport && !statement.contains(" from"),
+                    "an import that does not end in a quoted specifier and `;`: {statement}"
+                );
+                continue;
+            };
+            let body = &statement[..statement.len() - 1];
+            let Some(open) = body.rfind(quote) else {
+                panic!("unbalanced quotes in: {statement}");
+            };
+            out.push(body[open + 1..].to_owned());
+        }
+        out
+    }
+
+    /// The served path `specifier` names when imported by the module at `from`; None
+    /// for what a browser cannot load without an import map (bare names, URLs).
+    fn resolve(from: &str, specifier: &str) -> Option<String> {
+        let mut parts: Vec<&str> = if specifier.starts_with('/') {
+            Vec::new()
+        } else if specifier.starts_with("./") || specifier.starts_with("../") {
+            let dir = from
+                .rsplit_once('/')
+                .map(|(dir, _)| dir)
+                .unwrap_or_default();
+            dir.split('/').filter(|s| !s.is_empty()).collect()
+        } else {
+            return None;
+        };
+        for segment in specifier.split('/') {
+            match segment {
+                "" | "." => {}
+                ".." => {
+                    parts.pop()?;
+                }
+                s => parts.push(s),
+            }
+        }
+        Some(format!("/{}", parts.join("/")))
+    }
+
+    /// index.html's `<script type="module" src="...">`.
+    fn entry_modules() -> Vec<&'static str> {
+        INDEX_HTML
+            .split("<script")
+            .skip(1)
+            .filter_map(|tag| tag.split('>').next())
+            .filter(|tag| tag.contains("type=\"module\""))
+            .filter_map(|tag| tag.split("src=\"").nth(1)?.split('"').next())
+            .collect()
+    }
+
+    #[test]
+    fn every_import_resolves_to_a_served_module_and_every_module_is_used() {
+        let served: BTreeSet<&str> = MODULES.iter().map(|(path, _)| *path).collect();
+        assert_eq!(served.len(), MODULES.len(), "a module is listed twice");
+        let entries = entry_modules();
+        assert_eq!(entries, ["/admin/main.js"], "index.html's module scripts");
+        // Follow the imports from the entry: each must be served, and each served
+        // module must be reached (a module left in the list unused is a stale name).
+        let mut reached: BTreeSet<String> = entries.iter().map(|e| e.to_string()).collect();
+        let mut queue: Vec<String> = reached.iter().cloned().collect();
+        while let Some(path) = queue.pop() {
+            let Some((_, source)) = MODULES.iter().find(|(p, _)| *p == path) else {
+                panic!("{path} is not a served module; served: {served:?}");
+            };
+            for specifier in specifiers(source) {
+                let target = resolve(&path, &specifier);
+                let Some(target) = target.filter(|t| served.contains(t.as_str())) else {
+                    panic!(
+                        "{path} imports '{specifier}', which is not a served module \
+                         (add it to MODULES in src/http/admin.rs); served: {served:?}"
+                    );
+                };
+                if reached.insert(target.clone()) {
+                    queue.push(target);
+                }
+            }
+        }
+        let unused: Vec<_> = served.iter().filter(|p| !reached.contains(**p)).collect();
+        assert!(unused.is_empty(), "served but never imported: {unused:?}");
+        // Nothing imported at run time, which this check could not follow.
+        for (path, source) in MODULES {
+            assert!(!source.contains("import("), "{path} has a dynamic import");
+        }
+    }
+
+    #[test]
+    fn the_import_reader_reads_every_form_and_skips_comments() {
+        let source = r#"// import { not } from './commented.js';
+import { a, b } from './a.js';
+import {
+  c,
+  d,
+} from "../up/c.js";
+import './side-effect.js';
+import * as all from '/admin/all.js';
+export { e } from './e.js';
+export * from './star.js';
+export { f, g };
+/*
+ * import { nor } from './block.js';
+ */
+const x = import.meta.url;
+export function h() { return "from './not-a-statement.js'"; }
+"#;
+        assert_eq!(
+            specifiers(source),
+            [
+                "./a.js",
+                "../up/c.js",
+                "./side-effect.js",
+                "/admin/all.js",
+                "./e.js",
+                "./star.js"
+            ]
+        );
+        let from = "/admin/main.js";
+        assert_eq!(resolve(from, "./x.js").as_deref(), Some("/admin/x.js"));
+        assert_eq!(
+            resolve(from, "./client/engines.js").as_deref(),
+            Some("/admin/client/engines.js")
+        );
+        assert_eq!(
+            resolve("/admin/client/engines.js", "../dom.js").as_deref(),
+            Some("/admin/dom.js")
+        );
+        assert_eq!(resolve(from, "/admin/y.js").as_deref(), Some("/admin/y.js"));
+        assert_eq!(resolve(from, "../../../z.js"), None);
+        assert_eq!(resolve(from, "playwright-core"), None);
+        assert_eq!(resolve(from, "https://cdn.example/x.js"), None);
     }
 
     #[tokio::test]

@@ -295,6 +295,29 @@ export interface StreamOptions extends WatchOptions {
   onEvent?: ((event: StreamEvent) => void) | null;
   /** Start after this seq (a Last-Event-ID kept from an earlier stream); default 0. */
   after?: number;
+  /** Called each time the stream is open: first (`reconnects` 0) and after every reopening. */
+  onOpen?: ((info: StreamOpen) => void) | null;
+  /** Called when the stream ended before the job did, just before it is reopened. */
+  onDrop?: ((info: StreamDrop) => void) | null;
+}
+
+export interface StreamOpen {
+  /** The seq the stream resumes after (sent as Last-Event-ID; 0 for the start). */
+  after: number;
+  /** How many times the stream was reopened before this one. */
+  reconnects: number;
+}
+
+export interface StreamDrop {
+  /** Why it ended: `network_error` (the connection broke), the code of the stream's last
+   *  `error` event (e.g. `token_expired`), or null when the stream just ended. */
+  error: EngineServiceError | null;
+  /** The last seq received: the stream is reopened after it. */
+  after: number;
+  /** Reopenings in a row without news (1 when the last stream brought some). */
+  failures: number;
+  /** How long the client waits before reopening. */
+  delayMs: number;
 }
 
 export interface StreamResult {

@@ -506,19 +506,23 @@ export function createEngineClient({ baseUrl, getAccessToken, fetch: fetchImpl }
    * of sql/V11: the `delta` texts after the call's last `attempt`/`discard`/`restart`
    * (a retried or restarted call starts again from ''). Resolves with `{job, texts,
    * last}`: the finished job, the texts by `"step_id:item_index"`, the last seq.
+   * `onOpen({after, reconnects})` is called each time the stream is open (a page can
+   * say "live" then); `onDrop({error, after, failures, delayMs})` when it ended before
+   * the job did and is about to be reopened (`error`: why, or null when it just ended).
    */
   async function streamGeneration(id, options = {}) {
-    const { onDelta, onEvent, signal, maxReconnects = 5, reconnectDelayMs = 1000 } = options;
+    const { onDelta, onEvent, onOpen, onDrop, signal, maxReconnects = 5, reconnectDelayMs = 1000 } = options;
     const path = `/v1/generations/${segment(id, "generation id")}/events`;
     let last = Number.isSafeInteger(options.after) && options.after > 0 ? options.after : 0;
     const texts = {};
     let failures = 0;
-    for (;;) {
+    for (let reconnects = 0; ; reconnects += 1) {
       if (signal?.aborted) throw abortError(signal);
       let final = null;
       let progressed = false;
       let callbackError = null;
       let fatal = null;
+      let dropped = null; // why the stream ended early, for onDrop
       try {
         const headers = last > 0 ? { "Last-Event-ID": String(last) } : undefined;
         const response = await send("GET", path, { signal, accept: "text/event-stream", headers });
@@ -528,7 +532,15 @@ export function createEngineClient({ baseUrl, getAccessToken, fetch: fetchImpl }
             status: response.status,
           });
         }
-        await readEventStream(response.body, (message) => {
+        if (typeof onOpen === "function") {
+          try {
+            onOpen({ after: last, reconnects });
+          } catch (err) {
+            callbackError = err;
+            response.body.cancel().catch(() => {});
+          }
+        }
+        if (!callbackError) await readEventStream(response.body, (message) => {
           let data;
           try {
             data = JSON.parse(message.data);
@@ -549,8 +561,10 @@ export function createEngineClient({ baseUrl, getAccessToken, fetch: fetchImpl }
               final = data;
             } else if (type === "progress") {
               progressed = true;
-            } else if (type === "error" && data && FINAL_STREAM_ERRORS.has(data.code)) {
-              fatal = new EngineServiceError(data.message || data.code, { code: data.code, status: 0 });
+            } else if (type === "error" && data && typeof data === "object") {
+              const error = new EngineServiceError(data.message || data.code, { code: data.code, status: 0 });
+              if (FINAL_STREAM_ERRORS.has(data.code)) fatal = error;
+              else dropped = error; // token_expired, an outage: the stream ends, then resumes
             }
             if (typeof onEvent === "function") onEvent({ type, data, id: message.id });
           } catch (err) {
@@ -562,6 +576,10 @@ export function createEngineClient({ baseUrl, getAccessToken, fetch: fetchImpl }
       } catch (e) {
         if (signal?.aborted) throw abortError(signal);
         if (e instanceof EngineServiceError && e.code !== "network_error") throw e;
+        // A connection broken mid-read surfaces as the runtime's own error (undici: TypeError).
+        dropped = e instanceof EngineServiceError
+          ? e
+          : new EngineServiceError(`the event stream broke: ${e?.message || e}`, { code: "network_error", status: 0, cause: e });
       }
       if (callbackError) throw callbackError;
       if (final) return { job: final, texts, last };
@@ -574,7 +592,9 @@ export function createEngineClient({ baseUrl, getAccessToken, fetch: fetchImpl }
           status: 0,
         });
       }
-      await sleep(progressed ? Math.min(reconnectDelayMs, 100) : reconnectDelayMs, signal);
+      const delayMs = progressed ? Math.min(reconnectDelayMs, 100) : reconnectDelayMs;
+      if (typeof onDrop === "function") onDrop({ error: dropped, after: last, failures, delayMs });
+      await sleep(delayMs, signal);
     }
   }
 

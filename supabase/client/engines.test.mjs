@@ -1,5 +1,5 @@
 // Tests for engines.js against a REAL running bookengine service (nothing mocked,
-// except the two SSE-parser tests at the end that feed a stream by hand).
+// except the stream-reader tests at the end, which feed a stream by hand).
 //
 //   BOOKENGINE_URL=http://127.0.0.1:8787 ADMIN_TOKEN=... PRO_TOKEN=... HOBBY_TOKEN=... \
 //   PRO_USER_ID=... EXAMPLE_FLOW_PATH=examples/book-flow.json node --test supabase/client/
@@ -350,4 +350,93 @@ test("an error answer to the event stream is an EngineServiceError", async () =>
       }),
   });
   await rejectsWith(c.watchGeneration("x", () => {}), { code: "generation_not_found", status: 404 });
+});
+
+/** A fetch answering each request with the next of `answers` (a list of SSE chunks, or an
+ * Error to break the body after its chunks); records the Last-Event-ID of each request. */
+function sequenceFetch(answers, sent) {
+  const encoder = new TextEncoder();
+  return async (_url, init) => {
+    sent.push(init.headers["Last-Event-ID"] ?? null);
+    const answer = answers.shift();
+    assert.ok(answer, "no more answers: the client asked once too often");
+    const [chunks, breakWith] = Array.isArray(answer) ? [answer, null] : [answer.chunks, answer.breakWith];
+    const queue = [...chunks];
+    return new Response(
+      // Pulled one chunk at a time: an error raised at once would discard the queued chunks.
+      new ReadableStream({
+        pull(controller) {
+          if (queue.length) controller.enqueue(encoder.encode(queue.shift()));
+          else if (breakWith) controller.error(breakWith);
+          else controller.close();
+        },
+      }),
+      { status: 200, headers: { "content-type": "text/event-stream" } },
+    );
+  };
+}
+
+const row = (seq, kind, text = "") =>
+  `event: ${kind}\nid: ${seq}\ndata: ${JSON.stringify({ seq, step_id: "s", item_index: -1, kind, attempt: 1, run: 1, text })}\n\n`;
+
+test("streamGeneration tells onOpen and onDrop when the stream opens, drops and resumes", async () => {
+  const job = { id: "j1", status: "succeeded", steps: [] };
+  const sent = [];
+  const c = createEngineClient({
+    baseUrl: "http://example.invalid",
+    getAccessToken: () => "t",
+    fetch: sequenceFetch(
+      [
+        [row(1, "attempt"), row(2, "delta", "Once ")],
+        // The token expired: the stream says so and ends; the client resumes.
+        [row(3, "delta", "upon"), 'event: error\ndata: {"code":"token_expired","message":"the token expired"}\n\n'],
+        { chunks: [row(4, "delta", " a")], breakWith: new TypeError("terminated") },
+        [row(5, "delta", " time"), `event: done\ndata: ${JSON.stringify(job)}\n\n`],
+      ],
+      sent,
+    ),
+  });
+  const calls = [];
+  const result = await c.streamGeneration("j1", {
+    onOpen: (info) => calls.push(["open", info]),
+    onDrop: ({ error, ...rest }) => calls.push(["drop", { code: error?.code ?? null, ...rest }]),
+    onDelta: (r, text) => calls.push(["delta", r.seq, text]),
+    reconnectDelayMs: 5,
+  });
+  assert.deepEqual(sent, [null, "2", "3", "4"]);
+  assert.deepEqual(calls, [
+    ["open", { after: 0, reconnects: 0 }],
+    ["delta", 1, ""],
+    ["delta", 2, "Once "],
+    ["drop", { code: null, after: 2, failures: 1, delayMs: 5 }],
+    ["open", { after: 2, reconnects: 1 }],
+    ["delta", 3, "Once upon"],
+    ["drop", { code: "token_expired", after: 3, failures: 1, delayMs: 5 }],
+    ["open", { after: 3, reconnects: 2 }],
+    ["delta", 4, "Once upon a"],
+    ["drop", { code: "network_error", after: 4, failures: 1, delayMs: 5 }],
+    ["open", { after: 4, reconnects: 3 }],
+    ["delta", 5, "Once upon a time"],
+  ]);
+  assert.deepEqual(result, { job, texts: { "s:-1": "Once upon a time" }, last: 5 });
+});
+
+test("an onOpen that throws stops streamGeneration with its own error", async () => {
+  const sent = [];
+  const c = createEngineClient({
+    baseUrl: "http://example.invalid",
+    getAccessToken: () => "t",
+    fetch: sequenceFetch([[row(1, "delta", "never read")]], sent),
+  });
+  const deltas = [];
+  await assert.rejects(
+    c.streamGeneration("j1", {
+      onOpen: () => {
+        throw new RangeError("the page's own bug");
+      },
+      onDelta: (r) => deltas.push(r.seq),
+    }),
+    (e) => e instanceof RangeError && e.message === "the page's own bug",
+  );
+  assert.deepEqual([sent.length, deltas], [1, []]);
 });
