@@ -191,4 +191,48 @@ mod tests {
         assert!(!parse(&["t"]).expect("none").flag);
         assert!(parse(&["t", "--active", "maybe"]).is_err());
     }
+
+    /// Settings are clap fields read once at start-up; the few environment reads left
+    /// in the code are the platform's, not settings of ours. A new read fails here.
+    #[test]
+    fn settings_are_read_only_through_the_command_line_config() {
+        const ALLOWED: &[(&str, &str)] = &[
+            // $XDG_CACHE_HOME, $HOME and SSL_CERT_FILE, as every tool honours them.
+            ("providers/local/fetch.rs", "platform locations"),
+            // $PATH, to find `postgrest` as a shell would.
+            ("devstack/postgrest.rs", "PATH lookup"),
+            // BOOKENGINE_FUZZ_CASES, in property tests only.
+            ("flow/mod.rs", "test cases"),
+            ("http/webhooks.rs", "test cases"),
+        ];
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("src folder").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).expect("source file");
+                    let name = path
+                        .strip_prefix(&root)
+                        .expect("below src")
+                        .to_string_lossy()
+                        .replace('\\', "/");
+                    let reads = ["env::var(", "env::var_os(", "env::set_var("];
+                    if name != "config.rs"
+                        && reads.iter().any(|r| text.contains(r))
+                        && !ALLOWED.iter().any(|(f, _)| *f == name)
+                    {
+                        found.push(name);
+                    }
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "environment read outside the config: {found:?}"
+        );
+    }
 }

@@ -88,7 +88,12 @@ impl Stack {
         devstack::drop_database(&db).await?;
         devstack::prepare_database(&db).await?;
         let pg = bookengine::migrate::connect(&db).await?;
-        let bin = devstack::find_or_install_postgrest(&repo_root().join(".bookengine"))?;
+        let bin = devstack::find_or_install_postgrest(
+            &repo_root().join(".bookengine"),
+            std::env::var_os("POSTGREST_BIN")
+                .map(PathBuf::from)
+                .as_deref(),
+        )?;
         let jwt_secret = devstack::random_secret(40);
         let keys = devstack::local_keys(&jwt_secret)?;
         let mut stack = Stack {

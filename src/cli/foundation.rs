@@ -99,7 +99,7 @@ pub async fn local(args: LocalArgs, json: bool) -> Result<()> {
         LocalAction::Up { db } => {
             let config = db.pg_config()?;
             let env = devstack::up(
-                home,
+                &args.home,
                 &db.database_url,
                 &config,
                 args.port,

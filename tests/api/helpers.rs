@@ -103,7 +103,8 @@ impl TestStack {
             .expect("connect to test database");
 
         let state = repo_root().join(".bookengine");
-        let bin = devstack::find_or_install_postgrest(&state).expect("PostgREST binary");
+        let bin = devstack::find_or_install_postgrest(&state, postgrest_bin().as_deref())
+            .expect("PostgREST binary");
         let jwt_secret = devstack::random_secret(40);
         let keys = devstack::local_keys(&jwt_secret).expect("keys");
         let port = devstack::free_port().expect("port");
@@ -193,8 +194,11 @@ impl TestStack {
 
     /// Start PostgREST again on the same port.
     pub async fn restart_postgrest(&mut self) {
-        let bin = devstack::find_or_install_postgrest(&repo_root().join(".bookengine"))
-            .expect("PostgREST binary");
+        let bin = devstack::find_or_install_postgrest(
+            &repo_root().join(".bookengine"),
+            postgrest_bin().as_deref(),
+        )
+        .expect("PostgREST binary");
         self.postgrest = devstack::spawn_postgrest(&PostgrestOptions {
             bin: &bin,
             db: &self.db,
@@ -549,4 +553,9 @@ pub fn one_step_flow_config() -> Value {
 pub fn example_flow() -> Value {
     serde_json::from_str(include_str!("../../examples/book-flow.json"))
         .expect("example flow is JSON")
+}
+
+/// The PostgREST binary the person named, as `bookengine local --postgrest-bin` reads it.
+pub fn postgrest_bin() -> Option<PathBuf> {
+    std::env::var_os("POSTGREST_BIN").map(PathBuf::from)
 }

