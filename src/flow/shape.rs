@@ -169,21 +169,15 @@ fn required_str<'a>(
     key: &str,
     issues: &mut Vec<Issue>,
 ) -> Option<&'a str> {
-    match obj.get(key) {
-        None | Some(Value::Null) => {
-            issues.push(Issue::new(
-                key_path(base, key),
-                "missing_field",
-                format!("{key} is required"),
-            ));
-            None
-        }
-        Some(Value::String(s)) => Some(s),
-        Some(other) => {
-            issues.push(wrong_type(&key_path(base, key), "a string", other));
-            None
-        }
+    if matches!(obj.get(key), None | Some(Value::Null)) {
+        issues.push(Issue::new(
+            key_path(base, key),
+            "missing_field",
+            format!("{key} is required"),
+        ));
+        return None;
     }
+    optional_str(obj, base, key, issues)
 }
 
 fn optional_str<'a>(

@@ -105,20 +105,11 @@ fn stream_error(error: &Value) -> ProviderError {
         "{kind} event in the stream: {}",
         summarize(error["message"].as_str().unwrap_or("no message"))
     );
-    match kind {
-        "invalid_request_error"
-        | "authentication_error"
-        | "permission_error"
-        | "not_found_error" => ProviderError::Permanent {
-            status: None,
-            message,
-        },
-        _ => ProviderError::Transient {
-            status: None,
-            retry_after: None,
-            message,
-        },
-    }
+    let permanent = matches!(
+        kind,
+        "invalid_request_error" | "authentication_error" | "permission_error" | "not_found_error"
+    );
+    ProviderError::in_answer(permanent, message)
 }
 
 #[derive(Default)]
@@ -215,10 +206,8 @@ impl ChatProvider for Anthropic {
         idle: Duration,
         sink: &DeltaSink,
     ) -> Result<ChatResponse, ProviderError> {
-        match sse::open(self.request(&stream_body(req), timeout)).await? {
-            sse::Opened::Events(events) => sse::read(events, idle, sink, Decoder::default()).await,
-            sse::Opened::Whole(text) => sse::whole(&text, sink, parse),
-        }
+        let request = self.request(&stream_body(req), timeout);
+        sse::call(request, idle, sink, Decoder::default(), parse).await
     }
 }
 
@@ -258,20 +247,14 @@ mod tests {
 
     #[test]
     fn an_error_event_fails_the_attempt_by_its_kind() {
-        let mut d = Decoder::default();
-        let e = d
-            .event(
-                "error",
-                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
-            )
-            .unwrap_err();
-        assert!(matches!(e, ProviderError::Transient { .. }), "{e:?}");
-        let e = d
-            .event(
-                "error",
-                r#"{"type":"error","error":{"type":"invalid_request_error","message":"bad"}}"#,
-            )
-            .unwrap_err();
-        assert!(matches!(e, ProviderError::Permanent { .. }), "{e:?}");
+        for (kind, permanent) in [("overloaded_error", false), ("invalid_request_error", true)] {
+            let event = format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"m"}}}}"#);
+            let e = Decoder::default().event("error", &event).unwrap_err();
+            assert_eq!(
+                matches!(e, ProviderError::Permanent { .. }),
+                permanent,
+                "{e:?}"
+            );
+        }
     }
 }

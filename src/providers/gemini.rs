@@ -126,17 +126,8 @@ fn stream_error(error: &Value) -> ProviderError {
         "error in the stream: {}",
         summarize(error["message"].as_str().unwrap_or("no message"))
     );
-    match code {
-        Some(c) if c >= 400 && !ProviderError::retryable_status(c) => ProviderError::Permanent {
-            status: None,
-            message,
-        },
-        _ => ProviderError::Transient {
-            status: None,
-            retry_after: None,
-            message,
-        },
-    }
+    let permanent = code.is_some_and(|c| c >= 400 && !ProviderError::retryable_status(c));
+    ProviderError::in_answer(permanent, message)
 }
 
 /// Gemini's stream has no terminal event: it is finished when a candidate
@@ -231,10 +222,7 @@ impl ChatProvider for Gemini {
         sink: &DeltaSink,
     ) -> Result<ChatResponse, ProviderError> {
         let request = self.request(req, "streamGenerateContent?alt=sse", timeout)?;
-        match sse::open(request).await? {
-            sse::Opened::Events(events) => sse::read(events, idle, sink, Decoder::default()).await,
-            sse::Opened::Whole(text) => sse::whole(&text, sink, parse),
-        }
+        sse::call(request, idle, sink, Decoder::default(), parse).await
     }
 }
 

@@ -73,6 +73,24 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// An error the provider reported inside an answer (a stream's error event, an
+    /// error object in a 200 body): no HTTP status of its own, so the provider's
+    /// own kind of error says whether another try can help.
+    pub fn in_answer(permanent: bool, message: String) -> Self {
+        if permanent {
+            Self::Permanent {
+                status: None,
+                message,
+            }
+        } else {
+            Self::Transient {
+                status: None,
+                retry_after: None,
+                message,
+            }
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Transient { status, .. } | Self::Permanent { status, .. } => *status,

@@ -128,18 +128,7 @@ pub(crate) fn stream_error(error: &Value) -> ProviderError {
         "error event in the stream: {}",
         summarize(error["message"].as_str().unwrap_or("no message"))
     );
-    if error["type"] == "invalid_request_error" {
-        ProviderError::Permanent {
-            status: None,
-            message,
-        }
-    } else {
-        ProviderError::Transient {
-            status: None,
-            retry_after: None,
-            message,
-        }
-    }
+    ProviderError::in_answer(error["type"] == "invalid_request_error", message)
 }
 
 #[derive(Default)]
@@ -221,10 +210,7 @@ impl ChatProvider for OpenAi {
         sink: &DeltaSink,
     ) -> Result<ChatResponse, ProviderError> {
         let request = self.request(&stream_body(req, self.native), timeout);
-        match sse::open(request).await? {
-            sse::Opened::Events(events) => sse::read(events, idle, sink, Decoder::default()).await,
-            sse::Opened::Whole(text) => sse::whole(&text, sink, parse),
-        }
+        sse::call(request, idle, sink, Decoder::default(), parse).await
     }
 }
 

@@ -72,10 +72,21 @@ pub(crate) async fn open(request: reqwest::RequestBuilder) -> Result<Opened, Pro
 }
 
 fn transient(message: String) -> ProviderError {
-    ProviderError::Transient {
-        status: None,
-        retry_after: None,
-        message,
+    ProviderError::in_answer(false, message)
+}
+
+/// One streamed call: its events through `decoder`, or, when the server answered
+/// whole (a compatible server that ignores `stream`), the body through `parse`.
+pub(crate) async fn call(
+    request: reqwest::RequestBuilder,
+    idle: Duration,
+    sink: &DeltaSink,
+    decoder: impl StreamDecoder,
+    parse: impl FnOnce(&str) -> Result<ChatResponse, ProviderError>,
+) -> Result<ChatResponse, ProviderError> {
+    match open(request).await? {
+        Opened::Events(events) => read(events, idle, sink, decoder).await,
+        Opened::Whole(text) => whole(&text, sink, parse),
     }
 }
 

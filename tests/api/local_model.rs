@@ -114,7 +114,7 @@ async fn a_prompt_longer_than_the_context_is_cut_from_the_left() {
             role: "user",
             content: &long,
         }];
-        engine.generate(None, &turns, "", &params, &AtomicBool::new(false))
+        engine.generate(None, &turns, "", &params, &AtomicBool::new(false), None)
     })
     .await
     .unwrap()

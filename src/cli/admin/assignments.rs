@@ -1,6 +1,6 @@
 //! `bookengine assign`, `assignments` and `resolve`: who gets which engine.
 
-use super::{opt, print_json, read_json, table, AuthArgs};
+use super::{opt, print_json, read_json, show, table, AuthArgs};
 use crate::assignments::{self, AssignmentFilter, AssignmentPatch, BulkAssignment, NewAssignment};
 use crate::error::{codes, Error, Result};
 use crate::flow::Tier;
@@ -61,11 +61,9 @@ pub async fn assign(args: AssignArgs, json: bool) -> Result<()> {
         active: Some(!args.inactive),
     };
     let a = assignments::assign(&rest, &caller, &new).await?;
-    if json {
-        print_json(&a);
-    } else {
-        table(ASSIGNMENT_HEADER, assignment_rows(&[a]));
-    }
+    show(json, &a, || {
+        table(ASSIGNMENT_HEADER, assignment_rows(std::slice::from_ref(&a)));
+    });
     Ok(())
 }
 
@@ -130,11 +128,9 @@ pub async fn assignments_cmd(args: AssignmentsArgs, json: bool) -> Result<()> {
         }
         AssignmentsAction::Remove { id } => {
             assignments::remove(&rest, &caller, id).await?;
-            if json {
-                print_json(&serde_json::json!({"removed": id}));
-            } else {
+            show(json, &serde_json::json!({"removed": id}), || {
                 println!("removed assignment {id}");
-            }
+            });
             return Ok(());
         }
         AssignmentsAction::Bulk { file } => {
@@ -153,11 +149,9 @@ pub async fn assignments_cmd(args: AssignmentsArgs, json: bool) -> Result<()> {
             written
         }
     };
-    if json {
-        print_json(&list);
-    } else {
+    show(json, &list, || {
         table(ASSIGNMENT_HEADER, assignment_rows(&list));
-    }
+    });
     Ok(())
 }
 

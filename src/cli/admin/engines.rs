@@ -1,7 +1,7 @@
 //! `bookengine engines`: deploy, list, show, update and delete engines; their
 //! versions, diffs, rollbacks and rollouts.
 
-use super::{models_summary, opt, print_json, read_json, table, AuthArgs};
+use super::{models_summary, opt, print_json, read_json, show, table, AuthArgs};
 use crate::engines::{self, rollout, versions, EngineFilter, EnginePatch};
 use crate::error::{codes, Error, Result};
 use crate::flow::Tier;
@@ -94,24 +94,29 @@ pub enum EnginesAction {
     },
 }
 
+const ENGINE_HEADER: &[&str] = &["id", "name", "tier", "mode", "active", "models", "created"];
+
+fn engine_row(e: &engines::Engine) -> Vec<String> {
+    vec![
+        e.id.to_string(),
+        e.name.clone(),
+        opt(&e.tier),
+        opt(&e.execution_mode),
+        opt(&e.active),
+        models_summary(&e.models),
+        opt(&e.created_at),
+    ]
+}
+
 pub async fn engines(args: EnginesArgs, json: bool) -> Result<()> {
     let (rest, caller, user) = args.auth.connect()?;
     let show_one = |e: &engines::Engine| {
-        if json {
-            print_json(e);
-        } else {
-            table(
-                &["id", "name", "tier", "mode", "active", "models"],
-                vec![vec![
-                    e.id.to_string(),
-                    e.name.clone(),
-                    opt(&e.tier),
-                    opt(&e.execution_mode),
-                    opt(&e.active),
-                    models_summary(&e.models),
-                ]],
-            );
-        }
+        show(json, e, || {
+            // One engine: everything but the date the list shows.
+            let mut row = engine_row(e);
+            row.truncate(ENGINE_HEADER.len() - 1);
+            table(&ENGINE_HEADER[..ENGINE_HEADER.len() - 1], vec![row]);
+        });
     };
     if let Some(done) = versions_action(&args.action, &rest, &caller, json).await {
         return done;
@@ -130,32 +135,13 @@ pub async fn engines(args: EnginesArgs, json: bool) -> Result<()> {
         }
         EnginesAction::List { active, tier } => {
             let list = engines::list(&rest, &caller, &EngineFilter { active, tier }).await?;
-            if json {
-                print_json(&list);
-            } else {
-                table(
-                    &["id", "name", "tier", "mode", "active", "models", "created"],
-                    list.iter()
-                        .map(|e| {
-                            vec![
-                                e.id.to_string(),
-                                e.name.clone(),
-                                opt(&e.tier),
-                                opt(&e.execution_mode),
-                                opt(&e.active),
-                                models_summary(&e.models),
-                                opt(&e.created_at),
-                            ]
-                        })
-                        .collect(),
-                );
-            }
+            show(json, &list, || {
+                table(ENGINE_HEADER, list.iter().map(engine_row).collect());
+            });
         }
         EnginesAction::Show { id } => {
             let e = engines::get(&rest, &caller, id).await?;
-            if json {
-                print_json(&e);
-            } else {
+            show(json, &e, || {
                 show_one(&e);
                 let steps = e.flow_config["steps"]
                     .as_array()
@@ -180,7 +166,7 @@ pub async fn engines(args: EnginesArgs, json: bool) -> Result<()> {
                         })
                         .collect(),
                 );
-            }
+            });
         }
         EnginesAction::Update {
             id,
@@ -211,11 +197,9 @@ pub async fn engines(args: EnginesArgs, json: bool) -> Result<()> {
         }
         EnginesAction::Delete { id } => {
             engines::delete(&rest, &caller, id).await?;
-            if json {
-                print_json(&serde_json::json!({"deleted": id}));
-            } else {
+            show(json, &serde_json::json!({"deleted": id}), || {
                 println!("deleted engine {id}");
-            }
+            });
         }
         // Handled by versions_action above.
         EnginesAction::Versions { .. }
@@ -348,36 +332,30 @@ async fn versions_action(
         match action {
             EnginesAction::Versions { id, number: None } => {
                 let h = versions::list(rest, caller, *id).await?;
-                if json {
-                    print_json(&h);
-                } else {
+                show(json, &h, || {
                     print_versions(&h.versions);
                     print_rollout(&rollout::RolloutState {
                         engine_id: h.engine_id,
                         current_version: h.current_version,
                         rollout: h.rollout.clone(),
                     });
-                }
+                });
             }
             EnginesAction::Versions {
                 id,
                 number: Some(n),
             } => {
                 let v = versions::get(rest, caller, *id, *n).await?;
-                if json {
-                    print_json(&v);
-                } else {
+                show(json, &v, || {
                     print_versions(std::slice::from_ref(&v));
                     print_json(&v.flow_config);
-                }
+                });
             }
             EnginesAction::Diff { id, from, to } => {
                 let d = versions::diff_versions(rest, caller, *id, *from, *to).await?;
-                if json {
-                    print_json(&d);
-                } else {
+                show(json, &d, || {
                     print_diff(&d);
-                }
+                });
             }
             EnginesAction::Rollback { id, number, note } => {
                 let request = versions::RollbackRequest {
@@ -385,14 +363,12 @@ async fn versions_action(
                     note: note.clone(),
                 };
                 let v = versions::rollback(rest, caller, *id, &request).await?;
-                if json {
-                    print_json(&v);
-                } else {
+                show(json, &v, || {
                     println!(
                         "version {} is current: it restores version {number}",
                         v.version
                     );
-                }
+                });
             }
             EnginesAction::Propose { id, flow, note } => {
                 let request = versions::ProposalRequest {
@@ -400,14 +376,12 @@ async fn versions_action(
                     note: note.clone(),
                 };
                 let v = versions::propose(rest, caller, *id, &request).await?;
-                if json {
-                    print_json(&v);
-                } else {
+                show(json, &v, || {
                     println!(
                         "version {} proposed (check: {}); roll it out with `bookengine engines rollout {id} --candidate {} --percent 10`",
                         v.version, v.check_state, v.version
                     );
-                }
+                });
             }
             EnginesAction::Rollout {
                 id,
@@ -428,11 +402,9 @@ async fn versions_action(
                     _ if *abort => rollout::abort(rest, caller, *id).await?,
                     _ => rollout::state(rest, caller, *id).await?,
                 };
-                if json {
-                    print_json(&state);
-                } else {
+                show(json, &state, || {
                     print_rollout(&state);
-                }
+                });
             }
             _ => return Ok(false),
         }

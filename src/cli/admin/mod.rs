@@ -84,6 +84,15 @@ fn read_json(path: &Path) -> Result<Value> {
     })
 }
 
+/// `--json`: the value as the API returns it; otherwise its text form.
+fn show<T: Serialize>(json: bool, value: &T, text: impl FnOnce()) {
+    if json {
+        print_json(value);
+    } else {
+        text();
+    }
+}
+
 fn print_json<T: Serialize>(value: &T) {
     match serde_json::to_string_pretty(value) {
         Ok(s) => println!("{s}"),

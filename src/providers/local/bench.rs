@@ -59,8 +59,8 @@ pub fn run(path: &Path, format: WeightFormat, tokens: usize) -> anyhow::Result<B
         max_tokens: 8.min(params.max_tokens),
         ..params.clone()
     };
-    engine.generate(None, &turns, "", &warm, &never)?;
-    let g = engine.generate(None, &turns, "", &params, &never)?;
+    engine.generate(None, &turns, "", &warm, &never, None)?;
+    let g = engine.generate(None, &turns, "", &params, &never, None)?;
     Ok(BenchReport {
         weights: format.name(),
         load_seconds,

@@ -146,33 +146,10 @@ impl Engine {
     }
 
     /// Generate the assistant's answer to `turns` (ChatML), starting it with
-    /// `prefill` (included in the returned text). `cancel` stops early.
+    /// `prefill` (included in the returned text). `cancel` stops early. `on_text`, when
+    /// given, gets the answer's text as it is decoded, token by token; the pieces join
+    /// into the returned text.
     pub fn generate(
-        &mut self,
-        system: Option<&str>,
-        turns: &[Turn<'_>],
-        prefill: &str,
-        params: &GenParams,
-        cancel: &AtomicBool,
-    ) -> anyhow::Result<Generation> {
-        self.generate_with(system, turns, prefill, params, cancel, None)
-    }
-
-    /// [`Engine::generate`], handing the answer's text to `on_text` as it is
-    /// decoded, token by token; the pieces join into the returned text.
-    pub fn generate_streaming(
-        &mut self,
-        system: Option<&str>,
-        turns: &[Turn<'_>],
-        prefill: &str,
-        params: &GenParams,
-        cancel: &AtomicBool,
-        on_text: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<Generation> {
-        self.generate_with(system, turns, prefill, params, cancel, Some(on_text))
-    }
-
-    fn generate_with(
         &mut self,
         system: Option<&str>,
         turns: &[Turn<'_>],

@@ -324,11 +324,10 @@ fn answer(
             // trimmed, so its pieces are too.
             Some(sink) if !req.json => {
                 let mut trimmed = pieces::Trimmed::default();
-                engine.generate_streaming(system, turns, prefill, &params, cancel, &mut |p| {
-                    sink.delta(&trimmed.push(p))
-                })
+                let mut on_text = |p: &str| sink.delta(&trimmed.push(p));
+                engine.generate(system, turns, prefill, &params, cancel, Some(&mut on_text))
             }
-            _ => engine.generate(system, turns, prefill, &params, cancel),
+            _ => engine.generate(system, turns, prefill, &params, cancel, None),
         }
         .map_err(|e| transient(format!("local model failed: {e:#}")))?;
         usage.input_tokens += g.prompt_tokens as u64;
