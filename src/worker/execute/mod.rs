@@ -2,18 +2,19 @@
 //! (in order, or as a dependency graph with fan-out), record every call, and
 //! finish the job. A heartbeat keeps the lease and notices cancellation.
 //!
-//! `call.rs`: one model call, from its rendered prompt to its record.
+//! `graph.rs`: the order steps run in; `fan_out.rs`: a `for_each` step's items;
+//! `call.rs`: one model call, from its rendered prompt to its record; `state.rs`:
+//! what a run keeps while it goes.
 
 use super::deltas::{self, DeltaFailure, JobSignals};
-use super::output::{assemble, navigate};
+use super::output::assemble;
 use super::writer::{WriteBehind, WriteFailure};
 use super::Worker;
 use crate::error::{codes, Error};
 use crate::flow::{ExecutionMode, Flow};
 use crate::jobs::{Progress, StepRecord, StepStatus};
 use crate::queue::{ClaimedJob, DeltaRow};
-use futures::stream::{FuturesUnordered, StreamExt, TryStreamExt};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 mod call;
+mod fan_out;
+mod graph;
+mod state;
 
 /// Fan-out items one step may produce.
 const MAX_ITEMS: usize = 200;
@@ -282,16 +286,7 @@ impl Worker {
             restarts: calls.into_iter().collect(),
         };
         let ran = match flow.execution_mode {
-            ExecutionMode::Sequential => {
-                let n = flow.steps.len();
-                async {
-                    for i in 0..n {
-                        run.step(i, i + 1 == n).await?;
-                    }
-                    Ok(())
-                }
-                .await
-            }
+            ExecutionMode::Sequential => run.in_order().await,
             ExecutionMode::Parallel => run.graph().await,
         };
         if let Err(stop) = ran {
@@ -322,175 +317,5 @@ impl Worker {
             records,
             last,
         ))
-    }
-}
-
-impl Run<'_> {
-    /// Run steps as soon as their dependencies are done; the first failure stops all.
-    async fn graph(&self) -> Result<(), Stop> {
-        let n = self.flow.steps.len();
-        let deps = self.flow.graph();
-        let mut done = vec![false; n];
-        let mut started = vec![false; n];
-        let mut inflight = FuturesUnordered::new();
-        loop {
-            for i in 0..n {
-                if !started[i] && deps[i].iter().all(|&d| done[d]) {
-                    started[i] = true;
-                    // Last when every other step has finished: nothing else can write after it.
-                    let last = done.iter().filter(|d| !**d).count() == 1;
-                    inflight.push(async move { (i, self.step(i, last).await) });
-                }
-            }
-            match inflight.next().await {
-                Some((i, r)) => {
-                    r?;
-                    done[i] = true;
-                }
-                None => break,
-            }
-        }
-        if done.iter().all(|d| *d) {
-            Ok(())
-        } else {
-            Err(Stop::Fatal(
-                "the flow's dependency graph could not be completed".into(),
-            ))
-        }
-    }
-
-    fn progress(&self, current: Option<&str>) -> Progress {
-        Progress {
-            done: self.calls_done.load(Ordering::SeqCst),
-            total: self.calls_total.load(Ordering::SeqCst),
-            current: current.map(str::to_owned),
-        }
-    }
-
-    fn output_of(&self, id: &str) -> Option<Value> {
-        self.outputs.lock().ok().and_then(|o| o.get(id).cloned())
-    }
-
-    fn set_output(&self, id: &str, value: Value) {
-        if let Ok(mut o) = self.outputs.lock() {
-            o.insert(id.to_owned(), value);
-        }
-    }
-
-    /// The variables templates see.
-    fn context(&self, item: Option<(usize, &Value)>) -> Value {
-        let steps: Map<String, Value> = self
-            .outputs
-            .lock()
-            .map(|o| {
-                o.iter()
-                    .map(|(id, v)| {
-                        let outputs = if v.is_array() { v.clone() } else { json!([v]) };
-                        (id.clone(), json!({"output": v, "outputs": outputs}))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut ctx = json!({"input": self.job.input, "steps": steps});
-        if let Some((k, v)) = item {
-            ctx["item"] = v.clone();
-            ctx["item_index"] = json!(k);
-            ctx["item_number"] = json!(k + 1);
-        }
-        ctx
-    }
-
-    /// Hold a record back for `job_complete` instead of saving it now.
-    fn hold(&self, write: StepRecord) {
-        if let Ok(mut h) = self.held.lock() {
-            h.push(write);
-        }
-    }
-
-    async fn step(&self, i: usize, last: bool) -> Result<(), Stop> {
-        let step = &self.flow.steps[i];
-        // Resume: a finished step is never run again.
-        if let Some(done) = self
-            .existing
-            .get(&(step.id.clone(), crate::jobs::WHOLE_STEP))
-            .filter(|s| s.status == StepStatus::Succeeded)
-        {
-            self.set_output(&step.id, done.output.clone().unwrap_or(Value::Null));
-            let items = done
-                .output
-                .as_ref()
-                .and_then(Value::as_array)
-                .map(Vec::len)
-                .unwrap_or(1);
-            if step.config.for_each.is_some() {
-                self.calls_total.fetch_add(items as u64, Ordering::SeqCst);
-                self.calls_done
-                    .fetch_add(items as u64 + 1, Ordering::SeqCst);
-            } else {
-                self.calls_done.fetch_add(1, Ordering::SeqCst);
-            }
-            return Ok(());
-        }
-        let Some(for_each) = &step.config.for_each else {
-            let (output, _) = self.call(step, None, last).await?;
-            self.set_output(&step.id, output);
-            return Ok(());
-        };
-
-        let source = self.output_of(&for_each.step).ok_or_else(|| {
-            Stop::Fatal(format!(
-                "step {}: for_each source {} has no output",
-                step.id, for_each.step
-            ))
-        })?;
-        let items = navigate(&source, &for_each.path)
-            .and_then(Value::as_array)
-            .cloned()
-            .ok_or_else(|| {
-                let path = std::iter::once(for_each.step.as_str())
-                    .chain(for_each.path.iter().map(String::as_str))
-                    .collect::<Vec<_>>()
-                    .join(".");
-                Stop::Fatal(format!(
-                    "step {}: for_each {path} is not a JSON array in the model's answer",
-                    step.id
-                ))
-            })?;
-        if items.len() > MAX_ITEMS {
-            return Err(Stop::Fatal(format!(
-                "step {}: {} items; at most {MAX_ITEMS}",
-                step.id,
-                items.len()
-            )));
-        }
-        self.calls_total
-            .fetch_add(items.len() as u64, Ordering::SeqCst);
-        // Sequential means one call at a time, fan-out items included.
-        let width = match self.flow.execution_mode {
-            ExecutionMode::Sequential => 1,
-            ExecutionMode::Parallel => self.worker.config.fanout_concurrency.max(1),
-        };
-        // `buffered` keeps the items' order while running `width` at once.
-        let calls = items
-            .into_iter()
-            .enumerate()
-            .map(|(k, item)| async move { self.call(step, Some((k, &item)), false).await });
-        let results: Vec<(Value, StepRecord)> = futures::stream::iter(calls)
-            .buffered(width)
-            .try_collect()
-            .await?;
-        let (outputs, writes): (Vec<Value>, Vec<StepRecord>) = results.into_iter().unzip();
-        let output = Value::Array(outputs);
-        let summary = StepRecord::fan_out(&step.id, &step.config.provider, &writes, output.clone());
-        self.calls_done.fetch_add(1, Ordering::SeqCst);
-        if last {
-            self.hold(summary);
-        } else {
-            // After its items' records, so resume never sees a summary without them.
-            self.writes
-                .send(summary, self.progress(Some(&step.id)), None);
-        }
-        self.set_output(&step.id, output);
-        Ok(())
     }
 }
