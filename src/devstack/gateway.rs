@@ -150,7 +150,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> Result<()> {
     let (router, _) = router(config).await?;
-    axum::serve(crate::http::nodelay(listener), router)
+    axum::serve(crate::net::nodelay(listener), router)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await
         .map_err(|e| Error::internal(format!("gateway: {e}")))
@@ -169,7 +169,7 @@ pub async fn spawn(config: GatewayConfig) -> Result<GatewayHandle> {
     let stop = CancellationToken::new();
     let until = stop.clone();
     tokio::spawn(async move {
-        let _ = axum::serve(crate::http::nodelay(listener), router)
+        let _ = axum::serve(crate::net::nodelay(listener), router)
             .with_graceful_shutdown(async move { until.cancelled().await })
             .await;
     });

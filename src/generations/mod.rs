@@ -205,7 +205,7 @@ pub async fn list(
     let builder = rest
         .rpc(caller, "generation_list", &params)?
         .select(JOB_COLUMNS);
-    let rows = rows::fetch(rest, builder).await?;
+    let rows = rest.rows(builder).await?;
     Ok(rows.iter().filter_map(|r| Job::from_row(r)).collect())
 }
 
@@ -213,7 +213,7 @@ pub async fn get_job(rest: &Rest, caller: &Caller, id: Uuid) -> Result<Job> {
     let builder = rest
         .rpc(caller, "generation_get", &json!({"job_id": id}))?
         .select(JOB_COLUMNS);
-    let rows = rows::fetch(rest, builder).await?;
+    let rows = rest.rows(builder).await?;
     rows.first()
         .and_then(|r| Job::from_row(r))
         .ok_or_else(|| not_found(id))
@@ -233,7 +233,7 @@ pub async fn steps(rest: &Rest, caller: &Caller, id: Uuid) -> Result<Vec<StepRec
             .rpc(caller, "generation_steps_of", &json!({"job_id": id}))?
             .select(STEP_COLUMNS),
     };
-    let rows = rows::fetch(rest, builder).await?;
+    let rows = rest.rows(builder).await?;
     Ok(StepRecord::from_rows(&rows))
 }
 

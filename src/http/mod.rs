@@ -93,16 +93,7 @@ pub struct ServeConfig {
     pub ops: OpsConfig,
 }
 
-/// `listener` with TCP_NODELAY on every accepted connection: an SSE event or a streamed
-/// chunk goes out when it is written, not after the peer's delayed ACK (about 40 ms on
-/// Linux), as Nagle's algorithm would have it for small writes.
-pub fn nodelay(
-    listener: TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
-    })
-}
+pub use crate::net::nodelay;
 
 /// Largest request body accepted anywhere (flow documents included).
 pub const BODY_LIMIT: usize = 1024 * 1024;

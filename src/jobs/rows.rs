@@ -3,23 +3,8 @@
 //! itself: its scalar columns are still shown, and the other rows are untouched.
 //! Decoding a whole reply at once would fail for every row in it.
 
-use crate::error::{Error, Result};
-use crate::rest::Rest;
-use postgrest::Builder;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
-
-/// Send, and split the reply (a JSON array) into its rows without decoding them.
-/// serde_json skips a raw value iteratively, so any nesting depth is fine here.
-pub async fn fetch(rest: &Rest, builder: Builder) -> Result<Vec<Box<RawValue>>> {
-    let body = rest.send_raw(builder).await?;
-    split(&body)
-}
-
-pub fn split(body: &[u8]) -> Result<Vec<Box<RawValue>>> {
-    serde_json::from_slice(body)
-        .map_err(|e| Error::internal(format!("unexpected PostgREST response: {e}")))
-}
 
 /// Decode one row as `T`, or, failing that, as its fallback `H` (the columns that can
 /// always be read; serde skips the others without recursing), converted by `degrade`.
@@ -45,6 +30,11 @@ where
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    /// A reply split as `Rest::rows` splits it.
+    fn split(body: &[u8]) -> serde_json::Result<Vec<Box<RawValue>>> {
+        serde_json::from_slice(body)
+    }
 
     #[derive(Deserialize)]
     struct Full {

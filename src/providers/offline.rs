@@ -40,7 +40,7 @@ pub async fn start() -> Result<String> {
                     };
                     rt.block_on(async move {
                         if let Ok(l) = tokio::net::TcpListener::from_std(listener) {
-                            let _ = axum::serve(crate::http::nodelay(l), router()).await;
+                            let _ = axum::serve(crate::net::nodelay(l), router()).await;
                         }
                     });
                 })

@@ -7,7 +7,7 @@ mod deltas;
 pub use deltas::{AppendOutcome, Compaction, DeltaHead, DeltaRow};
 
 use crate::error::Result;
-use crate::jobs::{rows, EngineSnapshot, Progress, StepRecord, STEP_COLUMNS};
+use crate::jobs::{EngineSnapshot, Progress, StepRecord, STEP_COLUMNS};
 use crate::rest::{Caller, Rest};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -175,7 +175,7 @@ impl Queue {
             .rest
             .rpc(&Caller::Service, "job_claim", &params)?
             .select(CLAIM_COLUMNS);
-        let rows = rows::fetch(&self.rest, builder).await?;
+        let rows = self.rest.rows(builder).await?;
         Ok(rows.iter().filter_map(|r| Claim::from_row(r)).collect())
     }
 
@@ -202,7 +202,7 @@ impl Queue {
             .select(RESUME_COLUMNS)
             .eq("job_id", job.to_string())
             .order("started_at.asc,item_index.asc");
-        let rows = rows::fetch(&self.rest, builder).await?;
+        let rows = self.rest.rows(builder).await?;
         Ok(rows
             .iter()
             .filter_map(|r| match serde_json::from_str::<ResumeRow>(r.get()) {

@@ -130,6 +130,15 @@ impl Rest {
             .map_err(|e| Error::internal(format!("unexpected PostgREST response: {e}")))
     }
 
+    /// Send, and split the reply (a JSON array) into its rows without decoding them:
+    /// each is decoded on its own (`jobs::rows`), so one unreadable row costs only
+    /// itself. serde_json skips a raw value iteratively, so any nesting depth is fine.
+    pub async fn rows(&self, builder: Builder) -> Result<Vec<Box<serde_json::value::RawValue>>> {
+        let body = self.send_raw(builder).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::internal(format!("unexpected PostgREST response: {e}")))
+    }
+
     /// Send, returning the raw 2xx body.
     pub async fn send_raw(&self, builder: Builder) -> Result<bytes::Bytes> {
         let response = tokio::time::timeout(self.timeout, builder.execute())
