@@ -43,7 +43,7 @@ pub struct EngineChoice {
     /// The service's check: `pending`, `runnable` or `not_runnable`. Resolution
     /// skips a not_runnable engine for the next one.
     #[serde(default)]
-    pub check_state: Option<String>,
+    pub check_state: Option<crate::engines::check::CheckState>,
     /// true: checked; false: known broken (see check_issues); null: pending.
     #[serde(default)]
     pub runnable: Option<bool>,

@@ -21,11 +21,37 @@ use crate::error::Result;
 use crate::flow::Flow;
 use crate::rest::{Caller, Rest};
 
+/// Where the check of an engine (or of one of its versions) stands: the `state`
+/// and `check_state` columns' CHECK values (sql/V7, sql/V9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckState {
+    /// Written by a client other than the service, not checked yet.
+    Pending,
+    Runnable,
+    NotRunnable,
+}
+
+impl CheckState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::Pending => "pending",
+            CheckState::Runnable => "runnable",
+            CheckState::NotRunnable => "not_runnable",
+        }
+    }
+}
+
+impl std::fmt::Display for CheckState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An engine's check, as `engine_checks` holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EngineCheck {
-    /// `pending`, `runnable` or `not_runnable`.
-    pub state: String,
+    pub state: CheckState,
     #[serde(default)]
     pub issues: Value,
     #[serde(default)]
@@ -97,7 +123,7 @@ pub async fn run_pending(rest: &Rest, engine: Option<Uuid>) -> Result<usize> {
     let mut builder = rest
         .table(&Caller::Service, "engine_checks")?
         .select("engine_id,flow_hash,engine:ai_engines(name,flow_config,execution_mode,tier)")
-        .eq("state", "pending")
+        .eq("state", CheckState::Pending.as_str())
         .order("requested_at.asc")
         .limit(BATCH);
     if let Some(id) = engine {

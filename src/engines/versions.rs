@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::check;
+use super::check::{self, CheckState};
 use super::rollout::{self, Release};
 use crate::error::{codes, Error, Result};
 use crate::flow::{parse_flow, Note};
@@ -22,15 +22,14 @@ use crate::rest::{Caller, Rest};
 pub struct EngineVersion {
     pub engine_id: Uuid,
     pub version: i32,
-    /// `deploy`, `update`, `rollback`, `proposal` (a rollout candidate) or `migration`.
-    pub origin: String,
+    pub origin: VersionOrigin,
     pub restored_from: Option<i32>,
     pub note: Option<String>,
     pub created_by: Option<Uuid>,
     pub created_at: Option<String>,
     pub execution_mode: Option<String>,
-    /// The service's check of this version: `pending`, `runnable` or `not_runnable`.
-    pub check_state: String,
+    /// The service's check of this version.
+    pub check_state: CheckState,
     #[serde(default)]
     pub check_issues: Value,
     pub checked_at: Option<String>,
@@ -53,6 +52,37 @@ pub struct EngineVersion {
     /// Proposals only: how the React app's spellings in the document sent were read.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<Note>,
+}
+
+/// How a version came to be (the `origin` column's CHECK values, sql/V9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionOrigin {
+    Deploy,
+    Update,
+    Rollback,
+    /// A rollout candidate.
+    Proposal,
+    /// Recorded for an engine that existed before versions (sql/V9).
+    Migration,
+}
+
+impl VersionOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionOrigin::Deploy => "deploy",
+            VersionOrigin::Update => "update",
+            VersionOrigin::Rollback => "rollback",
+            VersionOrigin::Proposal => "proposal",
+            VersionOrigin::Migration => "migration",
+        }
+    }
+}
+
+impl std::fmt::Display for VersionOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Numbers per version (`engine_version_stats`): shares are of finished jobs, wall
@@ -283,7 +313,7 @@ pub async fn run_pending(rest: &Rest, engine: Option<Uuid>) -> Result<usize> {
     let mut builder = rest
         .table(&Caller::Service, "engine_versions")?
         .select("engine_id,version,flow_config,execution_mode,engine:ai_engines(name,tier)")
-        .eq("check_state", "pending")
+        .eq("check_state", CheckState::Pending.as_str())
         .order("created_at.asc")
         .limit(BATCH);
     if let Some(id) = engine {

@@ -3,6 +3,7 @@
 //! ends. A claimed job that cannot be read fails alone.
 
 use super::Worker;
+use crate::jobs::JobStatus;
 use crate::queue::Claim;
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,7 +108,7 @@ impl Worker {
             Ok(()) => self
                 .metrics
                 .jobs_finished
-                .with_label_values(&["failed"])
+                .with_label_values(&[JobStatus::Failed.as_str()])
                 .inc(),
             // Its lease expires; the release's poison guard bounds how often this repeats.
             Err(e) => {

@@ -248,13 +248,13 @@ fn print_versions(list: &[versions::EngineVersion]) {
                 };
                 let origin = match v.restored_from {
                     Some(n) => format!("{} of {n}", v.origin),
-                    None => v.origin.clone(),
+                    None => v.origin.to_string(),
                 };
                 vec![
                     v.version.to_string(),
                     mark.into(),
                     origin,
-                    v.check_state.clone(),
+                    v.check_state.to_string(),
                     opt(&v.steps),
                     s.jobs.to_string(),
                     share(s.succeeded_share),

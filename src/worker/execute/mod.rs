@@ -12,7 +12,7 @@ use super::writer::{WriteBehind, WriteFailure};
 use super::Worker;
 use crate::error::{codes, Error};
 use crate::flow::{ExecutionMode, Flow};
-use crate::jobs::{Progress, StepRecord, StepStatus};
+use crate::jobs::{JobStatus, Progress, StepRecord, StepStatus};
 use crate::queue::{ClaimedJob, DeltaRow};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -186,7 +186,9 @@ impl Worker {
                     )
                     .await;
                 if r.is_ok() {
-                    m.jobs_finished.with_label_values(&["succeeded"]).inc();
+                    m.jobs_finished
+                        .with_label_values(&[JobStatus::Succeeded.as_str()])
+                        .inc();
                     tracing::info!("job succeeded");
                 }
                 r
@@ -194,7 +196,9 @@ impl Worker {
             Err(Stop::Cancelled) => {
                 let r = self.queue.cancelled(job.id, job.lease_token).await;
                 if r.is_ok() {
-                    m.jobs_finished.with_label_values(&["cancelled"]).inc();
+                    m.jobs_finished
+                        .with_label_values(&[JobStatus::Cancelled.as_str()])
+                        .inc();
                     tracing::info!("job cancelled");
                 }
                 r
@@ -205,7 +209,9 @@ impl Worker {
             }
             Err(Stop::Fatal(reason)) => {
                 tracing::warn!(%reason, "job failed");
-                m.jobs_finished.with_label_values(&["failed"]).inc();
+                m.jobs_finished
+                    .with_label_values(&[JobStatus::Failed.as_str()])
+                    .inc();
                 self.queue
                     .fail(job.id, job.lease_token, &reason, false, 0)
                     .await
