@@ -27,7 +27,7 @@ pub struct EngineVersion {
     pub note: Option<String>,
     pub created_by: Option<Uuid>,
     pub created_at: Option<String>,
-    pub execution_mode: Option<String>,
+    pub execution_mode: Option<crate::flow::ExecutionMode>,
     /// The service's check of this version.
     pub check_state: CheckState,
     #[serde(default)]
