@@ -1,5 +1,7 @@
 /* @ts-self-types="./engines.d.ts" */
 // bookengine client: a dependency-free ES module for browsers and Node 20+.
+// One file on purpose (about 630 lines): the React app copies it as is, without a
+// bundler step, and the admin page serves this same file.
 //
 // The React app's services (engineDeploymentService.js, engineAssignmentService.js,
 // bookGenerationService.js) delegate to it. Every call sends the signed-in user's
