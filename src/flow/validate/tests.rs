@@ -3,7 +3,9 @@
 use super::common_issues::{closest, edit_distance};
 use super::*;
 use crate::error::codes::INVALID_FLOW;
-use crate::flow::ForEach;
+use crate::flow::test_support::{flow, has, refused, step};
+use crate::flow::{parse_flow, ForEach};
+use serde_json::json;
 
 /// docs/flow.schema.json repeats the limits for editors: it must say what the
 /// checker enforces.
@@ -68,9 +70,6 @@ fn the_json_schema_states_the_same_limits() {
         json!(format!("^[a-z][a-z0-9_-]{{0,{}}}$", MAX_ID_CHARS - 1))
     );
 }
-use crate::flow::parse_flow;
-use crate::flow::test_support::{flow, has, refused, step};
-use serde_json::json;
 
 fn accepted(doc: &Value) -> Flow {
     match parse_flow(doc) {
