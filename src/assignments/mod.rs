@@ -66,6 +66,8 @@ pub enum AssignmentType {
 }
 
 impl AssignmentType {
+    pub const ALL: [AssignmentType; 2] = [AssignmentType::Tier, AssignmentType::User];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Tier => "tier",

@@ -33,6 +33,12 @@ pub enum CheckState {
 }
 
 impl CheckState {
+    pub const ALL: [CheckState; 3] = [
+        CheckState::Pending,
+        CheckState::Runnable,
+        CheckState::NotRunnable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CheckState::Pending => "pending",

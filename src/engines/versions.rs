@@ -68,6 +68,14 @@ pub enum VersionOrigin {
 }
 
 impl VersionOrigin {
+    pub const ALL: [VersionOrigin; 5] = [
+        VersionOrigin::Deploy,
+        VersionOrigin::Update,
+        VersionOrigin::Rollback,
+        VersionOrigin::Proposal,
+        VersionOrigin::Migration,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             VersionOrigin::Deploy => "deploy",

@@ -61,6 +61,8 @@ pub enum ExecutionMode {
 }
 
 impl ExecutionMode {
+    pub const ALL: [ExecutionMode; 2] = [ExecutionMode::Sequential, ExecutionMode::Parallel];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ExecutionMode::Sequential => "sequential",

@@ -122,6 +122,73 @@ fn the_documented_error_codes_are_the_catalogue() {
     assert_eq!(listed, catalogue);
 }
 
+/// Every enum the document states is the Rust type's values, found by the property
+/// it describes; an enum on a property not listed here fails, so a new one gets its
+/// check too.
+#[test]
+fn the_documented_enums_are_the_rust_types() {
+    use crate::assignments::AssignmentType;
+    use crate::engines::check::CheckState;
+    use crate::engines::versions::VersionOrigin;
+    use crate::flow::{ExecutionMode, Tier};
+    use crate::jobs::{JobStatus, StepStatus};
+    fn words<T: Copy>(all: &[T], name: fn(T) -> &'static str) -> Vec<String> {
+        all.iter().map(|v| name(*v).to_owned()).collect()
+    }
+    fn walk(v: &Value, path: &str, found: &mut Vec<(String, Vec<String>)>) {
+        match v {
+            Value::Object(map) => {
+                // A parameter's schema is named by the parameter.
+                let named;
+                let path = match (map.get("name").and_then(Value::as_str), map.get("in")) {
+                    (Some(name), Some(_)) => {
+                        named = format!("{path}/{name}");
+                        named.as_str()
+                    }
+                    _ => path,
+                };
+                if let Some(Value::Array(values)) = map.get("enum") {
+                    // `null` marks a nullable field, not a value of the type.
+                    let values = values.iter().filter_map(Value::as_str).map(str::to_owned);
+                    found.push((path.to_owned(), values.collect()));
+                }
+                for (k, x) in map {
+                    walk(x, &format!("{path}/{k}"), found);
+                }
+            }
+            Value::Array(items) => {
+                for (i, x) in items.iter().enumerate() {
+                    walk(x, &format!("{path}/{i}"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let doc: Value = serde_json::from_str(include_str!("openapi.json")).expect("openapi.json");
+    let mut found = Vec::new();
+    walk(&doc, "", &mut found);
+    assert!(found.len() >= 10, "the document's enums were not found");
+    for (path, values) in found {
+        let property = path
+            .split('/')
+            .rev()
+            .find(|p| !matches!(*p, "schema" | "items") && p.parse::<usize>().is_err())
+            .unwrap_or_default();
+        let expected = match property {
+            "code" => continue, // the_documented_error_codes_are_the_catalogue
+            "tier" | "tiers" => words(&Tier::ALL, Tier::as_str),
+            "execution_mode" => words(&ExecutionMode::ALL, ExecutionMode::as_str),
+            "assignment_type" => words(&AssignmentType::ALL, AssignmentType::as_str),
+            "state" | "check_state" => words(&CheckState::ALL, CheckState::as_str),
+            "origin" => words(&VersionOrigin::ALL, VersionOrigin::as_str),
+            "status" if path.contains("/Step/") => words(&StepStatus::ALL, StepStatus::as_str),
+            "status" => words(&JobStatus::ALL, JobStatus::as_str),
+            other => panic!("{path}: an enum on `{other}` with no Rust type to check it against"),
+        };
+        assert_eq!(values, expected, "{path}");
+    }
+}
+
 #[test]
 fn the_route_parser_reads_multi_line_routes_and_chained_methods() {
     let source = r#"

@@ -54,6 +54,12 @@ pub enum StepStatus {
 }
 
 impl StepStatus {
+    pub const ALL: [StepStatus; 3] = [
+        StepStatus::Running,
+        StepStatus::Succeeded,
+        StepStatus::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             StepStatus::Running => "running",
