@@ -1,6 +1,6 @@
 //! Issue: assignments, bulk, conflicts, precedence and visibility.
 
-use crate::helpers::spawn_app;
+use crate::kit::app::spawn_app;
 use serde_json::json;
 use uuid::Uuid;
 

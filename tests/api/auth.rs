@@ -1,6 +1,6 @@
 //! Token verification by the service: HS256 and asymmetric keys from a JWKS.
 
-use crate::helpers::{TestStack, ES256_PRIVATE_PEM, JWKS_PATH};
+use crate::kit::stack::{Stack, ES256_PRIVATE_PEM, JWKS_PATH};
 use bookengine::auth::{JwksSource, JwtVerifier};
 use bookengine::secret::Secret;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -76,7 +76,7 @@ async fn the_verifier_accepts_es256_from_a_jwks_and_refuses_the_rest() {
 
 #[tokio::test]
 async fn an_es256_user_token_works_end_to_end_through_the_api_and_postgrest() {
-    let stack = TestStack::start_with(true).await;
+    let stack = Stack::start_with(true).await;
     let pro = stack.user(Some("pro"), false).await;
     let engine = stack.engine_fixture("es256 engine", true).await;
     stack

@@ -103,7 +103,7 @@ async fn admin_page_in_headless_chromium() {
         .expect("npm ci task")
         .unwrap_or_else(|e| panic!("installing tests/browser dependencies: {e}"));
 
-    let app = crate::helpers::spawn_app_with(Some((
+    let app = crate::kit::app::spawn_app_with(Some((
         bookengine::worker::WorkerConfig {
             poll_interval_ms: 200,
             ..Default::default()
@@ -182,7 +182,7 @@ async fn admin_page_shows_text_as_it_is_written() {
         .await
         .expect("npm ci task")
         .unwrap_or_else(|e| panic!("installing tests/browser dependencies: {e}"));
-    let stack = crate::helpers::TestStack::start().await;
+    let stack = crate::kit::stack::Stack::start().await;
     let app = serve(&stack, Default::default()).await;
     let (_owner, job, lease) = running_job(&stack, &app).await;
     let admin = stack.admin().await;

@@ -1,11 +1,12 @@
 //! The admin CLI, run as a process against a real stack.
 
-use crate::helpers::{TestStack, TestUser};
+use crate::kit::seed::TestUser;
+use crate::kit::stack::Stack;
 use serde_json::{json, Value};
 use std::process::Output;
 
 struct Cli<'a> {
-    stack: &'a TestStack,
+    stack: &'a Stack,
 }
 
 impl Cli<'_> {
@@ -43,7 +44,7 @@ impl Cli<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_superadmin_workflow_from_the_command_line() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let admin = stack.admin().await;
     let pro = stack.user(Some("pro"), false).await;
     let hobby = stack.user(Some("hobby"), false).await;
@@ -147,7 +148,7 @@ async fn the_superadmin_workflow_from_the_command_line() {
 
 #[tokio::test]
 async fn token_and_config_errors_are_one_clear_line() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let cli = Cli { stack: &stack };
     let user = uuid::Uuid::new_v4().to_string();
     let out = cli.run(None, &["token", "--user", &user, "--ttl", "15m"]);

@@ -5,8 +5,9 @@
 //! reassembly rule needs (sql/V11).
 
 use crate::generations::{app_with_mocks, book_setup, finished, wait_until};
-use crate::helpers::{spawn_app, TestApp, TestUser};
-use crate::mock_providers::{Fault, Mocks};
+use crate::kit::app::{spawn_app, TestApp};
+use crate::kit::mock_llm::{Fault, Mocks};
+use crate::kit::seed::TestUser;
 use bookengine::queue::{DeltaRow, Queue};
 use bookengine::rest::Rest;
 use reqwest::Method;
@@ -497,7 +498,7 @@ async fn with_streaming_off_books_are_written_whole_and_no_delta_is_stored() {
         stream_deltas: false,
         ..crate::generations::fast_worker()
     };
-    let app = crate::helpers::spawn_app_with(Some((worker, mocks.providers()))).await;
+    let app = crate::kit::app::spawn_app_with(Some((worker, mocks.providers()))).await;
     let (_admin, pro, _) = book_setup(&app).await;
     let id = request(&app, &pro, "whole answers").await;
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(60), finished).await;

@@ -3,8 +3,10 @@
 //! by the service within seconds; a broken engine is never handed to a user.
 
 use crate::generations::{finished, wait_until};
-use crate::helpers::{spawn_app_with, TestApp, TestStack, TestUser};
-use crate::mock_providers::Mocks;
+use crate::kit::app::{spawn_app_with, TestApp};
+use crate::kit::mock_llm::Mocks;
+use crate::kit::seed::TestUser;
+use crate::kit::stack::Stack;
 use bookengine::worker::WorkerConfig;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -26,7 +28,7 @@ async fn app_with_checker() -> (TestApp, Mocks) {
 
 /// The seed's `deployEngine`: an insert of the whole engine through PostgREST.
 async fn insert_engine(
-    st: &TestStack,
+    st: &Stack,
     admin: &TestUser,
     name: &str,
     flow_config: Value,
@@ -44,12 +46,7 @@ async fn insert_engine(
     .await
 }
 
-async fn insert_engine_ok(
-    st: &TestStack,
-    admin: &TestUser,
-    name: &str,
-    flow_config: Value,
-) -> Uuid {
+async fn insert_engine_ok(st: &Stack, admin: &TestUser, name: &str, flow_config: Value) -> Uuid {
     let (s, b) = insert_engine(st, admin, name, flow_config).await;
     assert_eq!(s, 201, "{b}");
     b[0]["id"]
@@ -58,7 +55,7 @@ async fn insert_engine_ok(
         .expect("engine id")
 }
 
-async fn assign_tier(st: &TestStack, admin: &TestUser, engine: Uuid, tier: &str, priority: i32) {
+async fn assign_tier(st: &Stack, admin: &TestUser, engine: Uuid, tier: &str, priority: i32) {
     let (s, b) = st
         .rest(
             Method::POST,
@@ -71,7 +68,7 @@ async fn assign_tier(st: &TestStack, admin: &TestUser, engine: Uuid, tier: &str,
 }
 
 /// The engine's check as `token` reads it through PostgREST, once it is not pending.
-async fn checked(st: &TestStack, token: &str, engine: Uuid) -> Value {
+async fn checked(st: &Stack, token: &str, engine: Uuid) -> Value {
     let start = Instant::now();
     loop {
         let (s, b) = st
@@ -428,7 +425,7 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
 
 #[tokio::test]
 async fn an_insert_missing_what_sql_can_check_is_refused_naming_the_field() {
-    let st = TestStack::start().await;
+    let st = Stack::start().await;
     let admin = st.admin().await;
     let pro = st.user(Some("pro"), false).await;
     let mut flow = react_flow();
@@ -533,7 +530,7 @@ async fn an_insert_missing_what_sql_can_check_is_refused_naming_the_field() {
 #[tokio::test]
 async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() {
     // No service running: nothing checks the engine until the test does.
-    let st = TestStack::start().await;
+    let st = Stack::start().await;
     let admin = st.admin().await;
     let pro = st.user(Some("pro"), false).await;
     let engine = insert_engine_ok(&st, &admin, "React engine", react_flow()).await;
@@ -650,7 +647,7 @@ async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() 
 
 #[tokio::test]
 async fn for_each_is_read_as_a_template_path_or_a_step_path() {
-    let app = crate::helpers::spawn_app().await;
+    let app = crate::kit::app::spawn_app().await;
     let admin = app.stack.admin().await;
     let flow = |for_each: &str, extra: Option<Value>| {
         let mut steps = vec![
@@ -752,7 +749,7 @@ async fn for_each_is_read_as_a_template_path_or_a_step_path() {
 
 #[tokio::test]
 async fn assignment_type_is_accepted_when_it_agrees_and_refused_when_it_contradicts() {
-    let app = crate::helpers::spawn_app().await;
+    let app = crate::kit::app::spawn_app().await;
     let admin = app.stack.admin().await;
     let user = app.stack.user(Some("pro"), false).await;
     let engine = app.deploy_example(&admin).await;

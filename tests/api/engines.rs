@@ -1,6 +1,7 @@
 //! Issue: engine deployment through the HTTP API, with the caller's JWT.
 
-use crate::helpers::{example_flow, spawn_app};
+use crate::kit::app::spawn_app;
+use crate::kit::flows::example_flow;
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -2,8 +2,11 @@
 //! going away mid-run. No job may be lost, duplicated or left `running`.
 
 use crate::generations::{book_setup, finished, wait_until};
-use crate::helpers::{example_flow, spawn_app_with, TestApp, TestStack, TestUser};
-use crate::mock_providers::Mocks;
+use crate::kit::app::{spawn_app_with, TestApp};
+use crate::kit::flows::example_flow;
+use crate::kit::mock_llm::Mocks;
+use crate::kit::seed::TestUser;
+use crate::kit::stack::Stack;
 use bookengine::worker::WorkerConfig;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -297,7 +300,7 @@ impl Drop for PrivateCluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_mid_run_loses_nothing() {
     let cluster = PrivateCluster::start();
-    let stack = TestStack::start_on(cluster.config(), false).await;
+    let stack = Stack::start_on(cluster.config(), false).await;
     let mocks = Mocks::start().await;
     mocks.anthropic.latency(Duration::from_millis(400));
     let worker = WorkerConfig {
@@ -307,7 +310,7 @@ async fn a_postgres_restart_mid_run_loses_nothing() {
         concurrency: 6,
         ..Default::default()
     };
-    let app = crate::helpers::spawn_app_on(stack, Some((worker, mocks.providers()))).await;
+    let app = crate::kit::app::spawn_app_on(stack, Some((worker, mocks.providers()))).await;
     let (_admin, pro, _) = book_setup(&app).await;
     let jobs = request_many(&app, &[pro], 3).await;
     tokio::time::sleep(Duration::from_millis(600)).await;

@@ -1,7 +1,8 @@
 //! Issue: the specified tables, applied by refinery, proven through a real
 //! PostgREST with real JWTs.
 
-use crate::helpers::{TestStack, TestUser};
+use crate::kit::seed::TestUser;
+use crate::kit::stack::Stack;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -20,7 +21,7 @@ fn ids(body: &Value) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn migrate_twice_is_a_no_op_and_status_lists_all() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let mut client = bookengine::migrate::connect(&stack.db).await.unwrap();
     let again = bookengine::migrate::run(&mut client).await.unwrap();
     assert!(again.is_empty(), "second run applied {again:?}");
@@ -44,7 +45,7 @@ async fn migrate_twice_is_a_no_op_and_status_lists_all() {
 /// offers it (rustls, the chain not checked: see `bookengine::pgtls`).
 #[tokio::test]
 async fn the_service_connects_to_postgres_over_tls_when_offered() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let client = bookengine::migrate::connect(&stack.db).await.unwrap();
     let offered: String = client.query_one("SHOW ssl", &[]).await.unwrap().get(0);
     let encrypted: bool = client
@@ -81,7 +82,7 @@ struct World {
     no_credits: TestUser,
 }
 
-async fn world(stack: &TestStack) -> World {
+async fn world(stack: &Stack) -> World {
     let hobby_engine = stack.engine_fixture("hobby engine", true).await;
     let pro_engine = stack.engine_fixture("pro engine", true).await;
     let ent_engine = stack.engine_fixture("enterprise engine", true).await;
@@ -123,7 +124,7 @@ fn set(ids: &[Uuid]) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn rls_select_matrix_over_both_tables() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let w = world(&stack).await;
     let anon = stack.anon_key.expose().to_owned();
     let service = stack.service_key.expose().to_owned();
@@ -190,7 +191,7 @@ async fn rls_select_matrix_over_both_tables() {
 
 #[tokio::test]
 async fn non_admins_cannot_write_engines_or_assignments() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let w = world(&stack).await;
     let anon = stack.anon_key.expose().to_owned();
     let engine = json!({"name": "x", "flow_config": {"steps": []}, "models": []});
@@ -288,7 +289,7 @@ async fn non_admins_cannot_write_engines_or_assignments() {
 
 #[tokio::test]
 async fn admins_and_service_role_can_write_all_four_operations() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let w = world(&stack).await;
     let service = stack.service_key.expose().to_owned();
     for (who, token) in [
@@ -300,7 +301,7 @@ async fn admins_and_service_role_can_write_all_four_operations() {
                 Method::POST,
                 "ai_engines",
                 Some(token),
-                Some(json!({"name": format!("{who} engine"), "flow_config": crate::helpers::one_step_flow_config(), "models": []})),
+                Some(json!({"name": format!("{who} engine"), "flow_config": crate::kit::flows::one_step_flow_config(), "models": []})),
             )
             .await;
         assert_eq!(s, 201, "{who}: {b}");
@@ -356,7 +357,7 @@ async fn admins_and_service_role_can_write_all_four_operations() {
 
 #[tokio::test]
 async fn a_tier_change_takes_effect_on_the_next_request() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let w = world(&stack).await;
     let (_, before) = stack
         .rest(
@@ -381,7 +382,7 @@ async fn a_tier_change_takes_effect_on_the_next_request() {
 
 #[tokio::test]
 async fn valid_assignment_check_rejects_mixed_targets() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let w = world(&stack).await;
     for (body, what) in [
         (
@@ -423,7 +424,7 @@ async fn valid_assignment_check_rejects_mixed_targets() {
 
 #[tokio::test]
 async fn postgrest_refuses_bad_tokens() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let user = stack.user(Some("pro"), false).await;
     let now = chrono::Utc::now().timestamp();
     let claims = |exp: i64| json!({"sub": user.id, "role": "authenticated", "exp": exp});
@@ -518,7 +519,7 @@ async fn specified_statements_are_in_v1_verbatim() {
 
 #[tokio::test]
 async fn policies_and_indexes_match_the_specification_exactly() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     // Apply the seed's own statements to a scratch database (tables, then policies,
     // then indexes: the only order in which they can run) and compare catalogues.
     let mut scratch = stack.db.clone();

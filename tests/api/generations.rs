@@ -1,8 +1,10 @@
 //! Issue: engine-based book generation, through real PostgREST, with mock
 //! providers speaking the real wire formats.
 
-use crate::helpers::{example_flow, spawn_app_with, TestApp, TestUser, WEBHOOK_SECRET};
-use crate::mock_providers::{Fault, Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};
+use crate::kit::app::{spawn_app_with, TestApp, WEBHOOK_SECRET};
+use crate::kit::flows::example_flow;
+use crate::kit::mock_llm::{Fault, Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};
+use crate::kit::seed::TestUser;
 use bookengine::worker::WorkerConfig;
 use reqwest::Method;
 use serde_json::{json, Value};

@@ -3,7 +3,7 @@
 //! (supabase/client/) and the Edge Function's `deno test` suite (supabase/functions/,
 //! with the Deno binary pinned by supabase/functions/package-lock.json).
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::kit::app::{spawn_app_with, TestApp};
 use bookengine::providers::ProvidersConfig;
 use bookengine::worker::WorkerConfig;
 use serde_json::{json, Value};

@@ -1,6 +1,6 @@
 //! Per-tier generation limits, enforced in Postgres: 429 with Retry-After.
 
-use crate::helpers::spawn_app;
+use crate::kit::app::spawn_app;
 use reqwest::Method;
 use serde_json::json;
 

@@ -2,8 +2,8 @@
 //! run; `BOOKENGINE_LONG_TESTS=1` runs the long version (200 users, 60 s).
 //! It reports latencies; it asserts only correctness (no 5xx, no lost job).
 
-use crate::helpers::spawn_app_with;
-use crate::mock_providers::Mocks;
+use crate::kit::app::spawn_app_with;
+use crate::kit::mock_llm::Mocks;
 use bookengine::worker::WorkerConfig;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};

@@ -1,8 +1,8 @@
 //! Crash and resume, and lease fencing, with real worker processes.
 
 use crate::generations::{book_setup, wait_until};
-use crate::helpers::{spawn_app, TestApp};
-use crate::mock_providers::{Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};
+use crate::kit::app::{spawn_app, TestApp};
+use crate::kit::mock_llm::{Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};
 use bookengine::queue::{Claim, ClaimedJob, Queue};
 use bookengine::rest::Rest;
 use serde_json::json;

@@ -2,8 +2,9 @@
 //! other users' ids, and no secret in the logs of a real `serve` process.
 
 use crate::generations::book_setup;
-use crate::helpers::{spawn_app, TestStack};
-use crate::mock_providers::{Fault, Mocks, OPENAI_KEY};
+use crate::kit::app::spawn_app;
+use crate::kit::mock_llm::{Fault, Mocks, OPENAI_KEY};
+use crate::kit::stack::Stack;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -15,7 +16,7 @@ fn routes(engine: &str, assignment: &str, job: &str) -> Vec<(Method, String, Opt
         (
             Method::POST,
             "/v1/engines".into(),
-            Some(crate::helpers::example_flow()),
+            Some(crate::kit::flows::example_flow()),
         ),
         (Method::GET, format!("/v1/engines/{engine}"), None),
         (
@@ -209,14 +210,14 @@ async fn every_route_refuses_bad_tokens_and_other_users_ids() {
     let (_, e) = app
         .get(&format!("/v1/engines/{engine}"), &admin.token)
         .await;
-    assert_eq!(e["name"], crate::helpers::example_flow()["name"]);
+    assert_eq!(e["name"], crate::kit::flows::example_flow()["name"]);
     let (_, j) = app.get(&format!("/v1/generations/{job}"), &pro.token).await;
     assert_eq!(j["cancel_requested"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs_of_a_serve_process() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let mocks = Mocks::start().await;
     // The provider echoes a request's key back in its 401 body, as some do.
     mocks.openai.always(Some(Fault::Status(401)));
@@ -252,7 +253,7 @@ async fn no_secret_reaches_the_logs_of_a_serve_process() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut flow = crate::helpers::example_flow();
+    let mut flow = crate::kit::flows::example_flow();
     for s in flow["steps"].as_array_mut().unwrap() {
         s["configuration"]["provider"] = json!("openai");
         s["configuration"]["fallbacks"] = json!([]);

@@ -4,8 +4,8 @@
 //! this test's stack: PostgREST behind the local development gateway (SUPABASE_URL,
 //! publishable key) and the service's worker answering every model offline.
 
-use crate::helpers::spawn_app_with;
 use crate::js_clients::ensure_node_modules;
+use crate::kit::app::spawn_app_with;
 use bookengine::providers::ProvidersConfig;
 use bookengine::worker::WorkerConfig;
 use std::path::PathBuf;

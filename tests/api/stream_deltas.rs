@@ -5,7 +5,8 @@
 //! through `delta_append` with the job's lease (no worker runs here: the test is the
 //! writer, so it knows the final text to compare with).
 
-use crate::helpers::{TestStack, TestUser};
+use crate::kit::seed::TestUser;
+use crate::kit::stack::Stack;
 use bookengine::generations::watch::StreamConfig;
 use bookengine::secret::Secret;
 use reqwest::Url;
@@ -30,7 +31,7 @@ impl Drop for App {
     }
 }
 
-pub(crate) async fn serve(stack: &TestStack, streams: StreamConfig) -> App {
+pub(crate) async fn serve(stack: &Stack, streams: StreamConfig) -> App {
     let mut supabase = stack.supabase_config();
     supabase.postgrest_url = Some(Url::parse(&stack.rest_url).unwrap());
     let config = bookengine::http::ServeConfig {
@@ -65,12 +66,12 @@ pub(crate) async fn serve(stack: &TestStack, streams: StreamConfig) -> App {
 }
 
 /// The test database as a connection string (for LISTEN).
-fn listen_url(stack: &TestStack) -> Secret {
+fn listen_url(stack: &Stack) -> Secret {
     Secret::new(bookengine::devstack::url_for(&stack.db))
 }
 
 /// A running job of a pro user (no worker: the test holds its lease).
-pub(crate) async fn running_job(stack: &TestStack, app: &App) -> (TestUser, Uuid, Uuid) {
+pub(crate) async fn running_job(stack: &Stack, app: &App) -> (TestUser, Uuid, Uuid) {
     let engine = stack.engine_fixture("delta engine", true).await;
     stack
         .assign_fixture(engine, Some("pro"), None, 0, true)
@@ -101,7 +102,7 @@ pub(crate) async fn running_job(stack: &TestStack, app: &App) -> (TestUser, Uuid
     (user, job, lease)
 }
 
-pub(crate) async fn finish(stack: &TestStack, job: Uuid) {
+pub(crate) async fn finish(stack: &Stack, job: Uuid) {
     stack
         .pg
         .execute(
@@ -117,7 +118,7 @@ pub(crate) async fn finish(stack: &TestStack, job: Uuid) {
 /// `rows` two at a time with `pause` between flushes, as a worker would, then ends the
 /// job. Its own connection: the task outlives no borrow of the stack.
 pub(crate) fn write_when_ready(
-    stack: &TestStack,
+    stack: &Stack,
     job: Uuid,
     rows: Vec<Value>,
     ready: std::path::PathBuf,
@@ -149,7 +150,7 @@ pub(crate) fn write_when_ready(
 }
 
 /// One flush, as the worker makes it.
-pub(crate) async fn append(stack: &TestStack, rows: &[Value]) -> Value {
+pub(crate) async fn append(stack: &Stack, rows: &[Value]) -> Value {
     let rows = Value::Array(rows.to_vec());
     let row = stack
         .pg
@@ -360,7 +361,7 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_disconnects_resume_with_no_gap_no_duplicate_and_the_final_text() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let app = serve(&stack, StreamConfig::default()).await;
     let (user, job, lease) = running_job(&stack, &app).await;
     let script = script(job, lease, 150);
@@ -479,11 +480,7 @@ async fn a_hundred_disconnects_resume_with_no_gap_no_duplicate_and_the_final_tex
     eprintln!("{disconnects} disconnects, {} rows, seed {seed}", ids.len());
 }
 
-async fn writer_done_then_finish(
-    stack: &TestStack,
-    job: Uuid,
-    writer: &tokio::task::JoinHandle<()>,
-) {
+async fn writer_done_then_finish(stack: &Stack, job: Uuid, writer: &tokio::task::JoinHandle<()>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !writer.is_finished() {
         assert!(Instant::now() < deadline, "the writer ends");
@@ -494,7 +491,7 @@ async fn writer_done_then_finish(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_by_header_or_query_and_rls_decides_who_reads_deltas() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let app = serve(&stack, StreamConfig::default()).await;
     let (user, job, lease) = running_job(&stack, &app).await;
     let script = script(job, lease, 6);
@@ -678,7 +675,7 @@ async fn resume_by_header_or_query_and_rls_decides_who_reads_deltas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_wakes_readers_when_rows_are_written() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     // Polling so slow that only a NOTIFY can explain quick arrivals.
     let app = serve(
         &stack,
@@ -725,7 +722,7 @@ async fn listen_wakes_readers_when_rows_are_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_stream_generation_resumes_through_broken_connections() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let app = serve(&stack, StreamConfig::default()).await;
     let (user, job, lease) = running_job(&stack, &app).await;
     let script = script(job, lease, 60);
@@ -776,7 +773,7 @@ async fn js_stream_generation_resumes_through_broken_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_book_streams_over_sse_and_reassembles_to_its_outputs() {
     use crate::generations::{app_with_mocks, book_setup};
-    use crate::mock_providers::Fault;
+    use crate::kit::mock_llm::Fault;
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.chunk_interval(Duration::from_millis(100));

@@ -2,8 +2,10 @@
 //! rollback, jobs naming their version, and a gradual rollout decided in SQL.
 
 use crate::generations::{app_with_mocks, finished, wait_until};
-use crate::helpers::{spawn_app, TestApp, TestStack, TestUser};
-use crate::mock_providers::Fault;
+use crate::kit::app::{spawn_app, TestApp};
+use crate::kit::mock_llm::Fault;
+use crate::kit::seed::TestUser;
+use crate::kit::stack::Stack;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,7 +39,7 @@ fn numbers(h: &Value) -> Vec<i64> {
 }
 
 /// The rows of engine_versions, read past RLS.
-async fn stored_versions(st: &TestStack, engine: Uuid) -> i64 {
+async fn stored_versions(st: &Stack, engine: Uuid) -> i64 {
     st.pg
         .query_one(
             "SELECT count(*) FROM public.engine_versions WHERE engine_id = $1",
@@ -48,7 +50,7 @@ async fn stored_versions(st: &TestStack, engine: Uuid) -> i64 {
         .get(0)
 }
 
-fn cli(st: &TestStack, token: &str, args: &[&str]) -> Value {
+fn cli(st: &Stack, token: &str, args: &[&str]) -> Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bookengine"))
         .arg("--json")
         .args(args)
@@ -493,7 +495,7 @@ async fn a_bad_change_fails_books_and_a_rollback_restores_them() {
 }
 
 /// resolve_engine() as each synthetic user, in one round trip: user → (version, rollout).
-async fn resolve_all_in_sql(st: &TestStack) -> BTreeMap<Uuid, (i32, bool)> {
+async fn resolve_all_in_sql(st: &Stack) -> BTreeMap<Uuid, (i32, bool)> {
     st.pg
         .batch_execute(
             "DROP TABLE IF EXISTS pg_temp.probe;

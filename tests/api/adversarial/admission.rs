@@ -8,8 +8,8 @@
 
 use super::queue::start_worker;
 use crate::generations::{book_setup, finished, wait_until};
-use crate::helpers::spawn_app;
-use crate::mock_providers::Mocks;
+use crate::kit::app::spawn_app;
+use crate::kit::mock_llm::Mocks;
 use futures::StreamExt;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;

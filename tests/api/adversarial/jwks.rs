@@ -4,7 +4,7 @@
 //! The JWKS is served by a local HTTP server that counts fetches and can be slowed
 //! down or broken.
 
-use crate::helpers::{TestStack, ES256_PRIVATE_PEM};
+use crate::kit::stack::{Stack, ES256_PRIVATE_PEM};
 use bookengine::auth::{JwksPolicy, JwksSource, JwtVerifier};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -93,7 +93,7 @@ fn es256(sub: uuid::Uuid, kid: &str) -> String {
 #[tokio::test]
 async fn random_kids_neither_force_fetches_nor_stall_valid_tokens() {
     // PostgREST verifies the ES256 tokens too (its JWKS holds the test key).
-    let stack = TestStack::start_with(true).await;
+    let stack = Stack::start_with(true).await;
     let jwks = JwksServer::start().await;
     let config = bookengine::http::ServeConfig {
         addr: "127.0.0.1:0".into(),

@@ -2,14 +2,14 @@
 //! `/readyz` answered from a check at most a second old.
 
 use super::streams::{serve_ops, start_proxy, take};
-use crate::helpers::TestStack;
+use crate::kit::stack::Stack;
 use bookengine::http::OpsConfig;
 use bookengine::secret::Secret;
 use std::time::Duration;
 
 #[tokio::test]
 async fn metrics_take_a_bearer_token_when_one_is_set() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let http = reqwest::Client::new();
     let get = |base: String, auth: Option<&'static str>| {
         let http = http.clone();
@@ -66,7 +66,7 @@ async fn metrics_take_a_bearer_token_when_one_is_set() {
 
 #[tokio::test]
 async fn readiness_is_checked_at_most_once_a_second() {
-    let mut stack = TestStack::start().await;
+    let mut stack = Stack::start().await;
     let (proxy, counts) = start_proxy(&stack.rest_url).await;
     let app = serve_ops(&stack, &proxy, OpsConfig::default()).await;
     let url = format!("{}/readyz", app.address);

@@ -3,7 +3,7 @@
 //! projects grant by default), any user makes themselves an admin with one PATCH;
 //! the opt-in guard in supabase/hardening refuses it, on every path.
 
-use crate::helpers::TestStack;
+use crate::kit::stack::Stack;
 use reqwest::Method;
 use serde_json::json;
 use std::time::Duration;
@@ -18,7 +18,7 @@ CREATE POLICY "Users can insert their own profile" ON public.profiles FOR INSERT
 GRANT SELECT, INSERT, UPDATE ON public.profiles TO authenticated;
 "#;
 
-async fn role_of(stack: &TestStack, id: uuid::Uuid) -> Option<String> {
+async fn role_of(stack: &Stack, id: uuid::Uuid) -> Option<String> {
     stack
         .pg
         .query_opt("SELECT role FROM public.profiles WHERE id = $1", &[&id])
@@ -29,7 +29,7 @@ async fn role_of(stack: &TestStack, id: uuid::Uuid) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profile_edit_makes_an_admin_until_the_guard_refuses_it() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     stack
         .pg
         .batch_execute(STARTER_POLICIES)

@@ -2,8 +2,8 @@
 //! must not cost anyone else.
 
 use crate::generations::{book_setup, fast_worker, finished, wait_until};
-use crate::helpers::{spawn_app, TestApp, WEBHOOK_SECRET};
-use crate::mock_providers::Mocks;
+use crate::kit::app::{spawn_app, TestApp, WEBHOOK_SECRET};
+use crate::kit::mock_llm::Mocks;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -236,7 +236,7 @@ async fn a_dashboard_webhook_carrying_the_largest_job_row_is_accepted() {
     let app = spawn_app().await;
     // 64 KiB of input, a snapshot of a flow near the API's 1 MiB limit, the rest.
     let input = json!({"topic": "big", "notes": "n".repeat(65_000)});
-    let mut flow = crate::helpers::example_flow();
+    let mut flow = crate::kit::flows::example_flow();
     flow["description"] = json!("d".repeat(1_000_000));
     let id = uuid::Uuid::new_v4();
     let record = json!({

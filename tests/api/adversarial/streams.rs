@@ -3,7 +3,7 @@
 //! job share one reader, so PostgREST reads do not grow with them (counted by a
 //! pass-through proxy in front of the real PostgREST).
 
-use crate::helpers::TestStack;
+use crate::kit::stack::Stack;
 use bookengine::auth::{mint, MintRequest};
 use bookengine::generations::watch::{StreamConfig, WatchHub};
 use reqwest::Url;
@@ -129,7 +129,7 @@ impl Drop for App {
 }
 
 /// The service in front of `rest_url` (PostgREST or the proxy), with these stream limits.
-async fn serve(stack: &TestStack, rest_url: &str, streams: StreamConfig) -> App {
+async fn serve(stack: &Stack, rest_url: &str, streams: StreamConfig) -> App {
     serve_ops(
         stack,
         rest_url,
@@ -144,7 +144,7 @@ async fn serve(stack: &TestStack, rest_url: &str, streams: StreamConfig) -> App 
 
 /// The service in front of `rest_url`, with these operations settings.
 pub(super) async fn serve_ops(
-    stack: &TestStack,
+    stack: &Stack,
     rest_url: &str,
     ops: bookengine::http::OpsConfig,
 ) -> App {
@@ -193,7 +193,7 @@ async fn job_of(app: &App, token: &str) -> Uuid {
 }
 
 /// A user of tier `pro` with an engine assigned to that tier.
-async fn pro_user_with_engine(stack: &TestStack) -> crate::helpers::TestUser {
+async fn pro_user_with_engine(stack: &Stack) -> crate::kit::seed::TestUser {
     let engine = stack.engine_fixture("stream engine", true).await;
     stack
         .assign_fixture(engine, Some("pro"), None, 0, true)
@@ -201,7 +201,7 @@ async fn pro_user_with_engine(stack: &TestStack) -> crate::helpers::TestUser {
     stack.user(Some("pro"), false).await
 }
 
-async fn set_running(stack: &TestStack, job: Uuid) {
+async fn set_running(stack: &Stack, job: Uuid) {
     stack
         .pg
         .execute(
@@ -213,7 +213,7 @@ async fn set_running(stack: &TestStack, job: Uuid) {
         .unwrap();
 }
 
-async fn set_progress(stack: &TestStack, job: Uuid, done: i64) {
+async fn set_progress(stack: &Stack, job: Uuid, done: i64) {
     stack
         .pg
         .execute(
@@ -225,7 +225,7 @@ async fn set_progress(stack: &TestStack, job: Uuid, done: i64) {
         .unwrap();
 }
 
-fn short_token(stack: &TestStack, user: Uuid, ttl: Duration) -> (String, i64) {
+fn short_token(stack: &Stack, user: Uuid, ttl: Duration) -> (String, i64) {
     let token = mint(
         &stack.jwt_secret,
         &MintRequest {
@@ -315,7 +315,7 @@ impl Sse {
 
 #[tokio::test]
 async fn a_stream_ends_when_its_token_expires_and_when_its_job_disappears() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let app = serve(&stack, &stack.rest_url, StreamConfig::default()).await;
     let user = pro_user_with_engine(&stack).await;
     let job = job_of(&app, &user.token).await;
@@ -393,7 +393,7 @@ async fn a_stream_ends_when_its_token_expires_and_when_its_job_disappears() {
 
 #[tokio::test]
 async fn open_streams_are_capped_per_user_and_per_job() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let app = serve(
         &stack,
         &stack.rest_url,
@@ -459,7 +459,7 @@ async fn open_streams_are_capped_per_user_and_per_job() {
 async fn two_hundred_viewers_of_one_running_job_cost_the_reads_of_one() {
     const VIEWERS: usize = 200;
     const WINDOW: Duration = Duration::from_secs(4);
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let (proxy, counts) = start_proxy(&stack.rest_url).await;
     let app = Arc::new(
         serve(

@@ -1,6 +1,8 @@
-//! The test harness: each test gets its own database (baseline + migrations) and
-//! its own real PostgREST 12 process on a free port. Nothing is mocked.
+//! A stack of one's own: a database (baseline + migrations) on the test server and a
+//! real PostgREST 12 on a free port, with the local development gateway in front of it.
+//! Nothing is mocked. Dropping the stack stops PostgREST and drops the database.
 
+use super::http::json_answer;
 use bookengine::auth::{mint, MintRequest};
 use bookengine::config::SupabaseConfig;
 use bookengine::devstack::{self, PostgrestOptions};
@@ -13,7 +15,7 @@ use std::time::Duration;
 use tokio_postgres::Config;
 use uuid::Uuid;
 
-pub struct TestStack {
+pub struct Stack {
     pub db: Config,
     pub pg: tokio_postgres::Client,
     pub rest_url: String,
@@ -33,16 +35,7 @@ pub struct TestStack {
     postgrest_log: PathBuf,
 }
 
-/// A user of the test project, with a valid access token.
-#[derive(Clone, Debug)]
-pub struct TestUser {
-    pub id: Uuid,
-    #[allow(dead_code)]
-    pub email: String,
-    pub token: String,
-}
-
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
@@ -79,19 +72,19 @@ pub fn new_keys_mode() -> bool {
 pub const ES256_PRIVATE_PEM: &str = include_str!("../fixtures/es256-test-private.pem");
 pub const JWKS_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks-test.json");
 
-impl TestStack {
-    pub async fn start() -> TestStack {
+impl Stack {
+    pub async fn start() -> Stack {
         Self::start_with(false).await
     }
 
     /// With `jwks`, PostgREST verifies tokens against a JWKS holding both the HS256
     /// secret and the test ES256 key, as a project with asymmetric keys does.
-    pub async fn start_with(jwks: bool) -> TestStack {
+    pub async fn start_with(jwks: bool) -> Stack {
         Self::start_on(server_config().await, jwks).await
     }
 
     /// A stack on the Postgres server `server` (e.g. a private cluster a test restarts).
-    pub async fn start_on(server: Config, jwks: bool) -> TestStack {
+    pub async fn start_on(server: Config, jwks: bool) -> Stack {
         let mut db = server;
         let name = format!("bookengine_test_{}", Uuid::new_v4().simple());
         db.dbname(&name);
@@ -154,7 +147,7 @@ impl TestStack {
         })
         .await
         .expect("start the local gateway");
-        TestStack {
+        Stack {
             supabase_url: gateway.url.clone(),
             gateway,
             publishable_key,
@@ -249,55 +242,6 @@ impl TestStack {
         .to_owned()
     }
 
-    /// A user with a profile (`role`) and, when `tier` is given, a user_credits row.
-    pub async fn user(&self, tier: Option<&str>, admin: bool) -> TestUser {
-        let id = Uuid::new_v4();
-        let email = format!("{}@example.test", id.simple());
-        self.pg
-            .execute(
-                "INSERT INTO auth.users (id, email) VALUES ($1, $2)",
-                &[&id, &email],
-            )
-            .await
-            .expect("insert user");
-        let role = if admin { "admin" } else { "user" };
-        self.pg
-            .execute(
-                "INSERT INTO public.profiles (id, email, role) VALUES ($1, $2, $3)",
-                &[&id, &email, &role],
-            )
-            .await
-            .expect("insert profile");
-        if let Some(tier) = tier {
-            self.pg
-                .execute(
-                    "INSERT INTO public.user_credits (user_id, tier) VALUES ($1, $2)",
-                    &[&id, &tier],
-                )
-                .await
-                .expect("insert credits");
-        }
-        TestUser {
-            id,
-            email,
-            token: self.token_for(id),
-        }
-    }
-
-    pub async fn admin(&self) -> TestUser {
-        self.user(Some("enterprise"), true).await
-    }
-
-    pub async fn set_tier(&self, user: Uuid, tier: &str) {
-        self.pg
-            .execute(
-                "UPDATE public.user_credits SET tier = $2 WHERE user_id = $1",
-                &[&user, &tier],
-            )
-            .await
-            .expect("update tier");
-    }
-
     /// A raw PostgREST request with a bearer token; returns (status, JSON body).
     pub async fn rest(
         &self,
@@ -306,77 +250,18 @@ impl TestStack {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self
+        let req = self
             .http
             .request(
                 method,
                 format!("{}/{}", self.rest_url, path.trim_start_matches('/')),
             )
             .header("Prefer", "return=representation");
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("PostgREST request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    /// Insert an engine straight into the database (bypassing RLS) for fixtures.
-    pub async fn engine_fixture(&self, name: &str, active: bool) -> Uuid {
-        let row = self
-            .pg
-            .query_one(
-                "INSERT INTO public.ai_engines (name, flow_config, models, active) \
-                 VALUES ($1, $3, '[]', $2) RETURNING id",
-                &[&name, &active, &one_step_flow_config()],
-            )
-            .await
-            .expect("insert engine");
-        let id: Uuid = row.get(0);
-        // The fixture's flow is valid by construction: record it as checked, as a running
-        // service's checker would within a second (sql/V7), so tests without a worker can
-        // request generations on it.
-        self.pg
-            .execute(
-                "UPDATE public.engine_checks SET state = 'runnable', checked_at = now() \
-                 WHERE engine_id = $1 AND state = 'pending'",
-                &[&id],
-            )
-            .await
-            .expect("mark the fixture engine checked");
-        id
-    }
-
-    pub async fn assign_fixture(
-        &self,
-        engine: Uuid,
-        tier: Option<&str>,
-        user: Option<Uuid>,
-        priority: i32,
-        active: bool,
-    ) -> Uuid {
-        let kind = if tier.is_some() { "tier" } else { "user" };
-        let row = self
-            .pg
-            .query_one(
-                "INSERT INTO public.engine_assignments (engine_id, assignment_type, tier, user_id, priority, active) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-                &[&engine, &kind, &tier, &user, &priority, &active],
-            )
-            .await
-            .expect("insert assignment");
-        row.get(0)
+        json_answer(req, token, body).await
     }
 }
 
-impl Drop for TestStack {
+impl Drop for Stack {
     fn drop(&mut self) {
         let _ = self.postgrest.kill();
         let _ = self.postgrest.wait();
@@ -392,161 +277,4 @@ impl Drop for TestStack {
         })
         .join();
     }
-}
-
-/// The service under test, bound to a free port, in front of its own stack.
-pub struct TestApp {
-    pub stack: TestStack,
-    pub address: String,
-    pub http: reqwest::Client,
-    pub shutdown: tokio_util::sync::CancellationToken,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-pub const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789";
-
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(None).await
-}
-
-/// With `worker`, a worker runs in the app's process with those providers.
-pub type WorkerSetup = (
-    bookengine::worker::WorkerConfig,
-    bookengine::providers::ProvidersConfig,
-);
-
-pub async fn spawn_app_with(worker: Option<WorkerSetup>) -> TestApp {
-    spawn_app_on(TestStack::start().await, worker).await
-}
-
-/// The app in front of a stack the caller built.
-pub async fn spawn_app_on(stack: TestStack, worker: Option<WorkerSetup>) -> TestApp {
-    let config = bookengine::http::ServeConfig {
-        addr: "127.0.0.1:0".into(),
-        webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
-        supabase: stack.supabase_config(),
-        auth: bookengine::config::AuthConfig {
-            jwt_secret: Some(stack.jwt_secret.clone()),
-            jwks_url: None,
-        },
-        no_worker: worker.is_none(),
-        worker: Default::default(),
-        providers: Default::default(),
-        ops: Default::default(),
-    };
-    let app = bookengine::http::Application::build(&config)
-        .await
-        .expect("build app");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    if let Some((worker_config, providers)) = worker {
-        bookengine::worker::spawn(
-            &config.supabase,
-            &worker_config,
-            &providers,
-            app.state.wake.clone(),
-            shutdown.clone(),
-        )
-        .await
-        .expect("spawn worker");
-    }
-    let stop = shutdown.clone();
-    tokio::spawn(app.run_until(async move { stop.cancelled().await }));
-    TestApp {
-        stack,
-        address,
-        http: reqwest::Client::new(),
-        shutdown,
-    }
-}
-
-impl TestApp {
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.address, path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
-    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, Some(token), None)
-            .await
-    }
-
-    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, Some(token), Some(body))
-            .await
-    }
-
-    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::PATCH, path, Some(token), Some(body))
-            .await
-    }
-
-    pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
-        self.call(reqwest::Method::DELETE, path, Some(token), None)
-            .await
-    }
-
-    /// Deploy a flow document as `admin` through the API; returns the engine id.
-    pub async fn deploy(&self, admin: &TestUser, doc: Value) -> Uuid {
-        let (s, body) = self.post("/v1/engines", &admin.token, doc).await;
-        assert_eq!(s, 201, "deploy: {body}");
-        body["id"]
-            .as_str()
-            .and_then(|s| Uuid::parse_str(s).ok())
-            .expect("engine id")
-    }
-
-    /// Deploy the repository's example book flow as `admin`; returns the engine id.
-    pub async fn deploy_example(&self, admin: &TestUser) -> Uuid {
-        self.deploy(admin, example_flow()).await
-    }
-
-    /// Assign `engine` to `tier` through the API as `admin`.
-    pub async fn assign_tier(&self, admin: &TestUser, engine: Uuid, tier: &str) {
-        let (s, b) = self
-            .post(
-                "/v1/assignments",
-                &admin.token,
-                serde_json::json!({"engine_id": engine, "tier": tier}),
-            )
-            .await;
-        assert_eq!(s, 200, "assign to {tier}: {b}");
-    }
-}
-
-/// The smallest flow_config the database accepts (sql/V7: steps with id, provider,
-/// model and prompt) and the service's check passes.
-pub fn one_step_flow_config() -> Value {
-    serde_json::json!({"type": "full", "steps": [{"id": "write", "name": "Write",
-        "configuration": {"provider": "offline", "model": "fixture", "prompt": "Write a short book."}}]})
-}
-
-pub fn example_flow() -> Value {
-    serde_json::from_str(include_str!("../../examples/book-flow.json"))
-        .expect("example flow is JSON")
 }

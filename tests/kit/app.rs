@@ -1,0 +1,142 @@
+//! The service under test, bound to a free port in this process, in front of its own
+//! stack, with a worker when asked; and the API calls the tests make through it.
+
+use super::flows::example_flow;
+use super::http::json_answer;
+use super::seed::TestUser;
+use super::stack::Stack;
+use bookengine::secret::Secret;
+use serde_json::Value;
+use uuid::Uuid;
+
+pub struct TestApp {
+    pub stack: Stack,
+    pub address: String,
+    pub http: reqwest::Client,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789";
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(None).await
+}
+
+/// With `worker`, a worker runs in the app's process with those providers.
+pub type WorkerSetup = (
+    bookengine::worker::WorkerConfig,
+    bookengine::providers::ProvidersConfig,
+);
+
+pub async fn spawn_app_with(worker: Option<WorkerSetup>) -> TestApp {
+    spawn_app_on(Stack::start().await, worker).await
+}
+
+/// The app in front of a stack the caller built.
+pub async fn spawn_app_on(stack: Stack, worker: Option<WorkerSetup>) -> TestApp {
+    let config = bookengine::http::ServeConfig {
+        addr: "127.0.0.1:0".into(),
+        webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
+        supabase: stack.supabase_config(),
+        auth: bookengine::config::AuthConfig {
+            jwt_secret: Some(stack.jwt_secret.clone()),
+            jwks_url: None,
+        },
+        no_worker: worker.is_none(),
+        worker: Default::default(),
+        providers: Default::default(),
+        ops: Default::default(),
+    };
+    let app = bookengine::http::Application::build(&config)
+        .await
+        .expect("build app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    if let Some((worker_config, providers)) = worker {
+        bookengine::worker::spawn(
+            &config.supabase,
+            &worker_config,
+            &providers,
+            app.state.wake.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("spawn worker");
+    }
+    let stop = shutdown.clone();
+    tokio::spawn(app.run_until(async move { stop.cancelled().await }));
+    TestApp {
+        stack,
+        address,
+        http: reqwest::Client::new(),
+        shutdown,
+    }
+}
+
+impl TestApp {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let req = self
+            .http
+            .request(method, format!("{}{}", self.address, path));
+        json_answer(req, token, body).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(token), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, Some(token), None)
+            .await
+    }
+
+    /// Deploy a flow document as `admin` through the API; returns the engine id.
+    pub async fn deploy(&self, admin: &TestUser, doc: Value) -> Uuid {
+        let (s, body) = self.post("/v1/engines", &admin.token, doc).await;
+        assert_eq!(s, 201, "deploy: {body}");
+        body["id"]
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .expect("engine id")
+    }
+
+    /// Deploy the repository's example book flow as `admin`; returns the engine id.
+    pub async fn deploy_example(&self, admin: &TestUser) -> Uuid {
+        self.deploy(admin, example_flow()).await
+    }
+
+    /// Assign `engine` to `tier` through the API as `admin`.
+    pub async fn assign_tier(&self, admin: &TestUser, engine: Uuid, tier: &str) {
+        let (s, b) = self
+            .post(
+                "/v1/assignments",
+                &admin.token,
+                serde_json::json!({"engine_id": engine, "tier": tier}),
+            )
+            .await;
+        assert_eq!(s, 200, "assign to {tier}: {b}");
+    }
+}
