@@ -8,6 +8,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::kit::{flows::one_step_flow, seed::engine_row, stack::Stack};
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ fn main() {
 async fn run() -> Res<()> {
     let q = quick();
     let load_before = loadavg();
-    let stack = Stack::start("memory", 10).await?;
+    let stack = Stack::bench("memory", 10, log_dir()).await?;
     println!("{}", machine_report(&stack).await);
     println!(
         "mode: {}; {JOBS} one-step jobs, mock latency {} s, BOOKENGINE_WORKER_CONCURRENCY={JOBS}, BOOKENGINE_PROVIDER_CONCURRENCY={JOBS}",
@@ -33,7 +34,7 @@ async fn run() -> Res<()> {
     let engine = engine_row(&stack.pg, &one_step_flow("openai", "Bench one-step")).await?;
     let mut users = Vec::new();
     for _ in 0..100 {
-        users.push(stack.user("enterprise", false).await?);
+        users.push(stack.user(Some("enterprise"), false).await.id);
     }
     // Not needed for service-role inserts, but a user-driven variant would need it.
     stack

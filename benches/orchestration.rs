@@ -10,6 +10,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::kit::{flows::book_flow, stack::Stack};
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -155,7 +156,7 @@ async fn run() -> Res<()> {
     let q = quick();
     let (n_par, n_seq) = if q { (3, 2) } else { (10, 5) };
     let load_before = loadavg();
-    let stack = Stack::start("orchestration", 10).await?;
+    let stack = Stack::bench("orchestration", 10, log_dir()).await?;
     println!("{}", machine_report(&stack).await);
     println!(
         "mode: {}; L = {} ms; flow: outline -> {CHAPTERS} chapters (for_each) -> edit = {CALLS} calls; all steps on provider `openai` -> in-bench mock",
@@ -169,8 +170,8 @@ async fn run() -> Res<()> {
             "UPDATE public.generation_limits SET max_concurrent = 1000, max_per_hour = 100000",
         )
         .await?;
-    let admin = stack.user("enterprise", true).await?;
-    let user = stack.user("enterprise", false).await?;
+    let admin = stack.user(Some("enterprise"), true).await.id;
+    let user = stack.user(Some("enterprise"), false).await.id;
 
     let supabase = stack.supabase_config();
     let providers = bookengine::providers::ProvidersConfig {

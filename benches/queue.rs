@@ -10,6 +10,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::kit::{flows::one_step_flow, seed::engine_row, stack::Stack};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -518,7 +519,7 @@ async fn run() -> Res<()> {
     let hook_samples = if q { 40 } else { 200 };
     let load_before = loadavg();
 
-    let stack = Stack::start("queue", 10).await?;
+    let stack = Stack::bench("queue", 10, log_dir()).await?;
     println!("{}", machine_report(&stack).await);
     println!(
         "mode: {}; {n_jobs} one-step jobs per run; worker concurrency {WORKER_CONCURRENCY}, poll 20 ms; mock latency 0 ms; PostgREST db-pool {}",
@@ -529,7 +530,7 @@ async fn run() -> Res<()> {
     let engine = engine_row(&stack.pg, &one_step_flow("openai", "Bench one-step")).await?;
     let mut users = Vec::new();
     for _ in 0..50 {
-        users.push(stack.user("enterprise", false).await?);
+        users.push(stack.user(Some("enterprise"), false).await.id);
     }
     let ctx = Ctx {
         stack,

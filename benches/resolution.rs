@@ -11,6 +11,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::kit::{flows::book_flow, seed::mark_checked, stack::Stack};
 use common::*;
 use futures::StreamExt;
 use rand::Rng;
@@ -127,7 +128,7 @@ async fn seed_base(pg: &tokio_postgres::Client, flow: &serde_json::Value) -> Res
         &[&row.description, &row.flow_config, &row.models],
     )
     .await?;
-    mark_checked(pg).await?;
+    mark_checked(pg, None).await?;
     println!(
         "seeded {USERS} users (profiles, user_credits: 50% hobby / 35% pro / 15% enterprise) and {ENGINES} engines (2% inactive, flow_config = the example book flow) in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -340,7 +341,7 @@ impl Targets {
 async fn run() -> Res<()> {
     let p = plan();
     let load_before = loadavg();
-    let mut stack = Stack::start("resolution", 10).await?;
+    let mut stack = Stack::bench("resolution", 10, log_dir()).await?;
     println!("{}", machine_report(&stack).await);
     println!(
         "mode: {}; concurrency {CONCURRENCY}; PostgREST db-pool {}",
@@ -350,7 +351,7 @@ async fn run() -> Res<()> {
     let flow = book_flow("openai", "parallel", "Bench engine");
     seed_base(&stack.pg, &flow).await?;
     seed_candidates(&stack.pg).await?;
-    stack.restart_postgrest().await?;
+    stack.restart_postgrest().await;
 
     // The service, in this process on its own runtime (as a separate process would be).
     let api = ApiService::start(&stack).await?;

@@ -1,14 +1,16 @@
-//! Shared pieces of the benchmarks: a private stack (database + PostgREST), load
-//! generation with latency percentiles, a fixed-latency OpenAI-compatible mock,
-//! the release binary as a child process, and what the machine was doing.
+//! Shared pieces of the benchmarks: load generation with latency percentiles, a
+//! fixed-latency OpenAI-compatible mock, the release binary as a child process, and
+//! what the machine was doing. The stack, seeding and flows are the test kit's
+//! (tests/kit), shared with the integration tests.
 //!
 //! Benchmarks measure and print; nothing here asserts a timing.
 #![allow(dead_code)]
 
-use bookengine::auth::{mint, MintRequest};
-use bookengine::config::SupabaseConfig;
-use bookengine::devstack::{self, PostgrestOptions};
-use bookengine::secret::Secret;
+#[path = "../../tests/kit/mod.rs"]
+pub mod kit;
+
+use kit::stack::{repo_root, Stack};
+
 use serde_json::{json, Value};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -16,9 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use uuid::Uuid;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use kit::stack::BoxError;
 pub type Res<T> = std::result::Result<T, BoxError>;
 
 /// A benchmark's `main`: `run` on a runtime of two worker threads (the machine's two
@@ -44,10 +45,6 @@ pub fn quick() -> bool {
         || std::env::args().any(|a| a == "--quick")
 }
 
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// Where benchmark logs (PostgREST, child processes) go.
 pub fn log_dir() -> PathBuf {
     let d = repo_root().join("target").join("bench-logs");
@@ -55,136 +52,7 @@ pub fn log_dir() -> PathBuf {
     d
 }
 
-/// The server the bench databases are created on (same variable as the tests).
-pub fn server_config() -> tokio_postgres::Config {
-    std::env::var("BOOKENGINE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-        .parse()
-        .expect("BOOKENGINE_TEST_DATABASE_URL must be a connection string")
-}
-
-/// One benchmark's own stack: database `bookengine_bench_<name>` (baseline +
-/// migrations) and a real PostgREST 12 on a free port. Dropped at the end.
-pub struct Stack {
-    pub name: String,
-    pub db: tokio_postgres::Config,
-    pub pg: tokio_postgres::Client,
-    pub rest_url: String,
-    pub rest_port: u16,
-    pub jwt_secret: Secret,
-    pub anon_key: Secret,
-    pub service_key: Secret,
-    pub postgrest_bin: PathBuf,
-    pub pool: u16,
-    postgrest: Option<Child>,
-}
-
 impl Stack {
-    pub async fn start(name: &str, pool: u16) -> Res<Stack> {
-        let dbname = format!("bookengine_bench_{name}");
-        let mut db = server_config();
-        db.dbname(&dbname);
-        // A leftover from an interrupted run.
-        devstack::drop_database(&db).await?;
-        devstack::prepare_database(&db).await?;
-        let pg = bookengine::migrate::connect(&db).await?;
-        let bin = devstack::find_or_install_postgrest(&repo_root().join(".bookengine"))?;
-        let jwt_secret = devstack::random_secret(40);
-        let keys = devstack::local_keys(&jwt_secret)?;
-        let mut stack = Stack {
-            name: dbname,
-            db,
-            pg,
-            rest_url: String::new(),
-            rest_port: 0,
-            jwt_secret,
-            anon_key: keys.anon_key,
-            service_key: keys.service_role_key,
-            postgrest_bin: bin,
-            pool,
-            postgrest: None,
-        };
-        stack.restart_postgrest().await?;
-        Ok(stack)
-    }
-
-    /// (Re)start PostgREST, e.g. after bulk seeding so its schema cache is fresh.
-    pub async fn restart_postgrest(&mut self) -> Res<()> {
-        if let Some(mut c) = self.postgrest.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let port = devstack::free_port()?;
-        let child = devstack::spawn_postgrest(&PostgrestOptions {
-            bin: &self.postgrest_bin,
-            db: &self.db,
-            port,
-            jwt_secret: &self.jwt_secret,
-            pool: self.pool,
-            log: &log_dir().join(format!("{}-postgrest.log", self.name)),
-        })?;
-        self.postgrest = Some(child);
-        self.rest_port = port;
-        self.rest_url = format!("http://127.0.0.1:{port}");
-        devstack::wait_ready(&self.rest_url, Duration::from_secs(30)).await?;
-        Ok(())
-    }
-
-    pub fn postgrest_pid(&self) -> Option<u32> {
-        self.postgrest.as_ref().map(|c| c.id())
-    }
-
-    pub fn supabase_config(&self) -> SupabaseConfig {
-        SupabaseConfig {
-            supabase_url: None,
-            postgrest_url: Some(self.rest_url.parse().expect("url")),
-            anon_key: Some(self.anon_key.clone()),
-            service_role_key: Some(self.service_key.clone()),
-            ..Default::default()
-        }
-    }
-
-    pub fn token_for(&self, user: Uuid) -> String {
-        mint(
-            &self.jwt_secret,
-            &MintRequest {
-                user: Some(user),
-                role: "authenticated".into(),
-                ttl: Duration::from_secs(6 * 3600),
-                email: None,
-            },
-        )
-        .expect("mint")
-        .expose()
-        .to_owned()
-    }
-
-    /// A user with a profile and a user_credits row; `admin` sets profiles.role.
-    pub async fn user(&self, tier: &str, admin: bool) -> Res<Uuid> {
-        let id = Uuid::new_v4();
-        let email = format!("{}@bench.test", id.simple());
-        let role = if admin { "admin" } else { "user" };
-        self.pg
-            .execute(
-                "INSERT INTO auth.users (id, email) VALUES ($1, $2)",
-                &[&id, &email],
-            )
-            .await?;
-        self.pg
-            .execute(
-                "INSERT INTO public.profiles (id, email, role) VALUES ($1, $2, $3)",
-                &[&id, &email, &role],
-            )
-            .await?;
-        self.pg
-            .execute(
-                "INSERT INTO public.user_credits (user_id, tier) VALUES ($1, $2)",
-                &[&id, &tier],
-            )
-            .await?;
-        Ok(id)
-    }
-
     /// The environment a `bookengine serve|worker` child needs to reach this stack.
     pub fn child_env(&self) -> Vec<(String, String)> {
         vec![
@@ -202,25 +70,6 @@ impl Stack {
             // since the CLI's logger is installed before the service's.
             ("RUST_LOG".into(), "info,tower_http=warn".into()),
         ]
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.postgrest.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let db = self.db.clone();
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                let _ = rt.block_on(devstack::drop_database(&db));
-            }
-        })
-        .join();
     }
 }
 
@@ -745,75 +594,6 @@ pub async fn wait_http(url: &str, timeout: Duration) -> Res<()> {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-/// The example book flow with every step on one provider (and no fallbacks).
-pub fn book_flow(provider: &str, mode: &str, name: &str) -> Value {
-    let mut flow: Value =
-        serde_json::from_str(include_str!("../../examples/book-flow.json")).expect("example flow");
-    flow["execution_mode"] = json!(mode);
-    flow["name"] = json!(name);
-    if let Some(steps) = flow["steps"].as_array_mut() {
-        for s in steps {
-            let c = &mut s["configuration"];
-            c["provider"] = json!(provider);
-            c["model"] = json!("bench-model");
-            if let Some(o) = c.as_object_mut() {
-                o.remove("fallbacks");
-            }
-        }
-    }
-    flow
-}
-
-/// A one-step flow (for the queue and memory benchmarks).
-pub fn one_step_flow(provider: &str, name: &str) -> Value {
-    json!({
-        "name": name,
-        "type": "full",
-        "execution_mode": "sequential",
-        "tier": "enterprise",
-        "steps": [{"id": "write", "name": "Write", "configuration": {
-            "provider": provider, "model": "bench-model",
-            "prompt": "Write one paragraph about {{ input.topic }}.", "retries": 0}}]
-    })
-}
-
-/// Insert an engine straight into the database (no RLS), stored exactly as a deploy
-/// through the API stores it (`parse_flow` + `to_engine_row`).
-pub async fn engine_row(pg: &tokio_postgres::Client, flow: &Value) -> Res<Uuid> {
-    let row = bookengine::flow::parse_flow(flow)
-        .map_err(|e| format!("flow: {} {:?}", e.message, e.details))?
-        .to_engine_row();
-    let r = pg
-        .query_one(
-            "INSERT INTO public.ai_engines (name, description, flow_config, models, execution_mode, tier) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            &[
-                &row.name,
-                &row.description,
-                &row.flow_config,
-                &row.models,
-                &row.execution_mode,
-                &row.tier,
-            ],
-        )
-        .await?;
-    let id: Uuid = r.get(0);
-    mark_checked(pg).await?;
-    Ok(id)
-}
-
-/// Engines inserted straight into the database went through `parse_flow` above, the
-/// rules the service's checker runs: record them as checked (sql/V7), as the checker
-/// of a running service would within a second, so requests need not wait for it.
-pub async fn mark_checked(pg: &tokio_postgres::Client) -> Res<()> {
-    pg.execute(
-        "UPDATE public.engine_checks SET state = 'runnable', checked_at = now() WHERE state = 'pending'",
-        &[],
-    )
-    .await?;
-    Ok(())
 }
 
 /// The HTTP API (no worker) in this process, on a runtime and thread of its own, as a

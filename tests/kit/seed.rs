@@ -2,7 +2,8 @@
 //! a tier, engines and assignments.
 
 use super::flows::one_step_flow_config;
-use super::stack::Stack;
+use super::stack::{BoxError, Stack};
+use serde_json::Value;
 use uuid::Uuid;
 
 /// A user of the test project, with a valid access token.
@@ -75,15 +76,8 @@ impl Stack {
             .await
             .expect("insert engine");
         let id: Uuid = row.get(0);
-        // The fixture's flow is valid by construction: record it as checked, as a running
-        // service's checker would within a second (sql/V7), so tests without a worker can
-        // request generations on it.
-        self.pg
-            .execute(
-                "UPDATE public.engine_checks SET state = 'runnable', checked_at = now() \
-                 WHERE engine_id = $1 AND state = 'pending'",
-                &[&id],
-            )
+        // The fixture's flow is valid by construction.
+        mark_checked(&self.pg, Some(id))
             .await
             .expect("mark the fixture engine checked");
         id
@@ -109,4 +103,45 @@ impl Stack {
             .expect("insert assignment");
         row.get(0)
     }
+}
+
+/// Insert an engine straight into the database (no RLS), stored exactly as a deploy
+/// through the API stores it (`parse_flow` + `to_engine_row`), and checked.
+pub async fn engine_row(pg: &tokio_postgres::Client, flow: &Value) -> Result<Uuid, BoxError> {
+    let row = bookengine::flow::parse_flow(flow)
+        .map_err(|e| format!("flow: {} {:?}", e.message, e.details))?
+        .to_engine_row();
+    let r = pg
+        .query_one(
+            "INSERT INTO public.ai_engines (name, description, flow_config, models, execution_mode, tier) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            &[
+                &row.name,
+                &row.description,
+                &row.flow_config,
+                &row.models,
+                &row.execution_mode,
+                &row.tier,
+            ],
+        )
+        .await?;
+    let id: Uuid = r.get(0);
+    mark_checked(pg, None).await?;
+    Ok(id)
+}
+
+/// Record the pending checks of engines inserted straight into the database (all of
+/// them, or `engine`'s) as passed (sql/V7), as the checker of a running service would
+/// within a second, so requests need not wait for it. Only for flows that are valid by
+/// construction or went through `parse_flow`, the rules the checker runs.
+pub async fn mark_checked(
+    pg: &tokio_postgres::Client,
+    engine: Option<Uuid>,
+) -> Result<u64, tokio_postgres::Error> {
+    pg.execute(
+        "UPDATE public.engine_checks SET state = 'runnable', checked_at = now() \
+         WHERE state = 'pending' AND ($1::uuid IS NULL OR engine_id = $1)",
+        &[&engine],
+    )
+    .await
 }

@@ -15,7 +15,11 @@ use std::time::Duration;
 use tokio_postgres::Config;
 use uuid::Uuid;
 
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 pub struct Stack {
+    /// The database's name.
+    pub name: String,
     pub db: Config,
     pub pg: tokio_postgres::Client,
     pub rest_url: String,
@@ -29,10 +33,23 @@ pub struct Stack {
     pub publishable_key: Secret,
     pub secret_key: Secret,
     pub http: reqwest::Client,
-    postgrest: Child,
+    pub postgrest_bin: PathBuf,
+    /// PostgREST's db-pool.
+    pub pool: u16,
+    /// `None` while PostgREST is killed.
+    postgrest: Option<Child>,
     postgrest_port: u16,
     postgrest_secret: Secret,
     postgrest_log: PathBuf,
+}
+
+/// How a stack is made.
+struct StackOptions {
+    database: String,
+    pool: u16,
+    jwks: bool,
+    /// Where PostgREST's log (`<database>-postgrest.log`) goes.
+    logs: PathBuf,
 }
 
 pub fn repo_root() -> PathBuf {
@@ -83,27 +100,47 @@ impl Stack {
         Self::start_on(server_config().await, jwks).await
     }
 
-    /// A stack on the Postgres server `server` (e.g. a private cluster a test restarts).
+    /// A test's stack on the Postgres server `server` (e.g. a private cluster a test
+    /// restarts): a database of its own, PostgREST with a pool of 4.
     pub async fn start_on(server: Config, jwks: bool) -> Stack {
-        let mut db = server;
-        let name = format!("bookengine_test_{}", Uuid::new_v4().simple());
-        db.dbname(&name);
-        devstack::prepare_database(&db)
+        let options = StackOptions {
+            database: format!("bookengine_test_{}", Uuid::new_v4().simple()),
+            pool: 4,
+            jwks,
+            logs: std::env::temp_dir().join("bookengine-test-logs"),
+        };
+        Self::launch(server, options)
             .await
-            .expect("prepare test database");
-        let pg = bookengine::migrate::connect(&db)
-            .await
-            .expect("connect to test database");
+            .expect("start a test stack")
+    }
 
-        let state = repo_root().join(".bookengine");
-        let bin = devstack::find_or_install_postgrest(&state).expect("PostgREST binary");
+    /// A benchmark's stack: database `bookengine_bench_<name>` (a leftover of an
+    /// interrupted run is dropped first), PostgREST with a pool of `pool`, logging in `logs`.
+    pub async fn bench(name: &str, pool: u16, logs: PathBuf) -> Result<Stack, BoxError> {
+        let options = StackOptions {
+            database: format!("bookengine_bench_{name}"),
+            pool,
+            jwks: false,
+            logs,
+        };
+        let mut leftover = server_config().await;
+        leftover.dbname(&options.database);
+        devstack::drop_database(&leftover).await?;
+        Self::launch(server_config().await, options).await
+    }
+
+    async fn launch(server: Config, options: StackOptions) -> Result<Stack, BoxError> {
+        let mut db = server;
+        db.dbname(&options.database);
+        devstack::prepare_database(&db).await?;
+        let pg = bookengine::migrate::connect(&db).await?;
+
+        let postgrest_bin = devstack::find_or_install_postgrest(&repo_root().join(".bookengine"))?;
         let jwt_secret = devstack::random_secret(40);
-        let keys = devstack::local_keys(&jwt_secret).expect("keys");
-        let port = devstack::free_port().expect("port");
-        let postgrest_secret = if jwks {
+        let keys = devstack::local_keys(&jwt_secret)?;
+        let postgrest_secret = if options.jwks {
             use base64::Engine as _;
-            let mut set: Value =
-                serde_json::from_str(include_str!("../fixtures/jwks-test.json")).expect("jwks");
+            let mut set: Value = serde_json::from_str(include_str!("../fixtures/jwks-test.json"))?;
             let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(jwt_secret.expose());
             if let Some(keys) = set["keys"].as_array_mut() {
                 keys.push(serde_json::json!({"kty": "oct", "k": k, "alg": "HS256"}));
@@ -112,22 +149,9 @@ impl Stack {
         } else {
             jwt_secret.clone()
         };
-        let logs = std::env::temp_dir().join("bookengine-test-logs");
-        let _ = std::fs::create_dir_all(&logs);
-        let postgrest_log = logs.join(format!("{name}.log"));
-        let postgrest = devstack::spawn_postgrest(&PostgrestOptions {
-            bin: &bin,
-            db: &db,
-            port,
-            jwt_secret: &postgrest_secret,
-            pool: 4,
-            log: &postgrest_log,
-        })
-        .expect("spawn PostgREST");
-        let rest_url = format!("http://127.0.0.1:{port}");
-        devstack::wait_ready(&rest_url, Duration::from_secs(20))
-            .await
-            .expect("PostgREST ready");
+        let _ = std::fs::create_dir_all(&options.logs);
+        let postgrest_port = devstack::free_port()?;
+        let rest_url = format!("http://127.0.0.1:{postgrest_port}");
         let publishable_key = Secret::new(format!(
             "sb_publishable_{}",
             devstack::random_secret(32).expose()
@@ -139,15 +163,18 @@ impl Stack {
         let gateway = devstack::gateway::spawn(devstack::gateway::GatewayConfig {
             postgrest_url: rest_url.clone(),
             jwt_secret: jwt_secret.clone(),
-            jwks_path: jwks.then(|| PathBuf::from(JWKS_PATH)),
+            jwks_path: options.jwks.then(|| PathBuf::from(JWKS_PATH)),
             publishable_key: publishable_key.clone(),
             secret_key: secret_key.clone(),
             anon_key: keys.anon_key.clone(),
             service_role_key: keys.service_role_key.clone(),
         })
-        .await
-        .expect("start the local gateway");
-        Stack {
+        .await?;
+        let mut stack = Stack {
+            postgrest_log: options
+                .logs
+                .join(format!("{}-postgrest.log", options.database)),
+            name: options.database,
             supabase_url: gateway.url.clone(),
             gateway,
             publishable_key,
@@ -159,11 +186,14 @@ impl Stack {
             anon_key: keys.anon_key,
             service_key: keys.service_role_key,
             http: reqwest::Client::new(),
-            postgrest,
-            postgrest_port: port,
+            postgrest_bin,
+            pool: options.pool,
+            postgrest: None,
+            postgrest_port,
             postgrest_secret,
-            postgrest_log,
-        }
+        };
+        stack.run_postgrest().await?;
+        Ok(stack)
     }
 
     /// Count jobs over a new connection (the stack's own may have died with the server).
@@ -180,26 +210,34 @@ impl Stack {
 
     /// Kill PostgREST (an outage), as SIGKILL would.
     pub fn kill_postgrest(&mut self) {
-        let _ = self.postgrest.kill();
-        let _ = self.postgrest.wait();
+        if let Some(mut child) = self.postgrest.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
-    /// Start PostgREST again on the same port.
+    /// Start PostgREST again on the same port (after an outage, or after bulk seeding
+    /// so that its schema cache is fresh).
     pub async fn restart_postgrest(&mut self) {
-        let bin = devstack::find_or_install_postgrest(&repo_root().join(".bookengine"))
-            .expect("PostgREST binary");
-        self.postgrest = devstack::spawn_postgrest(&PostgrestOptions {
-            bin: &bin,
+        self.kill_postgrest();
+        self.run_postgrest().await.expect("PostgREST ready again");
+    }
+
+    async fn run_postgrest(&mut self) -> Result<(), BoxError> {
+        self.postgrest = Some(devstack::spawn_postgrest(&PostgrestOptions {
+            bin: &self.postgrest_bin,
             db: &self.db,
             port: self.postgrest_port,
             jwt_secret: &self.postgrest_secret,
-            pool: 4,
+            pool: self.pool,
             log: &self.postgrest_log,
-        })
-        .expect("respawn PostgREST");
-        devstack::wait_ready(&self.rest_url, Duration::from_secs(20))
-            .await
-            .expect("PostgREST ready again");
+        })?);
+        devstack::wait_ready(&self.rest_url, Duration::from_secs(30)).await?;
+        Ok(())
+    }
+
+    pub fn postgrest_pid(&self) -> Option<u32> {
+        self.postgrest.as_ref().map(Child::id)
     }
 
     /// The service's settings in the suite's key mode (see [`new_keys_mode`]).
@@ -233,7 +271,8 @@ impl Stack {
             &MintRequest {
                 user: Some(user),
                 role: "authenticated".into(),
-                ttl: Duration::from_secs(3600),
+                // Outlasts the longest benchmark.
+                ttl: Duration::from_secs(6 * 3600),
                 email: None,
             },
         )
@@ -263,8 +302,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let _ = self.postgrest.kill();
-        let _ = self.postgrest.wait();
+        self.kill_postgrest();
         let db = self.db.clone();
         // Drop the database from a fresh runtime: Drop cannot await.
         let _ = std::thread::spawn(move || {
