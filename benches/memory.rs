@@ -8,7 +8,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::kit::{flows::one_step_flow, seed::engine_row, stack::Stack};
+use common::kit::{flows::one_step_flow, mock_llm::MockProvider, seed::engine_row, stack::Stack};
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ async fn run() -> Res<()> {
         if q { "QUICK" } else { "full" },
         MOCK_LATENCY.as_secs()
     );
-    let mock = MockLlm::start(MOCK_LATENCY, 3).await?;
+    let mock = MockProvider::fixed_latency(MOCK_LATENCY, 3).await;
     let engine = engine_row(&stack.pg, &one_step_flow("openai", "Bench one-step")).await?;
     let mut users = Vec::new();
     for _ in 0..100 {
@@ -113,7 +113,7 @@ async fn run() -> Res<()> {
             .pg
             .batch_execute("TRUNCATE public.generation_jobs CASCADE")
             .await?;
-        mock.set_latency(latency);
+        mock.latency(latency);
         let busy = cpu_busy(Duration::from_millis(500)).await;
         println!(
             "\nmachine CPU busy before the load: {busy:.0}% (loadavg {})",
@@ -180,14 +180,14 @@ struct Phase {
 
 async fn load_phase(
     stack: &Stack,
-    mock: &MockLlm,
+    mock: &MockProvider,
     http: &reqwest::Client,
     base: &str,
     pid: u32,
     engine: uuid::Uuid,
     users: &[uuid::Uuid],
 ) -> Res<Phase> {
-    mock.reset();
+    mock.reset_counts();
     let rows: Vec<Value> = (0..JOBS)
         .map(|i| json!({"user_id": users[i % users.len()], "engine_id": engine, "input": {"topic": format!("memory {i}")}}))
         .collect();

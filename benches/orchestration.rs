@@ -10,7 +10,11 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::kit::{flows::book_flow, stack::Stack};
+use common::kit::{
+    flows::book_flow,
+    mock_llm::{MockProvider, BENCH_STREAM_PIECES},
+    stack::Stack,
+};
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -163,7 +167,7 @@ async fn run() -> Res<()> {
         if q { "QUICK" } else { "full" },
         L.as_millis()
     );
-    let mock = MockLlm::start(L, CHAPTERS).await?;
+    let mock = MockProvider::fixed_latency(L, CHAPTERS).await;
     stack
         .pg
         .batch_execute(
@@ -253,7 +257,7 @@ async fn run() -> Res<()> {
         .await?;
         // Warm-up (connections, first-use costs), not counted.
         bench.book(engines[0]).await?;
-        mock.reset();
+        mock.reset_counts();
         let busy = cpu_busy(Duration::from_millis(500)).await;
         println!(
             "streaming {}: machine CPU busy before measuring: {busy:.0}% (loadavg {})",
@@ -276,16 +280,16 @@ async fn run() -> Res<()> {
             .query_one("SELECT count(*) FROM public.generation_deltas", &[])
             .await?
             .get(0);
-        let par_calls = mock.calls();
+        let par_calls = mock.call_count();
         let par_max_in_flight = mock.max_in_flight();
         // Sequential mode on the same worker (fan-out width 16): `sequential` runs one
         // call at a time, a for_each's items included, whatever the configured width.
-        mock.reset();
+        mock.reset_counts();
         let mut seq = Vec::new();
         for _ in 0..n_seq {
             seq.push(bench.book(engines[1]).await?);
         }
-        let seq_calls = mock.calls();
+        let seq_calls = mock.call_count();
         let seq_max_in_flight = mock.max_in_flight();
         shutdown.cancel();
         let _ = handle.await;
@@ -383,9 +387,9 @@ async fn run() -> Res<()> {
         );
         if ph.stream {
             println!(
-                "  delta rows per parallel book: {:.1} ({CALLS} calls x {MOCK_STREAM_CHUNKS} chunks = {} provider deltas)",
+                "  delta rows per parallel book: {:.1} ({CALLS} calls x {BENCH_STREAM_PIECES} chunks = {} provider deltas)",
                 ph.rows_per_book,
-                CALLS * MOCK_STREAM_CHUNKS
+                CALLS * BENCH_STREAM_PIECES
             );
         }
         println!(

@@ -10,7 +10,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::kit::{flows::one_step_flow, seed::engine_row, stack::Stack};
+use common::kit::{flows::one_step_flow, mock_llm::MockProvider, seed::engine_row, stack::Stack};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -28,7 +28,7 @@ fn main() {
 
 struct Ctx {
     stack: Stack,
-    mock: MockLlm,
+    mock: MockProvider,
     http: reqwest::Client,
     engine: Uuid,
     users: Vec<Uuid>,
@@ -526,7 +526,7 @@ async fn run() -> Res<()> {
         if q { "QUICK" } else { "full" },
         stack.pool
     );
-    let mock = MockLlm::start(Duration::ZERO, 3).await?;
+    let mock = MockProvider::fixed_latency(Duration::ZERO, 3).await;
     let engine = engine_row(&stack.pg, &one_step_flow("openai", "Bench one-step")).await?;
     let mut users = Vec::new();
     for _ in 0..50 {

@@ -1,7 +1,7 @@
-//! Shared pieces of the benchmarks: load generation with latency percentiles, a
-//! fixed-latency OpenAI-compatible mock, the release binary as a child process, and
-//! what the machine was doing. The stack, seeding and flows are the test kit's
-//! (tests/kit), shared with the integration tests.
+//! Shared pieces of the benchmarks: load generation with latency percentiles, the
+//! release binary as a child process, and what the machine was doing. The stack,
+//! seeding, flows and the mock provider (`MockProvider::fixed_latency`) are the test
+//! kit's (tests/kit), shared with the integration tests.
 //!
 //! Benchmarks measure and print; nothing here asserts a timing.
 #![allow(dead_code)]
@@ -11,12 +11,11 @@ pub mod kit;
 
 use kit::stack::{repo_root, Stack};
 
-use serde_json::{json, Value};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use kit::stack::BoxError;
@@ -238,149 +237,6 @@ pub fn verdict_min(value: f64, target: f64, unit: &str) -> String {
             (1.0 - value / target) * 100.0
         )
     }
-}
-
-// ---------------------------------------------------------------------------------
-// A fixed-latency OpenAI-compatible mock provider
-// ---------------------------------------------------------------------------------
-
-#[derive(Default)]
-pub struct MockCounters {
-    pub calls: AtomicU64,
-    pub in_flight: AtomicU64,
-    pub max_in_flight: AtomicU64,
-}
-
-pub struct MockLlm {
-    /// e.g. http://127.0.0.1:PORT/v1 (what OPENAI_BASE_URL takes).
-    pub base_url: String,
-    pub counters: Arc<MockCounters>,
-    latency: Arc<Mutex<Duration>>,
-}
-
-#[derive(Clone)]
-struct MockState {
-    counters: Arc<MockCounters>,
-    latency: Arc<Mutex<Duration>>,
-    chapters: usize,
-}
-
-impl MockLlm {
-    /// Answers every chat completion after `latency`: a JSON outline with
-    /// `chapters` entries when JSON is asked for, a short paragraph otherwise.
-    pub async fn start(latency: Duration, chapters: usize) -> Res<MockLlm> {
-        use axum::routing::post;
-        let counters = Arc::new(MockCounters::default());
-        let latency = Arc::new(Mutex::new(latency));
-        let state = MockState {
-            counters: counters.clone(),
-            latency: latency.clone(),
-            chapters,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let app = axum::Router::new()
-            .route("/v1/chat/completions", post(mock_complete))
-            .with_state(state);
-        // Like a real provider's server: small SSE chunks go out at once (with Nagle's
-        // algorithm each would wait for the client's delayed ACK, ~40 ms a stream).
-        tokio::spawn(async move {
-            let _ = axum::serve(bookengine::http::nodelay(listener), app).await;
-        });
-        Ok(MockLlm {
-            base_url: format!("http://127.0.0.1:{port}/v1"),
-            counters,
-            latency,
-        })
-    }
-
-    pub fn set_latency(&self, d: Duration) {
-        if let Ok(mut l) = self.latency.lock() {
-            *l = d;
-        }
-    }
-
-    pub fn calls(&self) -> u64 {
-        self.counters.calls.load(Ordering::SeqCst)
-    }
-
-    pub fn max_in_flight(&self) -> u64 {
-        self.counters.max_in_flight.load(Ordering::SeqCst)
-    }
-
-    pub fn reset(&self) {
-        self.counters.calls.store(0, Ordering::SeqCst);
-        self.counters.max_in_flight.store(0, Ordering::SeqCst);
-    }
-}
-
-/// Text chunks a streamed answer is cut into (spread evenly over the latency).
-pub const MOCK_STREAM_CHUNKS: usize = 40;
-
-async fn mock_complete(
-    axum::extract::State(s): axum::extract::State<MockState>,
-    axum::Json(body): axum::Json<Value>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let c = s.counters.clone();
-    c.calls.fetch_add(1, Ordering::SeqCst);
-    let now = c.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    c.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    let latency = s.latency.lock().map(|l| *l).unwrap_or_default();
-    let text = if body["response_format"]["type"] == "json_object" {
-        let chapters: Vec<Value> = (1..=s.chapters)
-            .map(|i| json!({"title": format!("Chapter {i}"), "summary": format!("What chapter {i} covers.")}))
-            .collect();
-        json!({"title": "A benchmark book", "chapters": chapters}).to_string()
-    } else {
-        "Benchmark text: a short paragraph standing in for a model's answer.".to_owned()
-    };
-    if body["stream"] == true {
-        // OpenAI's chunk stream: the text in MOCK_STREAM_CHUNKS pieces at a fixed
-        // rate over the latency, then the finish chunk, the usage chunk and [DONE].
-        let model = body["model"].clone();
-        let chars: Vec<char> = text.chars().collect();
-        let per = chars.len().div_ceil(MOCK_STREAM_CHUNKS).max(1);
-        let pieces: Vec<String> = chars.chunks(per).map(|p| p.iter().collect()).collect();
-        let gap = latency / pieces.len().max(1) as u32;
-        let start = tokio::time::Instant::now();
-        let stream = async_stream::stream! {
-            // Deadlines from the start, not sleeps in a row: each sleep overshoots by
-            // up to a timer tick, which would add ~1 ms per chunk to the latency.
-            for (i, piece) in pieces.into_iter().enumerate() {
-                if !gap.is_zero() {
-                    tokio::time::sleep_until(start + gap * (i as u32 + 1)).await;
-                }
-                let chunk = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": model,
-                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
-                yield Ok::<_, std::convert::Infallible>(format!("data: {chunk}\n\n"));
-            }
-            let finish = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": model,
-                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
-            let usage = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": model,
-                "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}});
-            c.in_flight.fetch_sub(1, Ordering::SeqCst);
-            yield Ok(format!("data: {finish}\n\ndata: {usage}\n\ndata: [DONE]\n\n"));
-        };
-        return (
-            [("content-type", "text/event-stream")],
-            axum::body::Body::from_stream(stream),
-        )
-            .into_response();
-    }
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    c.in_flight.fetch_sub(1, Ordering::SeqCst);
-    axum::Json(json!({
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "model": body["model"],
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": text}}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}
-    }))
-    .into_response()
 }
 
 // ---------------------------------------------------------------------------------
