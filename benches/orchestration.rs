@@ -13,6 +13,7 @@ mod common;
 use common::kit::{
     flows::book_flow,
     mock_llm::{MockProvider, BENCH_STREAM_PIECES},
+    service::{serve_config, Service},
     stack::Stack,
 };
 use common::*;
@@ -185,24 +186,13 @@ async fn run() -> Res<()> {
         ..Default::default()
     };
     let config = bookengine::http::ServeConfig {
-        addr: "127.0.0.1:0".into(),
-        webhook_secret: None,
-        supabase: supabase.clone(),
-        auth: bookengine::config::AuthConfig {
-            jwt_secret: Some(stack.jwt_secret.clone()),
-            jwks_url: None,
-        },
-        no_worker: true,
         worker: worker_config(16, true),
         providers: providers.clone(),
-        ops: Default::default(),
+        ..serve_config(&stack)
     };
-    let app = bookengine::http::Application::build(&config).await?;
+    let app = Service::start(&config).await?;
     let wake = app.state.wake.clone();
-    let service = format!("http://127.0.0.1:{}", app.port());
-    let app_stop = CancellationToken::new();
-    let stop = app_stop.clone();
-    tokio::spawn(app.run_until(async move { stop.cancelled().await }));
+    let service = app.address.clone();
     wait_http(&format!("{service}/healthz"), Duration::from_secs(10)).await?;
 
     let http = reqwest::Client::new();
@@ -409,7 +399,7 @@ async fn run() -> Res<()> {
         "loadavg before {load_before}, after {} (other processes may share the 2 cores)",
         loadavg()
     );
-    app_stop.cancel();
+    drop(app);
     drop(bench);
     Ok(())
 }

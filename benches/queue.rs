@@ -10,12 +10,13 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::kit::{flows::one_step_flow, mock_llm::MockProvider, seed::engine_row, stack::Stack};
+use common::kit::{
+    flows::one_step_flow, mock_llm::MockProvider, proxy::CountingProxy, seed::engine_row,
+    stack::Stack,
+};
 use common::*;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -274,90 +275,6 @@ impl Throughput {
     }
 }
 
-// ------------------------------------------------------------------ counting proxy
-
-#[derive(Default)]
-struct CallStats {
-    count: u64,
-    total_ms: f64,
-}
-
-#[derive(Clone)]
-struct Proxy {
-    upstream: String,
-    http: reqwest::Client,
-    stats: Arc<Mutex<BTreeMap<String, CallStats>>>,
-}
-
-async fn proxy_handler(
-    axum::extract::State(p): axum::extract::State<Proxy>,
-    req: axum::extract::Request,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 << 20)
-        .await
-        .unwrap_or_default();
-    let path = parts.uri.path().to_owned();
-    let url = format!(
-        "{}{}",
-        p.upstream,
-        parts
-            .uri
-            .path_and_query()
-            .map(|x| x.as_str())
-            .unwrap_or("/")
-    );
-    let mut rb = p.http.request(parts.method.clone(), url);
-    for (k, v) in parts.headers.iter() {
-        if k != axum::http::header::HOST && k != axum::http::header::CONTENT_LENGTH {
-            rb = rb.header(k, v);
-        }
-    }
-    let t = Instant::now();
-    let resp = match rb.body(bytes).send().await {
-        Ok(r) => r,
-        Err(e) => {
-            return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response();
-        }
-    };
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.bytes().await.unwrap_or_default();
-    let took = ms(t.elapsed());
-    if let Ok(mut s) = p.stats.lock() {
-        let e = s.entry(format!("{} {path}", parts.method)).or_default();
-        e.count += 1;
-        e.total_ms += took;
-    }
-    let mut out = axum::response::Response::builder().status(status);
-    for (k, v) in headers.iter() {
-        if k != axum::http::header::TRANSFER_ENCODING && k != axum::http::header::CONTENT_LENGTH {
-            out = out.header(k, v);
-        }
-    }
-    out.body(axum::body::Body::from(body))
-        .unwrap_or_else(|_| axum::http::StatusCode::BAD_GATEWAY.into_response())
-}
-
-async fn start_proxy(upstream: &str) -> Res<(String, Arc<Mutex<BTreeMap<String, CallStats>>>)> {
-    let stats = Arc::new(Mutex::new(BTreeMap::new()));
-    let state = Proxy {
-        upstream: upstream.to_owned(),
-        http: reqwest::Client::new(),
-        stats: stats.clone(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let app = axum::Router::new()
-        .fallback(proxy_handler)
-        .with_state(state);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((format!("http://127.0.0.1:{port}"), stats))
-}
-
 // ------------------------------------------------------------------ the benchmark
 
 async fn raw_rpc(ctx: &Ctx, n: usize, limit: Duration) -> (Stats, Stats) {
@@ -559,22 +476,23 @@ async fn run() -> Res<()> {
     println!("{}", mine_rate.line("raw rpc/my_engines (user), c=16"));
 
     // 2. Calls per job, through a counting pass-through proxy (1 worker).
-    let (proxy_url, calls) = start_proxy(&ctx.stack.rest_url).await?;
-    let calib = ctx.throughput(1, n_calib, limit, &proxy_url).await?;
-    let per_job: Vec<(String, f64, f64)> = calls
-        .lock()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        v.count as f64 / calib.done.max(1) as f64,
-                        v.total_ms / v.count.max(1) as f64,
-                    )
-                })
-                .collect()
+    let proxy = CountingProxy::start(&ctx.stack.rest_url, |method, path_and_query| {
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        format!("{method} {path}")
+    })
+    .await?;
+    let calib = ctx.throughput(1, n_calib, limit, &proxy.url).await?;
+    let per_job: Vec<(String, f64, f64)> = proxy
+        .take()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                v.count as f64 / calib.done.max(1) as f64,
+                v.total_ms / v.count.max(1) as f64,
+            )
         })
-        .unwrap_or_default();
+        .collect();
     let calls_per_job: f64 = per_job.iter().map(|(_, c, _)| c).sum();
     println!(
         "\ncalls per job (proxy, 1 worker, {} jobs, {:.0} jobs/s through the proxy):",

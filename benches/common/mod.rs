@@ -9,6 +9,7 @@
 #[path = "../../tests/kit/mod.rs"]
 pub mod kit;
 
+use kit::service::serve_config;
 use kit::stack::{repo_root, Stack};
 
 use std::future::Future;
@@ -472,21 +473,11 @@ impl ApiService {
         streams: bookengine::generations::watch::StreamConfig,
     ) -> Res<ApiService> {
         let config = bookengine::http::ServeConfig {
-            addr: "127.0.0.1:0".into(),
-            webhook_secret: None,
-            supabase: stack.supabase_config(),
-            auth: bookengine::config::AuthConfig {
-                jwt_secret: Some(stack.jwt_secret.clone()),
-                jwks_url: None,
-            },
-            no_worker: true,
-            worker: Default::default(),
-            providers: Default::default(),
             ops: bookengine::http::OpsConfig {
-                metrics_token: None,
                 streams,
                 ..Default::default()
             },
+            ..serve_config(stack)
         };
         let stop = tokio_util::sync::CancellationToken::new();
         let (port_tx, port_rx) = std::sync::mpsc::channel();

@@ -6,63 +6,24 @@
 //! writer, so it knows the final text to compare with).
 
 use crate::kit::seed::TestUser;
+use crate::kit::service::Service;
 use crate::kit::stack::Stack;
 use bookengine::generations::watch::StreamConfig;
 use bookengine::secret::Secret;
-use reqwest::Url;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 // ------------------------------------------------------------------ the service
 
-pub(crate) struct App {
-    pub(crate) address: String,
-    pub(crate) streams: bookengine::generations::watch::WatchHub,
-    pub(crate) http: reqwest::Client,
-    stop: CancellationToken,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-pub(crate) async fn serve(stack: &Stack, streams: StreamConfig) -> App {
-    let mut supabase = stack.supabase_config();
-    supabase.postgrest_url = Some(Url::parse(&stack.rest_url).unwrap());
-    let config = bookengine::http::ServeConfig {
-        addr: "127.0.0.1:0".into(),
-        webhook_secret: None,
-        supabase,
-        auth: bookengine::config::AuthConfig {
-            jwt_secret: Some(stack.jwt_secret.clone()),
-            jwks_url: None,
-        },
-        no_worker: true,
-        worker: Default::default(),
-        providers: Default::default(),
-        ops: bookengine::http::OpsConfig {
-            metrics_token: None,
-            streams,
-            ..Default::default()
-        },
-    };
-    let app = bookengine::http::Application::build(&config).await.unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let streams = app.state.streams.clone();
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(app.run_until(async move { s.cancelled().await }));
-    App {
-        address,
+/// The API alone, with these stream settings.
+pub(crate) async fn serve(stack: &Stack, streams: StreamConfig) -> Service {
+    let ops = bookengine::http::OpsConfig {
         streams,
-        http: reqwest::Client::new(),
-        stop,
-    }
+        ..Default::default()
+    };
+    Service::api_via(stack, &stack.rest_url, ops).await
 }
 
 /// The test database as a connection string (for LISTEN).
@@ -71,7 +32,7 @@ fn listen_url(stack: &Stack) -> Secret {
 }
 
 /// A running job of a pro user (no worker: the test holds its lease).
-pub(crate) async fn running_job(stack: &Stack, app: &App) -> (TestUser, Uuid, Uuid) {
+pub(crate) async fn running_job(stack: &Stack, app: &Service) -> (TestUser, Uuid, Uuid) {
     let engine = stack.engine_fixture("delta engine", true).await;
     stack
         .assign_fixture(engine, Some("pro"), None, 0, true)
@@ -276,7 +237,7 @@ pub(crate) struct Sse {
 impl Sse {
     /// Open the job's stream, resuming after `last` (as a browser's EventSource does).
     pub(crate) async fn open(
-        app: &App,
+        app: &Service,
         job: Uuid,
         token: &str,
         last: Option<i64>,
@@ -688,7 +649,7 @@ async fn listen_wakes_readers_when_rows_are_written() {
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !app.streams.listening() {
+    while !app.state.streams.listening() {
         assert!(Instant::now() < deadline, "the LISTEN connection comes up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -4,22 +4,19 @@
 use super::flows::example_flow;
 use super::http::json_answer;
 use super::seed::TestUser;
+use super::service::{serve_config, Service};
 use super::stack::Stack;
+use bookengine::http::ServeConfig;
 use bookengine::secret::Secret;
 use serde_json::Value;
 use uuid::Uuid;
 
 pub struct TestApp {
+    // First, so that it stops (with the worker) before the stack goes.
+    service: Service,
     pub stack: Stack,
     pub address: String,
     pub http: reqwest::Client,
-    pub shutdown: tokio_util::sync::CancellationToken,
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
 }
 
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789";
@@ -40,42 +37,28 @@ pub async fn spawn_app_with(worker: Option<WorkerSetup>) -> TestApp {
 
 /// The app in front of a stack the caller built.
 pub async fn spawn_app_on(stack: Stack, worker: Option<WorkerSetup>) -> TestApp {
-    let config = bookengine::http::ServeConfig {
-        addr: "127.0.0.1:0".into(),
+    let config = ServeConfig {
         webhook_secret: Some(Secret::new(WEBHOOK_SECRET)),
-        supabase: stack.supabase_config(),
-        auth: bookengine::config::AuthConfig {
-            jwt_secret: Some(stack.jwt_secret.clone()),
-            jwks_url: None,
-        },
         no_worker: worker.is_none(),
-        worker: Default::default(),
-        providers: Default::default(),
-        ops: Default::default(),
+        ..serve_config(&stack)
     };
-    let app = bookengine::http::Application::build(&config)
-        .await
-        .expect("build app");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = tokio_util::sync::CancellationToken::new();
+    let service = Service::start(&config).await.expect("build app");
     if let Some((worker_config, providers)) = worker {
         bookengine::worker::spawn(
             &config.supabase,
             &worker_config,
             &providers,
-            app.state.wake.clone(),
-            shutdown.clone(),
+            service.state.wake.clone(),
+            service.stop.clone(),
         )
         .await
         .expect("spawn worker");
     }
-    let stop = shutdown.clone();
-    tokio::spawn(app.run_until(async move { stop.cancelled().await }));
     TestApp {
+        address: service.address.clone(),
+        http: service.http.clone(),
+        service,
         stack,
-        address,
-        http: reqwest::Client::new(),
-        shutdown,
     }
 }
 

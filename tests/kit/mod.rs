@@ -11,5 +11,7 @@ pub mod app;
 pub mod flows;
 pub mod http;
 pub mod mock_llm;
+pub mod proxy;
 pub mod seed;
+pub mod service;
 pub mod stack;
