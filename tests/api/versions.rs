@@ -3,6 +3,7 @@
 
 use crate::generations::{app_with_mocks, finished, wait_until};
 use crate::kit::app::{spawn_app, TestApp};
+use crate::kit::cli::Cli;
 use crate::kit::mock_llm::Fault;
 use crate::kit::seed::TestUser;
 use crate::kit::stack::Stack;
@@ -48,31 +49,6 @@ async fn stored_versions(st: &Stack, engine: Uuid) -> i64 {
         .await
         .expect("count versions")
         .get(0)
-}
-
-fn cli(st: &Stack, token: &str, args: &[&str]) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bookengine"))
-        .arg("--json")
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("POSTGREST_URL", &st.rest_url)
-        .env("SUPABASE_JWT_SECRET", st.jwt_secret.expose())
-        .env("BOOKENGINE_TOKEN", token)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run bookengine");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,9 +134,8 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
     )
     .expect("write flow");
     let path = file.to_string_lossy().into_owned();
-    cli(
-        st,
-        &admin.token,
+    Cli { stack: st }.json(
+        &admin,
         &["engines", "update", &engine.to_string(), "--flow", &path],
     );
     let _ = std::fs::remove_file(&file);
@@ -213,11 +188,7 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
         )
         .await;
     assert_eq!((s, &q), (200, &d));
-    let out = cli(
-        st,
-        &admin.token,
-        &["engines", "diff", &engine.to_string(), "2", "3"],
-    );
+    let out = Cli { stack: st }.json(&admin, &["engines", "diff", &engine.to_string(), "2", "3"]);
     assert!(out["flow"]
         .as_array()
         .into_iter()
@@ -275,9 +246,8 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
         "{b}"
     );
     // The CLI's rollback is the same function.
-    let out = cli(
-        st,
-        &admin.token,
+    let out = Cli { stack: st }.json(
+        &admin,
         &[
             "engines",
             "rollback",

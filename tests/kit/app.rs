@@ -123,3 +123,21 @@ impl TestApp {
         assert_eq!(s, 200, "assign to {tier}: {b}");
     }
 }
+
+/// The service with an in-process worker answering every model with the offline
+/// provider (no network; what the JavaScript suites run against).
+pub async fn spawn_offline_app() -> TestApp {
+    let providers = bookengine::providers::ProvidersConfig {
+        offline_fallback: true,
+        provider_concurrency: 8,
+        openai_base_url: String::new(),
+        anthropic_base_url: String::new(),
+        gemini_base_url: String::new(),
+        ..Default::default()
+    };
+    let worker = bookengine::worker::WorkerConfig {
+        poll_interval_ms: 200,
+        ..Default::default()
+    };
+    spawn_app_with(Some((worker, providers))).await
+}

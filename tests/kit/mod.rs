@@ -8,9 +8,11 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod cli;
 pub mod flows;
 pub mod http;
 pub mod mock_llm;
+pub mod node;
 pub mod proxy;
 pub mod seed;
 pub mod service;
