@@ -1,6 +1,7 @@
 //! Issue: assignments, bulk, conflicts, precedence and visibility.
 
 use crate::kit::app::spawn_app;
+use crate::kit::http::JsonCalls;
 use serde_json::json;
 use uuid::Uuid;
 

@@ -6,11 +6,11 @@
 
 use crate::generations::{app_with_mocks, book_setup, finished, wait_until};
 use crate::kit::app::{spawn_app, TestApp};
+use crate::kit::http::JsonCalls;
 use crate::kit::mock_llm::{Fault, Mocks};
 use crate::kit::seed::TestUser;
 use bookengine::queue::{DeltaRow, Queue};
 use bookengine::rest::Rest;
-use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -20,11 +20,9 @@ use uuid::Uuid;
 async fn deltas(app: &TestApp, token: &str, job: &str) -> Vec<Value> {
     let (s, rows) = app
         .stack
-        .rest(
-            Method::GET,
+        .get(
             &format!("generation_deltas?job_id=eq.{job}&order=seq.asc"),
-            Some(token),
-            None,
+            token,
         )
         .await;
     assert_eq!(s, 200, "{rows}");
@@ -181,25 +179,17 @@ async fn text_is_readable_before_its_step_ends_and_reassembles_to_every_output()
     // Nobody but the worker writes: not through the table, not through the function.
     let (s, body) = app
         .stack
-        .rest(
-            Method::POST,
+        .post(
             "generation_deltas",
-            Some(&pro.token),
-            Some(
-                json!({"job_id": id, "seq": 10_000, "step_id": "edit", "item_index": -1,
+            &pro.token,
+            json!({"job_id": id, "seq": 10_000, "step_id": "edit", "item_index": -1,
                         "kind": "delta", "attempt": 1, "run": 1, "text": "forged"}),
-            ),
         )
         .await;
     assert!(s == 401 || s == 403, "{s} {body}");
     let (s, body) = app
         .stack
-        .rest(
-            Method::POST,
-            "rpc/delta_append",
-            Some(&pro.token),
-            Some(json!({"p_rows": []})),
-        )
+        .post("rpc/delta_append", &pro.token, json!({"p_rows": []}))
         .await;
     assert!(s == 401 || s == 403 || s == 404, "{s} {body}");
     assert_eq!(deltas(&app, &pro.token, &id).await.len(), rows.len());

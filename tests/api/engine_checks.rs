@@ -4,11 +4,11 @@
 
 use crate::generations::{finished, wait_until};
 use crate::kit::app::{spawn_app_with, TestApp};
+use crate::kit::http::JsonCalls;
 use crate::kit::mock_llm::Mocks;
 use crate::kit::seed::TestUser;
 use crate::kit::stack::Stack;
 use bookengine::worker::WorkerConfig;
-use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -33,15 +33,12 @@ async fn insert_engine(
     name: &str,
     flow_config: Value,
 ) -> (u16, Value) {
-    st.rest(
-        Method::POST,
+    st.post(
         "ai_engines",
-        Some(&admin.token),
-        Some(
-            json!({"name": name, "description": "from the React app", "flow_config": flow_config,
+        &admin.token,
+        json!({"name": name, "description": "from the React app", "flow_config": flow_config,
                     "models": [], "execution_mode": "sequential", "tier": "pro", "active": true,
                     "created_by": admin.id}),
-        ),
     )
     .await
 }
@@ -57,12 +54,7 @@ async fn insert_engine_ok(st: &Stack, admin: &TestUser, name: &str, flow_config:
 
 async fn assign_tier(st: &Stack, admin: &TestUser, engine: Uuid, tier: &str, priority: i32) {
     let (s, b) = st
-        .rest(
-            Method::POST,
-            "engine_assignments",
-            Some(&admin.token),
-            Some(json!({"engine_id": engine, "assignment_type": "tier", "tier": tier, "priority": priority})),
-        )
+        .post("engine_assignments", &admin.token, json!({"engine_id": engine, "assignment_type": "tier", "tier": tier, "priority": priority}))
         .await;
     assert_eq!(s, 201, "{b}");
 }
@@ -72,12 +64,7 @@ async fn checked(st: &Stack, token: &str, engine: Uuid) -> Value {
     let start = Instant::now();
     loop {
         let (s, b) = st
-            .rest(
-                Method::GET,
-                &format!("engine_checks?engine_id=eq.{engine}"),
-                Some(token),
-                None,
-            )
+            .get(&format!("engine_checks?engine_id=eq.{engine}"), token)
             .await;
         assert_eq!(s, 200, "{b}");
         if b[0]["state"].as_str().is_some_and(|s| s != "pending") {
@@ -168,12 +155,7 @@ async fn a_react_shaped_engine_is_checked_with_notes_and_a_users_book_is_generat
     );
     // The row itself is left as the React app wrote it.
     let (_, row) = st
-        .rest(
-            Method::GET,
-            &format!("ai_engines?id=eq.{engine}"),
-            Some(&admin.token),
-            None,
-        )
+        .get(&format!("ai_engines?id=eq.{engine}"), &admin.token)
         .await;
     assert_eq!(
         row[0]["flow_config"]["steps"][0]["configuration"]["maxTokens"],
@@ -193,34 +175,24 @@ async fn a_react_shaped_engine_is_checked_with_notes_and_a_users_book_is_generat
     // A user with no assignment sees neither.
     let hobby = st.user(Some("hobby"), false).await;
     let (_, none) = st
-        .rest(
-            Method::GET,
+        .get(
             &format!("engine_checks?engine_id=eq.{engine}"),
-            Some(&hobby.token),
-            None,
+            &hobby.token,
         )
         .await;
     assert_eq!(none, json!([]));
 
     // my_engines says it will run; the book is written through supabase-js's rpc.
-    let (_, mine) = st
-        .rest(
-            Method::POST,
-            "rpc/my_engines",
-            Some(&pro.token),
-            Some(json!({})),
-        )
-        .await;
+    let (_, mine) = st.post("rpc/my_engines", &pro.token, json!({})).await;
     assert_eq!(
         (mine[0]["runnable"].clone(), mine[0]["check_state"].clone()),
         (json!(true), json!("runnable"))
     );
     let (s, job) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/request_generation",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "bees"}})),
+            &pro.token,
+            json!({"input": {"topic": "bees"}}),
         )
         .await;
     assert_eq!(s, 200, "{job}");
@@ -277,14 +249,7 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
     );
 
     // my_engines lists both, in precedence, and says why the first is skipped.
-    let (_, mine) = st
-        .rest(
-            Method::POST,
-            "rpc/my_engines",
-            Some(&pro.token),
-            Some(json!({})),
-        )
-        .await;
+    let (_, mine) = st.post("rpc/my_engines", &pro.token, json!({})).await;
     assert_eq!(mine[0]["id"], json!(bad), "{mine}");
     assert_eq!(
         (mine[0]["runnable"].clone(), mine[0]["check_state"].clone()),
@@ -296,14 +261,7 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
         (json!(good), json!(true))
     );
     // Resolution falls to the next engine, in SQL and through the API.
-    let (_, resolved) = st
-        .rest(
-            Method::POST,
-            "rpc/resolve_engine",
-            Some(&pro.token),
-            Some(json!({})),
-        )
-        .await;
+    let (_, resolved) = st.post("rpc/resolve_engine", &pro.token, json!({})).await;
     assert_eq!(resolved["id"], json!(good), "{resolved}");
     let (s, me) = app.get("/v1/me/engine", &pro.token).await;
     assert_eq!((s, me["id"].clone()), (200, json!(good)), "{me}");
@@ -321,11 +279,10 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
 
     // Naming the broken engine is refused before any job exists.
     let (s, b) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/request_generation",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "t"}, "engine_id": bad})),
+            &pro.token,
+            json!({"input": {"topic": "t"}, "engine_id": bad}),
         )
         .await;
     assert_eq!(
@@ -409,11 +366,10 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
     fixed["steps"][1]["configuration"]["prompt"] =
         json!("Write the book from {{ steps.outline.output }}.");
     let (s, b) = st
-        .rest(
-            Method::PATCH,
+        .patch(
             &format!("ai_engines?id=eq.{bad}"),
-            Some(&admin.token),
-            Some(json!({"flow_config": fixed})),
+            &admin.token,
+            json!({"flow_config": fixed}),
         )
         .await;
     assert_eq!(s, 200, "{b}");
@@ -493,11 +449,10 @@ async fn an_insert_missing_what_sql_can_check_is_refused_naming_the_field() {
     let mut broken = react_flow();
     broken["steps"][0]["configuration"]["prompt"] = json!("");
     let (s, b) = st
-        .rest(
-            Method::PATCH,
+        .patch(
             &format!("ai_engines?id=eq.{id}"),
-            Some(&admin.token),
-            Some(json!({"flow_config": broken})),
+            &admin.token,
+            json!({"flow_config": broken}),
         )
         .await;
     assert_eq!(
@@ -535,25 +490,17 @@ async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() 
     let pro = st.user(Some("pro"), false).await;
     let engine = insert_engine_ok(&st, &admin, "React engine", react_flow()).await;
     assign_tier(&st, &admin, engine, "pro", 0).await;
-    let (_, mine) = st
-        .rest(
-            Method::POST,
-            "rpc/my_engines",
-            Some(&pro.token),
-            Some(json!({})),
-        )
-        .await;
+    let (_, mine) = st.post("rpc/my_engines", &pro.token, json!({})).await;
     assert_eq!(
         (mine[0]["check_state"].clone(), mine[0]["runnable"].clone()),
         (json!("pending"), Value::Null)
     );
 
     let (s, b) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/request_generation",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "t"}})),
+            &pro.token,
+            json!({"input": {"topic": "t"}}),
         )
         .await;
     assert_eq!(
@@ -571,21 +518,19 @@ async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() 
     // A result for another version of the engine is dropped.
     let service = st.service_key.expose().to_owned();
     let (s, saved) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/engine_check_save",
-            Some(&service),
-            Some(json!({"engine_id": engine, "flow_hash": "stale", "runnable": true})),
+            &service,
+            json!({"engine_id": engine, "flow_hash": "stale", "runnable": true}),
         )
         .await;
     assert_eq!((s, saved), (200, json!(false)));
     // Users cannot write a check.
     let (s, _) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/engine_check_save",
-            Some(&admin.token),
-            Some(json!({"engine_id": engine, "flow_hash": "x", "runnable": true})),
+            &admin.token,
+            json!({"engine_id": engine, "flow_hash": "x", "runnable": true}),
         )
         .await;
     assert!(s == 401 || s == 403 || s == 404, "{s}");
@@ -596,21 +541,19 @@ async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() 
         .expect("check round");
     assert_eq!(n, 1);
     let (s, b) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/request_generation",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "t"}})),
+            &pro.token,
+            json!({"input": {"topic": "t"}}),
         )
         .await;
     assert_eq!((s, b["engine_id"].clone()), (200, json!(engine)), "{b}");
 
     // Changing only what the flow does not depend on keeps the check...
-    st.rest(
-        Method::PATCH,
+    st.patch(
         &format!("ai_engines?id=eq.{engine}"),
-        Some(&admin.token),
-        Some(json!({"description": "new words", "active": true})),
+        &admin.token,
+        json!({"description": "new words", "active": true}),
     )
     .await;
     let state: String = st
@@ -626,11 +569,10 @@ async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() 
     // ...changing the flow asks for a new one.
     let mut flow = react_flow();
     flow["steps"][2]["configuration"]["prompt"] = json!("Edit: {{ steps.write.outputs }}");
-    st.rest(
-        Method::PATCH,
+    st.patch(
         &format!("ai_engines?id=eq.{engine}"),
-        Some(&admin.token),
-        Some(json!({"flow_config": flow})),
+        &admin.token,
+        json!({"flow_config": flow}),
     )
     .await;
     let (state, notes): (String, Value) = st

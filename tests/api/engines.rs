@@ -2,6 +2,7 @@
 
 use crate::kit::app::spawn_app;
 use crate::kit::flows::example_flow;
+use crate::kit::http::JsonCalls;
 use reqwest::Method;
 use serde_json::{json, Value};
 

@@ -4,6 +4,7 @@
 use crate::generations::{book_setup, finished, wait_until};
 use crate::kit::app::{spawn_app_with, TestApp};
 use crate::kit::flows::example_flow;
+use crate::kit::http::JsonCalls;
 use crate::kit::mock_llm::Mocks;
 use crate::kit::seed::TestUser;
 use crate::kit::stack::Stack;

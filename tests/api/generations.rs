@@ -3,6 +3,7 @@
 
 use crate::kit::app::{spawn_app_with, TestApp, WEBHOOK_SECRET};
 use crate::kit::flows::example_flow;
+use crate::kit::http::JsonCalls;
 use crate::kit::mock_llm::{Fault, Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};
 use crate::kit::seed::TestUser;
 use bookengine::worker::WorkerConfig;
@@ -186,12 +187,7 @@ async fn a_pro_user_generates_a_book_with_a_multi_step_multi_model_flow() {
     );
     let (_, rows) = app
         .stack
-        .rest(
-            Method::GET,
-            &format!("generation_steps?job_id=eq.{id}"),
-            Some(&other.token),
-            None,
-        )
+        .get(&format!("generation_steps?job_id=eq.{id}"), &other.token)
         .await;
     assert_eq!(rows, json!([]));
     let (_, mine) = app.get("/v1/generations", &other.token).await;
@@ -469,32 +465,23 @@ async fn users_cannot_forge_jobs_through_postgrest() {
     let st = &app.stack;
     // A configuration written by the user: column privileges refuse it.
     let forged = json!({"input": {}, "engine_id": engine, "engine_snapshot": {"flow_config": {"steps": []}}, "engine_name": "mine"});
-    let (s, b) = st
-        .rest(
-            Method::POST,
-            "generation_jobs",
-            Some(&pro.token),
-            Some(forged),
-        )
-        .await;
+    let (s, b) = st.post("generation_jobs", &pro.token, forged).await;
     assert!(s == 401 || s == 403, "{s} {b}");
     // On behalf of another user: refused.
     let (s, b) = st
-        .rest(
-            Method::POST,
+        .post(
             "generation_jobs",
-            Some(&pro.token),
-            Some(json!({"input": {}, "user_id": hobby.id})),
+            &pro.token,
+            json!({"input": {}, "user_id": hobby.id}),
         )
         .await;
     assert!(s == 401 || s == 403, "{s} {b}");
     // An engine the user cannot see, named directly: 404.
     let (s, b) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/request_generation",
-            Some(&hobby.token),
-            Some(json!({"input": {}, "engine_id": engine})),
+            &hobby.token,
+            json!({"input": {}, "engine_id": engine}),
         )
         .await;
     assert_eq!(
@@ -512,11 +499,10 @@ async fn users_cannot_forge_jobs_through_postgrest() {
     );
     // The allowed path: the snapshot is the engine's, taken by the database.
     let (s, b) = st
-        .rest(
-            Method::POST,
+        .post(
             "generation_jobs",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "t"}})),
+            &pro.token,
+            json!({"input": {"topic": "t"}}),
         )
         .await;
     assert_eq!(s, 201, "{b}");
@@ -528,11 +514,10 @@ async fn users_cannot_forge_jobs_through_postgrest() {
     assert_eq!(b[0]["status"], "queued");
     // The snapshot helper shows a user only engines they may use.
     let (s, hidden) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/engine_for_generation",
-            Some(&hobby.token),
-            Some(json!({"engine_id": engine})),
+            &hobby.token,
+            json!({"engine_id": engine}),
         )
         .await;
     assert!(
@@ -541,20 +526,14 @@ async fn users_cannot_forge_jobs_through_postgrest() {
     );
     // Users cannot touch the queue functions.
     let (s, _) = st
-        .rest(
-            Method::POST,
-            "rpc/job_claim",
-            Some(&pro.token),
-            Some(json!({"worker": "me"})),
-        )
+        .post("rpc/job_claim", &pro.token, json!({"worker": "me"}))
         .await;
     assert!(s == 401 || s == 403 || s == 404, "{s}");
     let (s, _) = st
-        .rest(
-            Method::PATCH,
+        .patch(
             &format!("generation_jobs?id=eq.{}", b[0]["id"].as_str().unwrap()),
-            Some(&pro.token),
-            Some(json!({"status": "succeeded"})),
+            &pro.token,
+            json!({"status": "succeeded"}),
         )
         .await;
     assert!(s == 401 || s == 403, "{s}");
@@ -697,11 +676,10 @@ async fn duplicate_webhook_deliveries_cause_no_duplicate_work() {
     // Through PostgREST directly, as the React app would: the service is not told.
     let (s, rows) = app
         .stack
-        .rest(
-            Method::POST,
+        .post(
             "rpc/request_generation",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "hooks"}})),
+            &pro.token,
+            json!({"input": {"topic": "hooks"}}),
         )
         .await;
     assert_eq!(s, 200, "{rows}");

@@ -4,6 +4,7 @@
 //! with the Deno binary pinned by supabase/functions/package-lock.json).
 
 use crate::kit::app::spawn_offline_app;
+use crate::kit::http::JsonCalls;
 use crate::kit::node::{ensure_node_modules, run_suite};
 use serde_json::json;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Per-tier generation limits, enforced in Postgres: 429 with Retry-After.
 
 use crate::kit::app::spawn_app;
-use reqwest::Method;
+use crate::kit::http::JsonCalls;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,12 +47,7 @@ async fn tier_limits_refuse_with_429_and_retry_after() {
     );
     // The same through PostgREST directly (supabase-js rpc).
     let (s, b) = st
-        .rest(
-            Method::POST,
-            "rpc/request_generation",
-            Some(&hobby.token),
-            Some(json!({"input": {}})),
-        )
+        .post("rpc/request_generation", &hobby.token, json!({"input": {}}))
         .await;
     assert_eq!(
         (s, b["details"].clone()),
@@ -102,30 +97,23 @@ async fn tier_limits_refuse_with_429_and_retry_after() {
 
     // Limits are rows admins edit; the hourly cap answers with the wait until a slot frees.
     let (s, b) = st
-        .rest(
-            Method::PATCH,
+        .patch(
             "generation_limits?tier=eq.hobby",
-            Some(&admin.token),
-            Some(json!({"max_concurrent": 10, "max_per_hour": 3})),
+            &admin.token,
+            json!({"max_concurrent": 10, "max_per_hour": 3}),
         )
         .await;
     assert_eq!(s, 200, "{b}");
     let (s, _) = st
-        .rest(
-            Method::PATCH,
+        .patch(
             "generation_limits?tier=eq.hobby",
-            Some(&hobby.token),
-            Some(json!({"max_concurrent": 99})),
+            &hobby.token,
+            json!({"max_concurrent": 99}),
         )
         .await;
     assert_eq!(s, 200, "filtered, not an error");
     let (_, limits) = st
-        .rest(
-            Method::GET,
-            "generation_limits?tier=eq.hobby",
-            Some(&hobby.token),
-            None,
-        )
+        .get("generation_limits?tier=eq.hobby", &hobby.token)
         .await;
     assert_eq!(limits[0]["max_concurrent"], 10, "a user changed the limits");
     let (s, _) = app

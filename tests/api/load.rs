@@ -3,6 +3,7 @@
 //! It reports latencies; it asserts only correctness (no 5xx, no lost job).
 
 use crate::kit::app::spawn_app_with;
+use crate::kit::http::JsonCalls;
 use crate::kit::mock_llm::Mocks;
 use bookengine::worker::WorkerConfig;
 use serde_json::{json, Value};

@@ -2,6 +2,7 @@
 
 use crate::generations::{book_setup, wait_until};
 use crate::kit::app::{spawn_app, TestApp};
+use crate::kit::http::JsonCalls;
 use crate::kit::mock_llm::{Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};
 use bookengine::queue::{Claim, ClaimedJob, Queue};
 use bookengine::rest::Rest;

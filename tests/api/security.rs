@@ -3,6 +3,7 @@
 
 use crate::generations::book_setup;
 use crate::kit::app::spawn_app;
+use crate::kit::http::JsonCalls;
 use crate::kit::mock_llm::{Fault, Mocks, OPENAI_KEY};
 use crate::kit::stack::Stack;
 use jsonwebtoken::{encode, EncodingKey, Header};

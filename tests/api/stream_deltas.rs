@@ -5,6 +5,7 @@
 //! through `delta_append` with the job's lease (no worker runs here: the test is the
 //! writer, so it knows the final text to compare with).
 
+use crate::kit::http::JsonCalls;
 use crate::kit::seed::TestUser;
 use crate::kit::service::Service;
 use crate::kit::stack::Stack;

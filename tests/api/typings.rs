@@ -4,6 +4,7 @@
 //! without its type (or the reverse) fails here.
 
 use crate::generations::{app_with_mocks, book_setup, generate};
+use crate::kit::http::JsonCalls;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;

@@ -4,10 +4,10 @@
 use crate::generations::{app_with_mocks, finished, wait_until};
 use crate::kit::app::{spawn_app, TestApp};
 use crate::kit::cli::Cli;
+use crate::kit::http::JsonCalls;
 use crate::kit::mock_llm::Fault;
 use crate::kit::seed::TestUser;
 use crate::kit::stack::Stack;
-use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -80,11 +80,10 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
         assert_eq!(s, 200, "{b}");
     }
     let (s, _) = st
-        .rest(
-            Method::PATCH,
+        .patch(
             &format!("ai_engines?id=eq.{engine}"),
-            Some(&admin.token),
-            Some(json!({"name": "Renamed through PostgREST", "active": true})),
+            &admin.token,
+            json!({"name": "Renamed through PostgREST", "active": true}),
         )
         .await;
     assert_eq!(s, 200);
@@ -105,22 +104,20 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
     let mut cfg = b["flow_config"].clone();
     cfg["steps"][0]["configuration"]["model"] = json!("gpt-4.1-mini");
     let (s, b) = st
-        .rest(
-            Method::PATCH,
+        .patch(
             &format!("ai_engines?id=eq.{engine}"),
-            Some(&admin.token),
-            Some(json!({"flow_config": cfg, "execution_mode": "parallel"})),
+            &admin.token,
+            json!({"flow_config": cfg, "execution_mode": "parallel"}),
         )
         .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(stored_versions(st, engine).await, 3);
     // models alone is one of the three columns too.
     let (s, _) = st
-        .rest(
-            Method::PATCH,
+        .patch(
             &format!("ai_engines?id=eq.{engine}"),
-            Some(&admin.token),
-            Some(json!({"models": [{"provider": "openai", "model": "gpt-4.1-mini"}]})),
+            &admin.token,
+            json!({"models": [{"provider": "openai", "model": "gpt-4.1-mini"}]}),
         )
         .await;
     assert_eq!(s, 200);
@@ -265,20 +262,17 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
 
     // Append-only: an admin can neither change nor delete a version.
     let (s, b) = st
-        .rest(
-            Method::PATCH,
+        .patch(
             &format!("engine_versions?engine_id=eq.{engine}&version=eq.1"),
-            Some(&admin.token),
-            Some(json!({"note": "rewritten"})),
+            &admin.token,
+            json!({"note": "rewritten"}),
         )
         .await;
     assert!(matches!(s, 401 | 403), "{s} {b}");
     let (s, b) = st
-        .rest(
-            Method::DELETE,
+        .delete(
             &format!("engine_versions?engine_id=eq.{engine}"),
-            Some(&admin.token),
-            None,
+            &admin.token,
         )
         .await;
     assert!(matches!(s, 401 | 403), "{s} {b}");
@@ -295,11 +289,9 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
 
     // Users see no versions (RLS), and the API says why.
     let (s, b) = st
-        .rest(
-            Method::GET,
+        .get(
             &format!("engine_versions?engine_id=eq.{engine}"),
-            Some(&pro.token),
-            None,
+            &pro.token,
         )
         .await;
     assert_eq!((s, b), (200, json!([])));
@@ -572,14 +564,7 @@ async fn a_ten_percent_rollout_over_ten_thousand_users() {
         .collect();
     for u in &sample {
         let token = st.token_for(*u);
-        let (s, direct) = st
-            .rest(
-                Method::POST,
-                "rpc/resolve_engine",
-                Some(&token),
-                Some(json!({})),
-            )
-            .await;
+        let (s, direct) = st.post("rpc/resolve_engine", &token, json!({})).await;
         assert_eq!(s, 200, "{direct}");
         let (s, service) = app.get("/v1/me/engine", &token).await;
         assert_eq!(s, 200, "{service}");
@@ -649,11 +634,10 @@ async fn a_ten_percent_rollout_over_ten_thousand_users() {
     // through supabase-js's rpc() with no checker running) is handed to nobody.
     let broken = json!({"steps": [{"id": "w", "configuration": {"provider": "nope", "model": "m", "prompt": "p"}}]});
     let (s, p) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/engine_version_propose",
-            Some(&admin.token),
-            Some(json!({"engine_id": engine, "flow_config": broken})),
+            &admin.token,
+            json!({"engine_id": engine, "flow_config": broken}),
         )
         .await;
     assert_eq!(s, 200, "{p}");
@@ -662,11 +646,10 @@ async fn a_ten_percent_rollout_over_ten_thousand_users() {
         (json!(3), json!("pending"))
     );
     let (s, r) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/engine_rollout_start",
-            Some(&admin.token),
-            Some(json!({"engine_id": engine, "version": 3, "percent": 100})),
+            &admin.token,
+            json!({"engine_id": engine, "version": 3, "percent": 100}),
         )
         .await;
     assert_eq!(s, 200, "{r}");

@@ -2,7 +2,7 @@
 //! stack, with a worker when asked; and the API calls the tests make through it.
 
 use super::flows::example_flow;
-use super::http::json_answer;
+use super::http::JsonCalls;
 use super::seed::TestUser;
 use super::service::{serve_config, Service};
 use super::stack::Stack;
@@ -62,40 +62,15 @@ pub async fn spawn_app_on(stack: Stack, worker: Option<WorkerSetup>) -> TestApp 
     }
 }
 
+/// Calls to the service.
+impl JsonCalls for TestApp {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.address, path))
+    }
+}
+
 impl TestApp {
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let req = self
-            .http
-            .request(method, format!("{}{}", self.address, path));
-        json_answer(req, token, body).await
-    }
-
-    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, Some(token), None)
-            .await
-    }
-
-    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, Some(token), Some(body))
-            .await
-    }
-
-    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::PATCH, path, Some(token), Some(body))
-            .await
-    }
-
-    pub async fn delete(&self, path: &str, token: &str) -> (u16, Value) {
-        self.call(reqwest::Method::DELETE, path, Some(token), None)
-            .await
-    }
-
     /// Deploy a flow document as `admin` through the API; returns the engine id.
     pub async fn deploy(&self, admin: &TestUser, doc: Value) -> Uuid {
         let (s, body) = self.post("/v1/engines", &admin.token, doc).await;

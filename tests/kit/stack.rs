@@ -2,7 +2,7 @@
 //! real PostgREST 12 on a free port, with the local development gateway in front of it.
 //! Nothing is mocked. Dropping the stack stops PostgREST and drops the database.
 
-use super::http::json_answer;
+use super::http::JsonCalls;
 use bookengine::auth::{mint, MintRequest};
 use bookengine::config::SupabaseConfig;
 use bookengine::devstack::{self, PostgrestOptions};
@@ -280,23 +280,17 @@ impl Stack {
         .expose()
         .to_owned()
     }
+}
 
-    /// A raw PostgREST request with a bearer token; returns (status, JSON body).
-    pub async fn rest(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let req = self
-            .http
+/// Calls to this stack's PostgREST, which answers with the rows it wrote.
+impl JsonCalls for Stack {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
             .request(
                 method,
                 format!("{}/{}", self.rest_url, path.trim_start_matches('/')),
             )
-            .header("Prefer", "return=representation");
-        json_answer(req, token, body).await
+            .header("Prefer", "return=representation")
     }
 }
 

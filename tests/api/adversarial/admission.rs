@@ -9,6 +9,7 @@
 use super::queue::start_worker;
 use crate::generations::{book_setup, finished, wait_until};
 use crate::kit::app::spawn_app;
+use crate::kit::http::JsonCalls;
 use crate::kit::mock_llm::Mocks;
 use futures::StreamExt;
 use proptest::prelude::*;

@@ -3,6 +3,7 @@
 
 use crate::generations::{book_setup, fast_worker, finished, wait_until};
 use crate::kit::app::{spawn_app, TestApp, WEBHOOK_SECRET};
+use crate::kit::http::JsonCalls;
 use crate::kit::mock_llm::Mocks;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -105,11 +106,10 @@ async fn a_200_deep_input_is_refused_at_admission_and_fails_alone_when_forced_in
     let deep = deep[0]["id"].as_str().unwrap().to_owned();
     let (s, ordinary) = app
         .stack
-        .rest(
-            Method::POST,
+        .post(
             "rpc/request_generation",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "ordinary"}})),
+            &pro.token,
+            json!({"input": {"topic": "ordinary"}}),
         )
         .await;
     assert_eq!(s, 200, "{ordinary}");
@@ -182,11 +182,9 @@ async fn a_user_lists_only_their_own_jobs_and_an_admin_every_job() {
     // The React app's natural query, without a filter, straight through PostgREST.
     let (s, rows) = app
         .stack
-        .rest(
-            Method::GET,
+        .get(
             "generation_jobs?select=id,user_id&order=created_at.desc&limit=50",
-            Some(&pro.token),
-            None,
+            &pro.token,
         )
         .await;
     assert_eq!(s, 200);
@@ -203,12 +201,7 @@ async fn a_user_lists_only_their_own_jobs_and_an_admin_every_job() {
         .unwrap();
     let (s, steps) = app
         .stack
-        .rest(
-            Method::GET,
-            "generation_steps?select=job_id",
-            Some(&other.token),
-            None,
-        )
+        .get("generation_steps?select=job_id", &other.token)
         .await;
     assert_eq!(
         (s, steps.as_array().map(Vec::len)),
