@@ -136,7 +136,7 @@ async fn run() -> Res<()> {
         );
         results.push((latency, r));
     }
-    let pgrst = stack.postgrest_pid().and_then(rss_mib);
+    let pgrst = stack.postgrest.pid().and_then(rss_mib);
     serve.stop(Duration::from_secs(10));
     if let Some((r, h)) = pgrst {
         println!("(PostgREST, for reference: VmRSS {r:.1} MiB, VmHWM {h:.1} MiB)");

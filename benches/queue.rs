@@ -140,7 +140,7 @@ impl Ctx {
         }
         let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
         let cpu0: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
-        let pgrst0 = self.stack.postgrest_pid().map(cpu_seconds).unwrap_or(0.0);
+        let pgrst0 = self.stack.postgrest.pid().map(cpu_seconds).unwrap_or(0.0);
         // This process: the mock provider (it streams, too), the inserts, the polling.
         let bench0 = cpu_seconds(std::process::id());
         let pg0: Vec<(u32, f64)> = self
@@ -166,7 +166,7 @@ impl Ctx {
             .zip(&cpu0)
             .map(|(p, c0)| cpu_seconds(*p) - c0)
             .sum();
-        let pgrst_cpu = self.stack.postgrest_pid().map(cpu_seconds).unwrap_or(0.0) - pgrst0;
+        let pgrst_cpu = self.stack.postgrest.pid().map(cpu_seconds).unwrap_or(0.0) - pgrst0;
         let bench_cpu = cpu_seconds(std::process::id()) - bench0;
         // Backends PostgREST opened during the run count from zero.
         let pg_cpu: f64 = self
@@ -441,7 +441,7 @@ async fn run() -> Res<()> {
     println!(
         "mode: {}; {n_jobs} one-step jobs per run; worker concurrency {WORKER_CONCURRENCY}, poll 20 ms; mock latency 0 ms; PostgREST db-pool {}",
         if q { "QUICK" } else { "full" },
-        stack.pool
+        stack.postgrest.pool
     );
     let mock = MockProvider::fixed_latency(Duration::ZERO, 3).await;
     let engine = engine_row(&stack.pg, &one_step_flow("openai", "Bench one-step")).await?;

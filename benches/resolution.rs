@@ -346,7 +346,7 @@ async fn run() -> Res<()> {
     println!(
         "mode: {}; concurrency {CONCURRENCY}; PostgREST db-pool {}",
         if p.quick { "QUICK" } else { "full" },
-        stack.pool
+        stack.postgrest.pool
     );
     let flow = book_flow("openai", "parallel", "Bench engine");
     seed_base(&stack.pg, &flow).await?;

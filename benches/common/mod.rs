@@ -420,7 +420,7 @@ pub async fn machine_report(stack: &Stack) -> String {
         .await
         .map(|r| r.get::<_, String>(0))
         .unwrap_or_else(|_| "?".into());
-    let pgrst = Command::new(&stack.postgrest_bin)
+    let pgrst = Command::new(&stack.postgrest.bin)
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())

@@ -33,14 +33,20 @@ pub struct Stack {
     pub publishable_key: Secret,
     pub secret_key: Secret,
     pub http: reqwest::Client,
-    pub postgrest_bin: PathBuf,
-    /// PostgREST's db-pool.
+    pub postgrest: Postgrest,
+}
+
+/// A stack's PostgREST process, and what it takes to start it again on its port.
+pub struct Postgrest {
+    pub bin: PathBuf,
+    /// Its db-pool.
     pub pool: u16,
-    /// `None` while PostgREST is killed.
-    postgrest: Option<Child>,
-    postgrest_port: u16,
-    postgrest_secret: Secret,
-    postgrest_log: PathBuf,
+    port: u16,
+    /// The HS256 secret, or a JWKS holding it.
+    jwt_secret: Secret,
+    log: PathBuf,
+    /// `None` while killed.
+    child: Option<Child>,
 }
 
 /// How a stack is made.
@@ -135,7 +141,6 @@ impl Stack {
         devstack::prepare_database(&db).await?;
         let pg = bookengine::migrate::connect(&db).await?;
 
-        let postgrest_bin = devstack::find_or_install_postgrest(&repo_root().join(".bookengine"))?;
         let jwt_secret = devstack::random_secret(40);
         let keys = devstack::local_keys(&jwt_secret)?;
         let postgrest_secret = if options.jwks {
@@ -150,8 +155,19 @@ impl Stack {
             jwt_secret.clone()
         };
         let _ = std::fs::create_dir_all(&options.logs);
-        let postgrest_port = devstack::free_port()?;
-        let rest_url = format!("http://127.0.0.1:{postgrest_port}");
+        let port = devstack::free_port()?;
+        let mut postgrest = Postgrest {
+            bin: devstack::find_or_install_postgrest(&repo_root().join(".bookengine"))?,
+            pool: options.pool,
+            port,
+            jwt_secret: postgrest_secret,
+            log: options
+                .logs
+                .join(format!("{}-postgrest.log", options.database)),
+            child: None,
+        };
+        postgrest.run(&db).await?;
+        let rest_url = format!("http://127.0.0.1:{port}");
         let publishable_key = Secret::new(format!(
             "sb_publishable_{}",
             devstack::random_secret(32).expose()
@@ -170,10 +186,7 @@ impl Stack {
             service_role_key: keys.service_role_key.clone(),
         })
         .await?;
-        let mut stack = Stack {
-            postgrest_log: options
-                .logs
-                .join(format!("{}-postgrest.log", options.database)),
+        Ok(Stack {
             name: options.database,
             supabase_url: gateway.url.clone(),
             gateway,
@@ -186,14 +199,8 @@ impl Stack {
             anon_key: keys.anon_key,
             service_key: keys.service_role_key,
             http: reqwest::Client::new(),
-            postgrest_bin,
-            pool: options.pool,
-            postgrest: None,
-            postgrest_port,
-            postgrest_secret,
-        };
-        stack.run_postgrest().await?;
-        Ok(stack)
+            postgrest,
+        })
     }
 
     /// Count jobs over a new connection (the stack's own may have died with the server).
@@ -210,34 +217,17 @@ impl Stack {
 
     /// Kill PostgREST (an outage), as SIGKILL would.
     pub fn kill_postgrest(&mut self) {
-        if let Some(mut child) = self.postgrest.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.postgrest.kill();
     }
 
     /// Start PostgREST again on the same port (after an outage, or after bulk seeding
     /// so that its schema cache is fresh).
     pub async fn restart_postgrest(&mut self) {
-        self.kill_postgrest();
-        self.run_postgrest().await.expect("PostgREST ready again");
-    }
-
-    async fn run_postgrest(&mut self) -> Result<(), BoxError> {
-        self.postgrest = Some(devstack::spawn_postgrest(&PostgrestOptions {
-            bin: &self.postgrest_bin,
-            db: &self.db,
-            port: self.postgrest_port,
-            jwt_secret: &self.postgrest_secret,
-            pool: self.pool,
-            log: &self.postgrest_log,
-        })?);
-        devstack::wait_ready(&self.rest_url, Duration::from_secs(30)).await?;
-        Ok(())
-    }
-
-    pub fn postgrest_pid(&self) -> Option<u32> {
-        self.postgrest.as_ref().map(Child::id)
+        self.postgrest.kill();
+        self.postgrest
+            .run(&self.db)
+            .await
+            .expect("PostgREST ready again");
     }
 
     /// The service's settings in the suite's key mode (see [`new_keys_mode`]).
@@ -294,9 +284,47 @@ impl JsonCalls for Stack {
     }
 }
 
+impl Postgrest {
+    /// Start it and wait until it answers.
+    async fn run(&mut self, db: &Config) -> Result<(), BoxError> {
+        self.child = Some(devstack::spawn_postgrest(&PostgrestOptions {
+            bin: &self.bin,
+            db,
+            port: self.port,
+            jwt_secret: &self.jwt_secret,
+            pool: self.pool,
+            log: &self.log,
+        })?);
+        devstack::wait_ready(
+            &format!("http://127.0.0.1:{}", self.port),
+            Duration::from_secs(30),
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Postgrest {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.kill_postgrest();
+        // PostgREST first: the database is dropped next.
+        self.postgrest.kill();
         let db = self.db.clone();
         // Drop the database from a fresh runtime: Drop cannot await.
         let _ = std::thread::spawn(move || {
