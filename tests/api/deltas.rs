@@ -4,9 +4,10 @@
 //! equals its step's output; cut attempts, crashes and cancels leave the rows the
 //! reassembly rule needs (sql/V11).
 
-use crate::generations::{app_with_mocks, book_setup, finished, wait_until};
+use crate::kit::app::{app_with_mocks, book_setup};
 use crate::kit::app::{spawn_app, TestApp};
 use crate::kit::http::JsonCalls;
+use crate::kit::jobs::{finished, request_book, wait_until};
 use crate::kit::mock_llm::{Fault, Mocks};
 use crate::kit::seed::TestUser;
 use bookengine::queue::{DeltaRow, Queue};
@@ -91,13 +92,7 @@ fn assert_reassembles_to_outputs(job: &Value, rows: &[Value]) {
 }
 
 async fn request(app: &TestApp, user: &TestUser, topic: &str) -> String {
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &user.token,
-            json!({"input": {"topic": topic}}),
-        )
-        .await;
+    let (s, job) = request_book(&app, &user, topic).await;
     assert_eq!(s, 202, "{job}");
     job["id"].as_str().unwrap_or_default().to_owned()
 }
@@ -486,7 +481,7 @@ async fn with_streaming_off_books_are_written_whole_and_no_delta_is_stored() {
     let mocks = Mocks::start().await;
     let worker = bookengine::worker::WorkerConfig {
         stream_deltas: false,
-        ..crate::generations::fast_worker()
+        ..crate::kit::app::fast_worker()
     };
     let app = crate::kit::app::spawn_app_with(Some((worker, mocks.providers()))).await;
     let (_admin, pro, _) = book_setup(&app).await;

@@ -2,9 +2,10 @@
 //! PostgREST as an admin, the same wire as the seed's supabase-js code, and checked
 //! by the service within seconds; a broken engine is never handed to a user.
 
-use crate::generations::{finished, wait_until};
+use crate::kit::answers::{assert_api_error, assert_rest_error};
 use crate::kit::app::{spawn_app_with, TestApp};
 use crate::kit::http::JsonCalls;
+use crate::kit::jobs::{finished, start_book, wait_until};
 use crate::kit::mock_llm::Mocks;
 use crate::kit::seed::TestUser;
 use crate::kit::stack::Stack;
@@ -265,15 +266,7 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
     assert_eq!(resolved["id"], json!(good), "{resolved}");
     let (s, me) = app.get("/v1/me/engine", &pro.token).await;
     assert_eq!((s, me["id"].clone()), (200, json!(good)), "{me}");
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "t"}}),
-        )
-        .await;
-    assert_eq!(s, 202, "{job}");
-    let id = job["id"].as_str().expect("job id").to_owned();
+    let id = start_book(&app, &pro, "t").await;
     let done = wait_until(&app, &pro.token, &id, Duration::from_secs(60), finished).await;
     assert_eq!(done["status"], "succeeded", "{done}");
 
@@ -285,11 +278,7 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
             json!({"input": {"topic": "t"}, "engine_id": bad}),
         )
         .await;
-    assert_eq!(
-        (s, b["details"].clone()),
-        (422, json!("engine_not_runnable")),
-        "{b}"
-    );
+    assert_rest_error(s, &b, 422, "engine_not_runnable");
     let msg = b["message"].as_str().unwrap_or_default();
     assert!(
         msg.contains("Ambiguous") && msg.contains("steps[1].configuration.prompt"),
@@ -305,11 +294,7 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
             json!({"input": {"topic": "t"}, "engine_id": bad}),
         )
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("engine_not_runnable")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 400, "engine_not_runnable");
     assert_eq!(
         b["error"]["details"]["issues"][0]["path"], "steps[1].configuration.prompt",
         "{b}"
@@ -322,11 +307,7 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
             json!({"input": {"topic": "t"}, "engine_id": bad}),
         )
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("engine_not_runnable")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 400, "engine_not_runnable");
     let jobs: i64 = st
         .pg
         .query_one(
@@ -349,17 +330,9 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
     let (s, b) = app
         .post("/v1/generations", &pro.token, json!({"input": {}}))
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("engine_not_runnable")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 400, "engine_not_runnable");
     let (s, b) = app.get("/v1/me/engine", &pro.token).await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("engine_not_runnable")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 400, "engine_not_runnable");
 
     // Fixed by the admin through PostgREST: checked again and used again.
     let mut fixed = ambiguous_flow();
@@ -389,11 +362,7 @@ async fn an_insert_missing_what_sql_can_check_is_refused_naming_the_field() {
         .as_object_mut()
         .map(|c| c.remove("model"));
     let (s, b) = insert_engine(&st, &admin, "No model", flow).await;
-    assert_eq!(
-        (s, b["details"].clone()),
-        (400, json!("invalid_flow")),
-        "{b}"
-    );
+    assert_rest_error(s, &b, 400, "invalid_flow");
     assert_eq!(
         b["message"], "flow_config.steps[1].configuration.model is required",
         "{b}"
@@ -503,11 +472,7 @@ async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() 
             json!({"input": {"topic": "t"}}),
         )
         .await;
-    assert_eq!(
-        (s, b["details"].clone()),
-        (409, json!("engine_check_pending")),
-        "{b}"
-    );
+    assert_rest_error(s, &b, 409, "engine_check_pending");
     assert!(
         b["hint"]
             .as_str()
@@ -654,11 +619,7 @@ async fn for_each_is_read_as_a_template_path_or_a_step_path() {
             flow("steps.outline.output.chapters", Some(other)),
         )
         .await;
-    assert_eq!(
-        (s, e["error"]["code"].clone()),
-        (400, json!("invalid_flow")),
-        "{e}"
-    );
+    assert_api_error(s, &e, 400, "invalid_flow");
     let issue = &e["error"]["details"]["issues"][0];
     assert_eq!(issue["path"], "steps[1].configuration.for_each");
     assert_eq!(issue["code"], "ambiguous_reference");
@@ -741,11 +702,7 @@ async fn assignment_type_is_accepted_when_it_agrees_and_refused_when_it_contradi
             json!({"engine_ids": [engine], "assignment_type": "user", "tiers": ["pro"]}),
         )
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("invalid_assignment")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 400, "invalid_assignment");
     let (s, b) = app
         .post(
             "/v1/assignments/bulk",

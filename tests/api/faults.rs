@@ -1,10 +1,11 @@
 //! Faults: providers failing at random or always, and PostgREST and Postgres
 //! going away mid-run. No job may be lost, duplicated or left `running`.
 
-use crate::generations::{book_setup, finished, wait_until};
+use crate::kit::app::book_setup;
 use crate::kit::app::{spawn_app_with, TestApp};
 use crate::kit::flows::example_flow;
 use crate::kit::http::JsonCalls;
+use crate::kit::jobs::{finished, wait_until};
 use crate::kit::mock_llm::Mocks;
 use crate::kit::seed::TestUser;
 use crate::kit::stack::Stack;

@@ -1,95 +1,23 @@
 //! Issue: engine-based book generation, through real PostgREST, with mock
 //! providers speaking the real wire formats.
 
-use crate::kit::app::{spawn_app_with, TestApp, WEBHOOK_SECRET};
+use crate::kit::answers::{assert_api_error, assert_rest_error};
+use crate::kit::app::{app_with_mocks, book_setup, fast_worker, spawn_app_with, WEBHOOK_SECRET};
 use crate::kit::flows::example_flow;
 use crate::kit::http::JsonCalls;
+use crate::kit::jobs::{finished, generate, request_book, start_book, wait_until};
 use crate::kit::mock_llm::{Fault, Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};
-use crate::kit::seed::TestUser;
 use bookengine::worker::WorkerConfig;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-pub fn fast_worker() -> WorkerConfig {
-    WorkerConfig {
-        poll_interval_ms: 100,
-        backoff_ms: 20,
-        lease_seconds: 30,
-        ..Default::default()
-    }
-}
-
-pub async fn app_with_mocks() -> (TestApp, Mocks) {
-    let mocks = Mocks::start().await;
-    let app = spawn_app_with(Some((fast_worker(), mocks.providers()))).await;
-    (app, mocks)
-}
-
-/// Admin, a pro user with the example engine assigned to their tier.
-pub async fn book_setup(app: &TestApp) -> (TestUser, TestUser, Uuid) {
-    let admin = app.stack.admin().await;
-    let pro = app.stack.user(Some("pro"), false).await;
-    let engine = app.deploy_example(&admin).await;
-    app.assign_tier(&admin, engine, "pro").await;
-    (admin, pro, engine)
-}
-
-pub async fn wait_until(
-    app: &TestApp,
-    token: &str,
-    id: &str,
-    limit: Duration,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let start = Instant::now();
-    loop {
-        let (s, job) = app.get(&format!("/v1/generations/{id}"), token).await;
-        assert_eq!(s, 200, "{job}");
-        if done(&job) {
-            return job;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out waiting; last state: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Has the job reached a final status?
-/// Request a book about `topic` as `user` and wait (up to `limit`) for the job to end.
-pub async fn generate(app: &TestApp, user: &TestUser, topic: &str, limit: Duration) -> Value {
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &user.token,
-            json!({"input": {"topic": topic}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    wait_until(app, &user.token, &id, limit, finished).await
-}
-
-pub fn finished(job: &Value) -> bool {
-    matches!(
-        job["status"].as_str(),
-        Some("succeeded" | "failed" | "cancelled")
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pro_user_generates_a_book_with_a_multi_step_multi_model_flow() {
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, engine) = book_setup(&app).await;
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "sea otters"}}),
-        )
-        .await;
+    let (s, job) = request_book(&app, &pro, "sea otters").await;
     assert_eq!(s, 202, "{job}");
     assert_eq!(job["engine_id"], json!(engine));
     assert_eq!(job["status"], "queued");
@@ -181,10 +109,7 @@ async fn a_pro_user_generates_a_book_with_a_multi_step_multi_model_flow() {
     let (s, b) = app
         .get(&format!("/v1/generations/{id}"), &other.token)
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (404, json!("generation_not_found"))
-    );
+    assert_api_error(s, &b, 404, "generation_not_found");
     let (_, rows) = app
         .stack
         .get(&format!("generation_steps?job_id=eq.{id}"), &other.token)
@@ -231,14 +156,7 @@ async fn transient_faults_are_retried_honouring_retry_after() {
         Fault::Truncated,
     ]);
     let started = Instant::now();
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "clouds"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = start_book(&app, &pro, "clouds").await;
     // The outline has retries: 2, so three faults exhaust openai's tries: the outline has no fallback.
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(30), finished).await;
     assert_eq!(job["status"], "failed", "{job}");
@@ -307,14 +225,7 @@ async fn when_every_provider_fails_the_job_fails_with_a_reason_in_bounded_time()
     mocks.openai.always(Some(Fault::Status(500)));
     mocks.anthropic.always(Some(Fault::Status(401)));
     let started = Instant::now();
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "x"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = start_book(&app, &pro, "x").await;
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(20), finished).await;
     assert_eq!(job["status"], "failed");
     assert!(
@@ -344,14 +255,7 @@ async fn cancelling_stops_a_running_job_within_seconds() {
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.latency(Duration::from_secs(20));
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "slow"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = start_book(&app, &pro, "slow").await;
     wait_until(&app, &pro.token, &id, Duration::from_secs(10), |j| {
         j["steps"]
             .as_array()
@@ -407,14 +311,7 @@ async fn progress_streams_as_server_sent_events() {
     let (app, mocks) = app_with_mocks().await;
     let (admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.latency(Duration::from_millis(1500));
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "events"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = start_book(&app, &pro, "events").await;
     // An admin follows someone else's book too (sql/V10: owner-only tables, definer reads).
     let admin_view = app
         .http
@@ -484,19 +381,11 @@ async fn users_cannot_forge_jobs_through_postgrest() {
             json!({"input": {}, "engine_id": engine}),
         )
         .await;
-    assert_eq!(
-        (s, b["details"].clone()),
-        (404, json!("engine_not_found")),
-        "{b}"
-    );
+    assert_rest_error(s, &b, 404, "engine_not_found");
     let (s, b) = app
         .post("/v1/generations", &hobby.token, json!({"input": {}}))
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (404, json!("no_engine_assigned")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 404, "no_engine_assigned");
     // The allowed path: the snapshot is the engine's, taken by the database.
     let (s, b) = st
         .post(
@@ -544,14 +433,7 @@ async fn a_redeploy_does_not_change_a_queued_or_running_job() {
     let (app, mocks) = app_with_mocks().await;
     let (admin, pro, engine) = book_setup(&app).await;
     mocks.anthropic.latency(Duration::from_millis(500));
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "stable"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = start_book(&app, &pro, "stable").await;
     let mut flow = example_flow();
     flow["steps"][2]["configuration"]["model"] = json!("gemini-2.0-pro");
     let (s, _) = app

@@ -1,7 +1,9 @@
 //! Per-tier generation limits, enforced in Postgres: 429 with Retry-After.
 
+use crate::kit::answers::assert_rest_error;
 use crate::kit::app::spawn_app;
 use crate::kit::http::JsonCalls;
+use crate::kit::jobs::request_book;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,13 +23,7 @@ async fn tier_limits_refuse_with_429_and_retry_after() {
         .await;
     }
     // hobby: 1 at a time.
-    let (s, first) = app
-        .post(
-            "/v1/generations",
-            &hobby.token,
-            json!({"input": {"topic": "a"}}),
-        )
-        .await;
+    let (s, first) = request_book(&app, &hobby, "a").await;
     assert_eq!(s, 202, "{first}");
     let resp = app
         .http
@@ -49,11 +45,7 @@ async fn tier_limits_refuse_with_429_and_retry_after() {
     let (s, b) = st
         .post("rpc/request_generation", &hobby.token, json!({"input": {}}))
         .await;
-    assert_eq!(
-        (s, b["details"].clone()),
-        (429, json!("rate_limited")),
-        "{b}"
-    );
+    assert_rest_error(s, &b, 429, "rate_limited");
     // Cancelling frees the slot.
     let id = first["id"].as_str().unwrap();
     app.post(
@@ -62,13 +54,7 @@ async fn tier_limits_refuse_with_429_and_retry_after() {
         json!({}),
     )
     .await;
-    let (s, _) = app
-        .post(
-            "/v1/generations",
-            &hobby.token,
-            json!({"input": {"topic": "c"}}),
-        )
-        .await;
+    let (s, _) = request_book(&app, &hobby, "c").await;
     assert_eq!(s, 202);
 
     // pro: 3 at a time, even when requests race.
@@ -116,13 +102,7 @@ async fn tier_limits_refuse_with_429_and_retry_after() {
         .get("generation_limits?tier=eq.hobby", &hobby.token)
         .await;
     assert_eq!(limits[0]["max_concurrent"], 10, "a user changed the limits");
-    let (s, _) = app
-        .post(
-            "/v1/generations",
-            &hobby.token,
-            json!({"input": {"topic": "d"}}),
-        )
-        .await;
+    let (s, _) = request_book(&app, &hobby, "d").await;
     assert_eq!(s, 202, "the third of the hour");
     let resp = app
         .http

@@ -89,7 +89,7 @@ async fn simulated_users_request_and_poll_books_without_5xx_or_lost_jobs() {
                         Ok(r) if r.status().is_server_error() => errors_5xx += 1,
                         Ok(r) => {
                             let j: Value = r.json().await.unwrap_or(Value::Null);
-                            if crate::generations::finished(&j) || Instant::now() > deadline {
+                            if crate::kit::jobs::finished(&j) || Instant::now() > deadline {
                                 break;
                             }
                         }
@@ -130,12 +130,12 @@ async fn simulated_users_request_and_poll_books_without_5xx_or_lost_jobs() {
     assert!(!accepted.is_empty());
     // Every accepted job finishes; none is lost.
     for (token, id) in &accepted {
-        let job = crate::generations::wait_until(
+        let job = crate::kit::jobs::wait_until(
             &app,
             token,
             id,
             Duration::from_secs(120),
-            crate::generations::finished,
+            crate::kit::jobs::finished,
         )
         .await;
         assert_eq!(job["status"], "succeeded", "{job}");

@@ -1,8 +1,9 @@
 //! Crash and resume, and lease fencing, with real worker processes.
 
-use crate::generations::{book_setup, wait_until};
+use crate::kit::app::book_setup;
 use crate::kit::app::{spawn_app, TestApp};
 use crate::kit::http::JsonCalls;
+use crate::kit::jobs::{request_book, wait_until};
 use crate::kit::mock_llm::{Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};
 use bookengine::queue::{Claim, ClaimedJob, Queue};
 use bookengine::rest::Rest;
@@ -55,13 +56,7 @@ async fn a_killed_worker_is_resumed_by_another_without_repeating_finished_chapte
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.latency(Duration::from_millis(700));
     let mut first = worker_process(&app, &mocks, "worker-a");
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "resilience"}}),
-        )
-        .await;
+    let (s, job) = request_book(&app, &pro, "resilience").await;
     assert_eq!(s, 202);
     let id = job["id"].as_str().unwrap().to_owned();
     // Kill it once the first chapter is done and the second is under way.
@@ -89,7 +84,7 @@ async fn a_killed_worker_is_resumed_by_another_without_repeating_finished_chapte
         &pro.token,
         &id,
         Duration::from_secs(30),
-        crate::generations::finished,
+        crate::kit::jobs::finished,
     )
     .await;
     assert_eq!(job["status"], "succeeded", "{job}");
@@ -121,13 +116,7 @@ async fn a_killed_worker_is_resumed_by_another_without_repeating_finished_chapte
 async fn a_worker_whose_lease_was_taken_over_cannot_complete_or_overwrite() {
     let app = spawn_app().await;
     let (_admin, pro, _) = book_setup(&app).await;
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "fence"}}),
-        )
-        .await;
+    let (_, job) = request_book(&app, &pro, "fence").await;
     let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
     let queue = Queue::new(Rest::new(&app.stack.supabase_config()).unwrap());
     let a = ready(queue.claim("a", 1, 1).await.unwrap());
@@ -303,7 +292,7 @@ async fn repeated_sigkills_lose_and_repeat_nothing() {
             token,
             id,
             Duration::from_secs(180),
-            crate::generations::finished,
+            crate::kit::jobs::finished,
         )
         .await;
         assert_eq!(job["status"], "succeeded", "{job}");

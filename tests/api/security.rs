@@ -1,9 +1,10 @@
 //! The security matrix on the service: every /v1 route against bad tokens and
 //! other users' ids, and no secret in the logs of a real `serve` process.
 
-use crate::generations::book_setup;
+use crate::kit::app::book_setup;
 use crate::kit::app::spawn_app;
 use crate::kit::http::JsonCalls;
+use crate::kit::jobs::request_book;
 use crate::kit::mock_llm::{Fault, Mocks, OPENAI_KEY};
 use crate::kit::stack::Stack;
 use jsonwebtoken::{encode, EncodingKey, Header};
@@ -73,13 +74,7 @@ async fn every_route_refuses_bad_tokens_and_other_users_ids() {
         .get(&format!("/v1/assignments?engine_id={engine}"), &admin.token)
         .await;
     let assignment = a[0]["id"].as_str().unwrap().to_owned();
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "mine"}}),
-        )
-        .await;
+    let (s, job) = request_book(&app, &pro, "mine").await;
     assert_eq!(s, 202);
     let job = job["id"].as_str().unwrap().to_owned();
     let engine = engine.to_string();

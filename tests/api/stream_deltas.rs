@@ -5,7 +5,7 @@
 //! through `delta_append` with the job's lease (no worker runs here: the test is the
 //! writer, so it knows the final text to compare with).
 
-use crate::kit::http::JsonCalls;
+use crate::kit::jobs::request_book;
 use crate::kit::seed::TestUser;
 use crate::kit::service::Service;
 use crate::kit::stack::Stack;
@@ -734,19 +734,13 @@ async fn js_stream_generation_resumes_through_broken_connections() {
 /// text is its step's output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_book_streams_over_sse_and_reassembles_to_its_outputs() {
-    use crate::generations::{app_with_mocks, book_setup};
+    use crate::kit::app::{app_with_mocks, book_setup};
     use crate::kit::mock_llm::Fault;
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.chunk_interval(Duration::from_millis(100));
     mocks.anthropic.script(vec![Fault::BreakAfter(2)]);
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "sse"}}),
-        )
-        .await;
+    let (s, job) = request_book(&app, &pro, "sse").await;
     assert_eq!(s, 202, "{job}");
     let job = Uuid::parse_str(job["id"].as_str().unwrap()).unwrap();
 

@@ -3,6 +3,7 @@
 
 use super::flows::example_flow;
 use super::http::JsonCalls;
+use super::mock_llm::Mocks;
 use super::seed::TestUser;
 use super::service::{serve_config, Service};
 use super::stack::Stack;
@@ -115,4 +116,30 @@ pub async fn spawn_offline_app() -> TestApp {
         ..Default::default()
     };
     spawn_app_with(Some((worker, providers))).await
+}
+
+/// A worker that polls every 100 ms and retries after 20 ms.
+pub fn fast_worker() -> bookengine::worker::WorkerConfig {
+    bookengine::worker::WorkerConfig {
+        poll_interval_ms: 100,
+        backoff_ms: 20,
+        lease_seconds: 30,
+        ..Default::default()
+    }
+}
+
+/// The service with a [`fast_worker`] calling the three mock providers.
+pub async fn app_with_mocks() -> (TestApp, Mocks) {
+    let mocks = Mocks::start().await;
+    let app = spawn_app_with(Some((fast_worker(), mocks.providers()))).await;
+    (app, mocks)
+}
+
+/// Admin, a pro user with the example engine assigned to their tier.
+pub async fn book_setup(app: &TestApp) -> (TestUser, TestUser, Uuid) {
+    let admin = app.stack.admin().await;
+    let pro = app.stack.user(Some("pro"), false).await;
+    let engine = app.deploy_example(&admin).await;
+    app.assign_tier(&admin, engine, "pro").await;
+    (admin, pro, engine)
 }

@@ -7,10 +7,12 @@
 // Each includer uses a part of the kit.
 #![allow(dead_code)]
 
+pub mod answers;
 pub mod app;
 pub mod cli;
 pub mod flows;
 pub mod http;
+pub mod jobs;
 pub mod mock_llm;
 pub mod node;
 pub mod proxy;
