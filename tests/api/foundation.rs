@@ -29,15 +29,7 @@ async fn migrate_twice_is_a_no_op_and_status_lists_all() {
     assert!(status.len() >= 3);
     assert!(status.iter().all(|m| m.applied));
     // The history table is not in an exposed schema.
-    let exposed: i64 = stack
-        .pg
-        .query_one(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name LIKE '%schema_history%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let exposed: i64 = stack.count("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name LIKE '%schema_history%'", &[]).await;
     assert_eq!(exposed, 0);
 }
 
@@ -232,21 +224,15 @@ async fn non_admins_cannot_write_engines_or_assignments() {
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "pro engine");
     let n: i64 = stack
-        .pg
-        .query_one(
+        .count(
             "SELECT count(*) FROM engine_assignments WHERE priority = 99",
             &[],
         )
-        .await
-        .unwrap()
-        .get(0);
+        .await;
     assert_eq!(n, 0);
     let n: i64 = stack
-        .pg
-        .query_one("SELECT count(*) FROM engine_assignments", &[])
-        .await
-        .unwrap()
-        .get(0);
+        .count("SELECT count(*) FROM engine_assignments", &[])
+        .await;
     assert_eq!(n, 4, "an assignment was deleted by a non-admin");
 }
 

@@ -2,11 +2,16 @@
 //! providers speaking the real wire formats.
 
 use crate::kit::answers::{assert_api_error, assert_rest_error};
-use crate::kit::app::{app_with_mocks, book_setup, fast_worker, spawn_app_with, WEBHOOK_SECRET};
+use crate::kit::app::{
+    app_with_mocks, book_setup, fast_worker, spawn_app_with, TestApp, WEBHOOK_SECRET,
+};
 use crate::kit::flows::example_flow;
 use crate::kit::http::JsonCalls;
-use crate::kit::jobs::{finished, generate, request_book, start_book, wait_until};
+use crate::kit::jobs::{
+    assert_failed_with, finished, generate, request_book, start_book, wait_until,
+};
 use crate::kit::mock_llm::{Fault, Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};
+use crate::kit::seed::TestUser;
 use bookengine::worker::WorkerConfig;
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -159,11 +164,7 @@ async fn transient_faults_are_retried_honouring_retry_after() {
     let id = start_book(&app, &pro, "clouds").await;
     // The outline has retries: 2, so three faults exhaust openai's tries: the outline has no fallback.
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(30), finished).await;
-    assert_eq!(job["status"], "failed", "{job}");
-    assert!(
-        job["error"].as_str().unwrap().contains("step outline"),
-        "{job}"
-    );
+    assert_failed_with(&job, "step outline");
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "Retry-After was not honoured"
@@ -227,14 +228,7 @@ async fn when_every_provider_fails_the_job_fails_with_a_reason_in_bounded_time()
     let started = Instant::now();
     let id = start_book(&app, &pro, "x").await;
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(20), finished).await;
-    assert_eq!(job["status"], "failed");
-    assert!(
-        job["error"]
-            .as_str()
-            .unwrap()
-            .contains("every model failed"),
-        "{job}"
-    );
+    assert_failed_with(&job, "every model failed");
     assert!(started.elapsed() < Duration::from_secs(20));
     // A 401 is not retried on the same model.
     mocks.openai.always(None);
@@ -263,22 +257,10 @@ async fn cancelling_stops_a_running_job_within_seconds() {
     })
     .await;
     let other = app.stack.user(Some("pro"), false).await;
-    let (s, _) = app
-        .post(
-            &format!("/v1/generations/{id}/cancel"),
-            &other.token,
-            json!({}),
-        )
-        .await;
+    let (s, _) = cancel(&app, &id, &other).await;
     assert_eq!(s, 404, "another user cannot cancel");
     let asked = Instant::now();
-    let (s, b) = app
-        .post(
-            &format!("/v1/generations/{id}/cancel"),
-            &pro.token,
-            json!({}),
-        )
-        .await;
+    let (s, b) = cancel(&app, &id, &pro).await;
     assert_eq!(
         (s, b["cancel_requested"].clone()),
         (200, json!(true)),
@@ -292,13 +274,7 @@ async fn cancelling_stops_a_running_job_within_seconds() {
         asked.elapsed()
     );
     // A queued job is cancelled at once (no worker involved).
-    let (s, b) = app
-        .post(
-            &format!("/v1/generations/{id}/cancel"),
-            &pro.token,
-            json!({}),
-        )
-        .await;
+    let (s, b) = cancel(&app, &id, &pro).await;
     assert_eq!(
         (s, b["status"].clone()),
         (200, json!("cancelled")),
@@ -313,21 +289,9 @@ async fn progress_streams_as_server_sent_events() {
     mocks.anthropic.latency(Duration::from_millis(1500));
     let id = start_book(&app, &pro, "events").await;
     // An admin follows someone else's book too (sql/V10: owner-only tables, definer reads).
-    let admin_view = app
-        .http
-        .get(format!("{}/v1/generations/{id}/events", app.address))
-        .bearer_auth(&admin.token)
-        .send()
-        .await
-        .unwrap();
+    let admin_view = events(&app, &id, &admin).await;
     assert_eq!(admin_view.status().as_u16(), 200);
-    let resp = app
-        .http
-        .get(format!("{}/v1/generations/{id}/events", app.address))
-        .bearer_auth(&pro.token)
-        .send()
-        .await
-        .unwrap();
+    let resp = events(&app, &id, &pro).await;
     assert_eq!(resp.status().as_u16(), 200);
     assert!(resp.headers()["content-type"]
         .to_str()
@@ -464,43 +428,26 @@ async fn webhooks_wake_the_worker_and_refuse_bad_deliveries() {
     let (app, _mocks) = app_with_mocks().await;
     let url = format!("{}/webhooks/generation", app.address);
     let payload = json!({"type": "INSERT", "table": "generation_jobs", "schema": "public", "record": {"id": Uuid::new_v4()}, "old_record": null});
-    let send = |auth: Option<&str>, body: String| {
-        let mut r = app
-            .http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body);
-        if let Some(a) = auth {
-            r = r.header("authorization", a);
-        }
-        r.send()
-    };
     let ok = format!("Bearer {WEBHOOK_SECRET}");
     assert_eq!(
-        send(Some(&ok), payload.to_string())
+        app.deliver_webhook(Some(&ok), payload.to_string())
             .await
-            .unwrap()
-            .status()
-            .as_u16(),
+            .status(),
         202
     );
     assert_eq!(
-        send(Some("Bearer wrong"), payload.to_string())
+        app.deliver_webhook(Some("Bearer wrong"), payload.to_string())
             .await
-            .unwrap()
-            .status()
-            .as_u16(),
+            .status(),
         401
     );
     assert_eq!(
-        send(None, payload.to_string())
+        app.deliver_webhook(None, payload.to_string())
             .await
-            .unwrap()
-            .status()
-            .as_u16(),
+            .status(),
         401
     );
-    let r = send(Some(&ok), "{oops".into()).await.unwrap();
+    let r = app.deliver_webhook(Some(&ok), "{oops".into()).await;
     assert_eq!(r.status().as_u16(), 400);
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "invalid_json");
@@ -522,19 +469,13 @@ async fn webhooks_wake_the_worker_and_refuse_bad_deliveries() {
     }
     // Duplicate deliveries are harmless.
     for _ in 0..20 {
-        assert_eq!(
-            send(Some(&ok), payload.to_string())
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-            202
-        );
+        let r = app.deliver_webhook(Some(&ok), payload.to_string()).await;
+        assert_eq!(r.status(), 202);
     }
     let other = json!({"type": "UPDATE", "table": "generation_jobs", "record": {}});
-    let b: Value = send(Some(&ok), other.to_string())
+    let b: Value = app
+        .deliver_webhook(Some(&ok), other.to_string())
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -567,22 +508,30 @@ async fn duplicate_webhook_deliveries_cause_no_duplicate_work() {
     assert_eq!(s, 200, "{rows}");
     let id = rows["id"].as_str().unwrap().to_owned();
     let payload = json!({"type": "INSERT", "table": "generation_jobs", "schema": "public", "record": rows, "old_record": null}).to_string();
-    let url = format!("{}/webhooks/generation", app.address);
-    let sends = (0..n).map(|_| {
-        app.http
-            .post(&url)
-            .bearer_auth(WEBHOOK_SECRET)
-            .header("content-type", "application/json")
-            .body(payload.clone())
-            .send()
-    });
+    let ok = format!("Bearer {WEBHOOK_SECRET}");
+    let sends = (0..n).map(|_| app.deliver_webhook(Some(&ok), payload.clone()));
     for r in futures::future::join_all(sends).await {
-        assert_eq!(r.unwrap().status().as_u16(), 202);
+        assert_eq!(r.status(), 202);
     }
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(30), finished).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["attempt"], 1, "claimed once");
-    let calls =
-        mocks.openai.calls().len() + mocks.anthropic.calls().len() + mocks.gemini.calls().len();
+    let calls = mocks.call_count();
     assert_eq!(calls, 5, "{n} deliveries, one run of 5 calls");
+}
+
+/// `user`'s request to cancel job `id`.
+async fn cancel(app: &TestApp, id: &str, user: &TestUser) -> (u16, Value) {
+    let path = format!("/v1/generations/{id}/cancel");
+    app.post(&path, &user.token, json!({})).await
+}
+
+/// Job `id`'s event stream as `user` opens it.
+async fn events(app: &TestApp, id: &str, user: &TestUser) -> reqwest::Response {
+    app.http
+        .get(format!("{}/v1/generations/{id}/events", app.address))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .expect("open the event stream")
 }

@@ -593,13 +593,10 @@ impl<'a> EngineAsAdmin<'a> {
     async fn stored_versions(&self) -> i64 {
         self.app
             .stack
-            .pg
-            .query_one(
+            .count(
                 "SELECT count(*) FROM public.engine_versions WHERE engine_id = $1",
                 &[&self.id],
             )
             .await
-            .expect("count versions")
-            .get(0)
     }
 }

@@ -137,9 +137,31 @@ pub async fn app_with_mocks() -> (TestApp, Mocks) {
 
 /// Admin, a pro user with the example engine assigned to their tier.
 pub async fn book_setup(app: &TestApp) -> (TestUser, TestUser, Uuid) {
-    let admin = app.stack.admin().await;
+    let (admin, engine) = example_engine_for(app, "pro").await;
     let pro = app.stack.user(Some("pro"), false).await;
-    let engine = app.deploy_example(&admin).await;
-    app.assign_tier(&admin, engine, "pro").await;
     (admin, pro, engine)
+}
+
+/// An admin who deployed the example engine and assigned it to `tier`.
+pub async fn example_engine_for(app: &TestApp, tier: &str) -> (TestUser, Uuid) {
+    let admin = app.stack.admin().await;
+    let engine = app.deploy_example(&admin).await;
+    app.assign_tier(&admin, engine, tier).await;
+    (admin, engine)
+}
+
+impl TestApp {
+    /// A Database Webhook delivery of `body` to the service, with `auth` as its
+    /// Authorization header.
+    pub async fn deliver_webhook(&self, auth: Option<&str>, body: String) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}/webhooks/generation", self.address))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send().await.expect("webhook delivery")
+    }
 }

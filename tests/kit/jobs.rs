@@ -68,3 +68,11 @@ pub async fn assert_all_succeed(app: &TestApp, jobs: &[(String, String)], limit:
         assert_eq!(job["status"], "succeeded", "{job}");
     }
 }
+
+/// The job failed, and its error says `reason`.
+#[track_caller]
+pub fn assert_failed_with(job: &Value, reason: &str) {
+    assert_eq!(job["status"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(error.contains(reason), "{job}");
+}

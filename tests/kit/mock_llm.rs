@@ -817,6 +817,11 @@ impl Mocks {
         }
     }
 
+    /// Calls made to the three.
+    pub fn call_count(&self) -> u64 {
+        self.openai.call_count() + self.anthropic.call_count() + self.gemini.call_count()
+    }
+
     pub fn providers(&self) -> bookengine::providers::ProvidersConfig {
         use bookengine::secret::Secret;
         bookengine::providers::ProvidersConfig {

@@ -12,6 +12,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Config;
 use uuid::Uuid;
 
@@ -201,6 +202,15 @@ impl Stack {
             http: reqwest::Client::new(),
             postgrest,
         })
+    }
+
+    /// The count `sql` selects (one bigint), read past RLS.
+    pub async fn count(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> i64 {
+        self.pg
+            .query_one(sql, params)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
     }
 
     /// Count jobs over a new connection (the stack's own may have died with the server).

@@ -242,15 +242,8 @@ async fn a_dashboard_webhook_carrying_the_largest_job_row_is_accepted() {
     let body = json!({"type": "INSERT", "table": "generation_jobs", "schema": "public", "record": record, "old_record": null})
         .to_string();
     assert!(body.len() > 1_050_000, "{}", body.len());
-    let r = app
-        .http
-        .post(format!("{}/webhooks/generation", app.address))
-        .bearer_auth(WEBHOOK_SECRET)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let signed = format!("Bearer {WEBHOOK_SECRET}");
+    let r = app.deliver_webhook(Some(&signed), body).await;
     assert_eq!(r.status().as_u16(), 202);
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["woken"], true, "{b}");
@@ -259,14 +252,6 @@ async fn a_dashboard_webhook_carrying_the_largest_job_row_is_accepted() {
         r#"{{"type":"INSERT","table":"generation_jobs","schema":"public","record":{{"input":{},"id":"{id}"}},"old_record":null}}"#,
         deep_input(10_000)
     );
-    let r = app
-        .http
-        .post(format!("{}/webhooks/generation", app.address))
-        .bearer_auth(WEBHOOK_SECRET)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = app.deliver_webhook(Some(&signed), body).await;
     assert_eq!(r.status().as_u16(), 202);
 }
