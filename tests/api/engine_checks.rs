@@ -54,8 +54,10 @@ async fn insert_engine_ok(st: &Stack, admin: &TestUser, name: &str, flow_config:
 }
 
 async fn assign_tier(st: &Stack, admin: &TestUser, engine: Uuid, tier: &str, priority: i32) {
+    let assignment = json!({"engine_id": engine, "assignment_type": "tier", "tier": tier,
+        "priority": priority});
     let (s, b) = st
-        .post("engine_assignments", &admin.token, json!({"engine_id": engine, "assignment_type": "tier", "tier": tier, "priority": priority}))
+        .post("engine_assignments", &admin.token, assignment)
         .await;
     assert_eq!(s, 201, "{b}");
 }
@@ -189,13 +191,7 @@ async fn a_react_shaped_engine_is_checked_with_notes_and_a_users_book_is_generat
         (mine[0]["runnable"].clone(), mine[0]["check_state"].clone()),
         (json!(true), json!("runnable"))
     );
-    let (s, job) = st
-        .post(
-            "rpc/request_generation",
-            &pro.token,
-            json!({"input": {"topic": "bees"}}),
-        )
-        .await;
+    let (s, job) = request_generation(st, &pro, json!({"input": {"topic": "bees"}})).await;
     assert_eq!(s, 200, "{job}");
     let id = job["id"].as_str().expect("job id").to_owned();
     let done = wait_until(&app, &pro.token, &id, Duration::from_secs(60), finished).await;
@@ -271,13 +267,8 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
     assert_eq!(done["status"], "succeeded", "{done}");
 
     // Naming the broken engine is refused before any job exists.
-    let (s, b) = st
-        .post(
-            "rpc/request_generation",
-            &pro.token,
-            json!({"input": {"topic": "t"}, "engine_id": bad}),
-        )
-        .await;
+    let (s, b) =
+        request_generation(st, &pro, json!({"input": {"topic": "t"}, "engine_id": bad})).await;
     assert_rest_error(s, &b, 422, "engine_not_runnable");
     let msg = b["message"].as_str().unwrap_or_default();
     assert!(
@@ -335,13 +326,7 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
     let mut fixed = ambiguous_flow();
     fixed["steps"][1]["configuration"]["prompt"] =
         json!("Write the book from {{ steps.outline.output }}.");
-    let (s, b) = st
-        .patch(
-            &format!("ai_engines?id=eq.{bad}"),
-            &admin.token,
-            json!({"flow_config": fixed}),
-        )
-        .await;
+    let (s, b) = patch_row(st, &admin, bad, json!({"flow_config": fixed})).await;
     assert_eq!(s, 200, "{b}");
     let check = checked(st, &admin.token, bad).await;
     assert_eq!(check["state"], "runnable", "{check}");
@@ -414,13 +399,7 @@ async fn an_insert_missing_what_sql_can_check_is_refused_naming_the_field() {
     let id = insert_engine_ok(&st, &admin, "Good", react_flow()).await;
     let mut broken = react_flow();
     broken["steps"][0]["configuration"]["prompt"] = json!("");
-    let (s, b) = st
-        .patch(
-            &format!("ai_engines?id=eq.{id}"),
-            &admin.token,
-            json!({"flow_config": broken}),
-        )
-        .await;
+    let (s, b) = patch_row(&st, &admin, id, json!({"flow_config": broken})).await;
     assert_eq!(
         (s, b["message"].clone()),
         (
@@ -462,13 +441,7 @@ async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() 
         (json!("pending"), Value::Null)
     );
 
-    let (s, b) = st
-        .post(
-            "rpc/request_generation",
-            &pro.token,
-            json!({"input": {"topic": "t"}}),
-        )
-        .await;
+    let (s, b) = request_generation(&st, &pro, json!({"input": {"topic": "t"}})).await;
     assert_rest_error(s, &b, 409, "engine_check_pending");
     assert!(
         b["hint"]
@@ -502,19 +475,14 @@ async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() 
         .await
         .expect("check round");
     assert_eq!(n, 1);
-    let (s, b) = st
-        .post(
-            "rpc/request_generation",
-            &pro.token,
-            json!({"input": {"topic": "t"}}),
-        )
-        .await;
+    let (s, b) = request_generation(&st, &pro, json!({"input": {"topic": "t"}})).await;
     assert_eq!((s, b["engine_id"].clone()), (200, json!(engine)), "{b}");
 
     // Changing only what the flow does not depend on keeps the check...
-    st.patch(
-        &format!("ai_engines?id=eq.{engine}"),
-        &admin.token,
+    patch_row(
+        &st,
+        &admin,
+        engine,
         json!({"description": "new words", "active": true}),
     )
     .await;
@@ -531,12 +499,7 @@ async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() 
     // ...changing the flow asks for a new one.
     let mut flow = react_flow();
     flow["steps"][2]["configuration"]["prompt"] = json!("Edit: {{ steps.write.outputs }}");
-    st.patch(
-        &format!("ai_engines?id=eq.{engine}"),
-        &admin.token,
-        json!({"flow_config": flow}),
-    )
-    .await;
+    patch_row(&st, &admin, engine, json!({"flow_config": flow})).await;
     let (state, notes): (String, Value) = st
         .pg
         .query_one(
@@ -708,4 +671,15 @@ async fn assignment_type_is_accepted_when_it_agrees_and_refused_when_it_contradi
         )
         .await;
     assert_eq!((s, b.as_array().map(Vec::len)), (200, Some(2)), "{b}");
+}
+
+/// `user` requests a generation through PostgREST, as supabase-js's rpc() does.
+async fn request_generation(st: &Stack, user: &TestUser, body: Value) -> (u16, Value) {
+    st.post("rpc/request_generation", &user.token, body).await
+}
+
+/// `admin` changes the engine's row through PostgREST.
+async fn patch_row(st: &Stack, admin: &TestUser, engine: Uuid, body: Value) -> (u16, Value) {
+    st.patch(&format!("ai_engines?id=eq.{engine}"), &admin.token, body)
+        .await
 }

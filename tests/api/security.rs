@@ -254,65 +254,35 @@ async fn no_secret_reaches_the_logs_of_a_serve_process() {
         s["configuration"]["provider"] = json!("openai");
         s["configuration"]["fallbacks"] = json!([]);
     }
-    let r = http
-        .post(format!("{base}/v1/engines"))
-        .bearer_auth(&admin.token)
-        .json(&flow)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let engine: Value = r.json().await.unwrap();
-    http.post(format!("{base}/v1/assignments"))
-        .bearer_auth(&admin.token)
-        .json(&json!({"engine_id": engine["id"], "tier": "pro"}))
-        .send()
-        .await
-        .unwrap();
-    let job: Value = http
-        .post(format!("{base}/v1/generations"))
-        .bearer_auth(&pro.token)
-        .json(&json!({"input": {"topic": "secrets"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served = Served {
+        base: base.clone(),
+        http: http.clone(),
+    };
+    let (s, engine) = served.post("/v1/engines", &admin.token, flow).await;
+    assert_eq!(s, 201);
+    let assignment = json!({"engine_id": engine["id"], "tier": "pro"});
+    served
+        .post("/v1/assignments", &admin.token, assignment)
+        .await;
+    let topic = json!({"input": {"topic": "secrets"}});
+    let (_, job) = served.post("/v1/generations", &pro.token, topic).await;
     // Failures of every kind: bad tokens, a bad webhook secret, a provider refusing the key.
-    http.get(format!("{base}/v1/engines"))
-        .bearer_auth("garbage.token.here")
-        .send()
-        .await
-        .unwrap();
+    served.get("/v1/engines", "garbage.token.here").await;
     http.post(format!("{base}/webhooks/generation"))
         .bearer_auth("wrong")
         .body("{}")
         .send()
         .await
         .unwrap();
-    http.post(format!("{base}/webhooks/generation"))
-        .bearer_auth(webhook)
-        .header("content-type", "application/json")
-        .body(
-            json!({"type": "INSERT", "table": "generation_jobs", "record": {"id": job["id"]}})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let delivery =
+        json!({"type": "INSERT", "table": "generation_jobs", "record": {"id": job["id"]}});
+    served.post("/webhooks/generation", webhook, delivery).await;
     let id = job["id"].as_str().unwrap();
     let mut status = String::new();
     for _ in 0..100 {
-        let j: Value = http
-            .get(format!("{base}/v1/generations/{id}"))
-            .bearer_auth(&pro.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, j) = served
+            .get(&format!("/v1/generations/{id}"), &pro.token)
+            .await;
         status = j["status"].as_str().unwrap_or_default().to_owned();
         if status == "failed" {
             assert!(!j.to_string().contains(OPENAI_KEY));
@@ -345,5 +315,17 @@ async fn no_secret_reaches_the_logs_of_a_serve_process() {
         // A JWT's signature part is the part that must never leak.
         let needle = secret.rsplit('.').next().unwrap_or(secret);
         assert!(!logs.contains(needle), "the {what} appears in the logs");
+    }
+}
+
+/// A `bookengine serve` child process, called over HTTP.
+struct Served {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl JsonCalls for Served {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
     }
 }

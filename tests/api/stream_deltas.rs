@@ -264,10 +264,27 @@ impl Sse {
             let status = resp.status().as_u16();
             return Err((status, resp.json().await.unwrap_or(Value::Null)));
         }
-        Ok(Sse {
+        Ok(Sse::new(resp))
+    }
+
+    fn new(resp: reqwest::Response) -> Sse {
+        Sse {
             resp,
             buf: Vec::new(),
-        })
+        }
+    }
+
+    /// The id of the first event that has one (a text row's seq).
+    async fn first_row(&mut self) -> i64 {
+        loop {
+            let e = self
+                .next_within(Duration::from_secs(10))
+                .await
+                .expect("an event within 10 s");
+            if let Some(id) = e.id {
+                return id;
+            }
+        }
     }
 
     pub(crate) async fn next(&mut self) -> Option<Event> {
@@ -504,16 +521,8 @@ async fn resume_by_header_or_query_and_rls_decides_who_reads_deltas() {
         .send()
         .await
         .unwrap();
-    let mut sse = Sse {
-        resp: r,
-        buf: Vec::new(),
-    };
-    let first_row = loop {
-        let e = sse.next_within(Duration::from_secs(10)).await.unwrap();
-        if let Some(id) = e.id {
-            break id;
-        }
-    };
+    let mut sse = Sse::new(r);
+    let first_row = sse.first_row().await;
     assert_eq!(first_row, 5, "Last-Event-ID wins over ?after=");
     drop(sse);
     let r = app
@@ -526,16 +535,8 @@ async fn resume_by_header_or_query_and_rls_decides_who_reads_deltas() {
         .send()
         .await
         .unwrap();
-    let mut sse = Sse {
-        resp: r,
-        buf: Vec::new(),
-    };
-    let first_row = loop {
-        let e = sse.next_within(Duration::from_secs(10)).await.unwrap();
-        if let Some(id) = e.id {
-            break id;
-        }
-    };
+    let mut sse = Sse::new(r);
+    let first_row = sse.first_row().await;
     assert_eq!(first_row, 3);
     drop(sse);
     for bad in ["-1", "x", "1.5"] {

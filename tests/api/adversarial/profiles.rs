@@ -7,6 +7,7 @@ use crate::kit::http::JsonCalls;
 use crate::kit::stack::Stack;
 use serde_json::json;
 use std::time::Duration;
+use uuid::Uuid;
 
 pub const GUARD_SQL: &str = include_str!("../../../supabase/hardening/profiles_role_guard.sql");
 
@@ -18,7 +19,7 @@ CREATE POLICY "Users can insert their own profile" ON public.profiles FOR INSERT
 GRANT SELECT, INSERT, UPDATE ON public.profiles TO authenticated;
 "#;
 
-async fn role_of(stack: &Stack, id: uuid::Uuid) -> Option<String> {
+async fn role_of(stack: &Stack, id: Uuid) -> Option<String> {
     stack
         .pg
         .query_opt("SELECT role FROM public.profiles WHERE id = $1", &[&id])
@@ -54,14 +55,7 @@ async fn a_profile_edit_makes_an_admin_until_the_guard_refuses_it() {
 
     // The guard: the same PATCH is refused and changes nothing; the rest of the
     // profile stays editable.
-    stack
-        .pg
-        .execute(
-            "UPDATE public.profiles SET role = 'user' WHERE id = $1",
-            &[&user.id],
-        )
-        .await
-        .expect("demote");
+    demote(&stack, user.id).await.expect("demote");
     stack
         .pg
         .batch_execute(GUARD_SQL)
@@ -152,12 +146,19 @@ async fn a_profile_edit_makes_an_admin_until_the_guard_refuses_it() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(role_of(&stack, user.id).await.as_deref(), Some("admin"));
+    demote(&stack, user.id)
+        .await
+        .expect("a direct connection may");
+}
+
+/// Set the user's role back to `user` over the test's own connection (past RLS and
+/// PostgREST).
+async fn demote(stack: &Stack, user: Uuid) -> Result<u64, tokio_postgres::Error> {
     stack
         .pg
         .execute(
             "UPDATE public.profiles SET role = 'user' WHERE id = $1",
-            &[&user.id],
+            &[&user],
         )
         .await
-        .expect("a direct connection may");
 }
