@@ -149,8 +149,7 @@ async fn run() -> Res<()> {
     let q = quick();
     let dur = Duration::from_secs(if q { 3 } else { 10 });
     let load_before = loadavg();
-    let stack = Stack::bench("deltas", 10, log_dir()).await?;
-    println!("{}", machine_report(&stack).await);
+    let stack = bench_stack("deltas", 10).await?;
     let user = stack.user(Some("pro"), false).await.id;
     let queue = Queue::new(Rest::new(&stack.supabase_config())?);
     let plan: &[(usize, usize)] = if q {

@@ -8,7 +8,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::kit::{flows::one_step_flow, mock_llm::MockProvider, seed::engine_row, stack::Stack};
+use common::kit::{mock_llm::MockProvider, stack::Stack};
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -23,19 +23,14 @@ fn main() {
 async fn run() -> Res<()> {
     let q = quick();
     let load_before = loadavg();
-    let stack = Stack::bench("memory", 10, log_dir()).await?;
-    println!("{}", machine_report(&stack).await);
+    let stack = bench_stack("memory", 10).await?;
     println!(
         "mode: {}; {JOBS} one-step jobs, mock latency {} s, BOOKENGINE_WORKER_CONCURRENCY={JOBS}, BOOKENGINE_PROVIDER_CONCURRENCY={JOBS}",
         if q { "QUICK" } else { "full" },
         MOCK_LATENCY.as_secs()
     );
     let mock = MockProvider::fixed_latency(MOCK_LATENCY, 3).await;
-    let engine = engine_row(&stack.pg, &one_step_flow("openai", "Bench one-step")).await?;
-    let mut users = Vec::new();
-    for _ in 0..100 {
-        users.push(stack.user(Some("enterprise"), false).await.id);
-    }
+    let (engine, users) = one_step_world(&stack, 100).await?;
     // Not needed for service-role inserts, but a user-driven variant would need it.
     stack
         .pg
@@ -192,16 +187,7 @@ async fn load_phase(
         .map(|i| json!({"user_id": users[i % users.len()], "engine_id": engine, "input": {"topic": format!("memory {i}")}}))
         .collect();
     let t0 = Instant::now();
-    let r = http
-        .post(format!("{}/generation_jobs", stack.rest_url))
-        .bearer_auth(stack.service_key.expose())
-        .header("Prefer", "return=minimal")
-        .json(&rows)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        return Err(format!("inserting jobs: {}", r.text().await?).into());
-    }
+    insert_job_rows(http, stack, &rows).await?;
     // Wake the worker as the database webhook would.
     let _ = http
         .post(format!("{base}/webhooks/generation"))

@@ -161,8 +161,7 @@ async fn run() -> Res<()> {
     let q = quick();
     let (n_par, n_seq) = if q { (3, 2) } else { (10, 5) };
     let load_before = loadavg();
-    let stack = Stack::bench("orchestration", 10, log_dir()).await?;
-    println!("{}", machine_report(&stack).await);
+    let stack = bench_stack("orchestration", 10).await?;
     println!(
         "mode: {}; L = {} ms; flow: outline -> {CHAPTERS} chapters (for_each) -> edit = {CALLS} calls; all steps on provider `openai` -> in-bench mock",
         if q { "QUICK" } else { "full" },

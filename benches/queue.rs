@@ -10,10 +10,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use common::kit::{
-    flows::one_step_flow, mock_llm::MockProvider, proxy::CountingProxy, seed::engine_row,
-    stack::Stack,
-};
+use common::kit::{mock_llm::MockProvider, proxy::CountingProxy, stack::Stack};
 use common::*;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
@@ -86,17 +83,7 @@ impl Ctx {
                            "input": {"topic": format!("job {}", k + i)}})
                 })
                 .collect();
-            let r = self
-                .http
-                .post(format!("{}/generation_jobs", self.stack.rest_url))
-                .bearer_auth(self.stack.service_key.expose())
-                .header("Prefer", "return=minimal")
-                .json(&rows)
-                .send()
-                .await?;
-            if !r.status().is_success() {
-                return Err(format!("inserting jobs: {}", r.text().await?).into());
-            }
+            insert_job_rows(&self.http, &self.stack, &rows).await?;
             left -= m;
             k += m;
         }
@@ -284,20 +271,10 @@ async fn raw_rpc(ctx: &Ctx, n: usize, limit: Duration) -> (Stats, Stats) {
     let claim = run_load(16, n, limit, move |_, _| {
         let (http, url, key) = (http.clone(), url.clone(), key.clone());
         async move {
-            match http
-                .post(&url)
-                .bearer_auth(&key)
-                .json(&json!({"worker": "bench-noop", "max_jobs": 0, "lease_seconds": 30}))
-                .send()
+            let noop = json!({"worker": "bench-noop", "max_jobs": 0, "lease_seconds": 30});
+            call_ok(http.post(&url).bearer_auth(&key).json(&noop))
                 .await
-            {
-                Ok(r) => {
-                    let ok = r.status().is_success();
-                    let _ = r.bytes().await;
-                    ok
-                }
-                Err(_) => false,
-            }
+                .is_ok()
         }
     })
     .await;
@@ -307,21 +284,12 @@ async fn raw_rpc(ctx: &Ctx, n: usize, limit: Duration) -> (Stats, Stats) {
     let mine = run_load(16, n, limit, move |_, _| {
         let (http, url, token) = (http.clone(), url.clone(), token.clone());
         async move {
-            match http
+            let req = http
                 .post(&url)
                 .bearer_auth(&token)
                 .header("content-type", "application/json")
-                .body("{}")
-                .send()
-                .await
-            {
-                Ok(r) => {
-                    let ok = r.status().is_success();
-                    let _ = r.bytes().await;
-                    ok
-                }
-                Err(_) => false,
-            }
+                .body("{}");
+            call_ok(req).await.is_ok()
         }
     })
     .await;
@@ -436,19 +404,14 @@ async fn run() -> Res<()> {
     let hook_samples = if q { 40 } else { 200 };
     let load_before = loadavg();
 
-    let stack = Stack::bench("queue", 10, log_dir()).await?;
-    println!("{}", machine_report(&stack).await);
+    let stack = bench_stack("queue", 10).await?;
     println!(
         "mode: {}; {n_jobs} one-step jobs per run; worker concurrency {WORKER_CONCURRENCY}, poll 20 ms; mock latency 0 ms; PostgREST db-pool {}",
         if q { "QUICK" } else { "full" },
         stack.postgrest.pool
     );
     let mock = MockProvider::fixed_latency(Duration::ZERO, 3).await;
-    let engine = engine_row(&stack.pg, &one_step_flow("openai", "Bench one-step")).await?;
-    let mut users = Vec::new();
-    for _ in 0..50 {
-        users.push(stack.user(Some("enterprise"), false).await.id);
-    }
+    let (engine, users) = one_step_world(&stack, 50).await?;
     let ctx = Ctx {
         stack,
         mock,

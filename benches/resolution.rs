@@ -262,20 +262,8 @@ impl Targets {
             let (http, url, tokens) = (http.clone(), url.clone(), tokens.clone());
             async move {
                 let token = &tokens[i % tokens.len()].1;
-                match http.get(&url).bearer_auth(token).send().await {
-                    Ok(r) => {
-                        let status = r.status();
-                        let body = r.bytes().await.unwrap_or_default();
-                        if !status.is_success() {
-                            note_error(format!("{status} {}", String::from_utf8_lossy(&body)));
-                        }
-                        status.is_success()
-                    }
-                    Err(e) => {
-                        note_error(e.to_string());
-                        false
-                    }
-                }
+                let req = http.get(&url).bearer_auth(token);
+                call_ok(req).await.map_err(note_error).is_ok()
             }
         })
         .await
@@ -291,27 +279,12 @@ impl Targets {
             let (http, url, tokens) = (http.clone(), url.clone(), tokens.clone());
             async move {
                 let token = &tokens[i % tokens.len()].1;
-                match http
+                let req = http
                     .post(&url)
                     .bearer_auth(token)
                     .header("content-type", "application/json")
-                    .body("{}")
-                    .send()
-                    .await
-                {
-                    Ok(r) => {
-                        let status = r.status();
-                        let body = r.bytes().await.unwrap_or_default();
-                        if !status.is_success() {
-                            note_error(format!("{status} {}", String::from_utf8_lossy(&body)));
-                        }
-                        status.is_success()
-                    }
-                    Err(e) => {
-                        note_error(e.to_string());
-                        false
-                    }
-                }
+                    .body("{}");
+                call_ok(req).await.map_err(note_error).is_ok()
             }
         })
         .await
@@ -341,8 +314,7 @@ impl Targets {
 async fn run() -> Res<()> {
     let p = plan();
     let load_before = loadavg();
-    let mut stack = Stack::bench("resolution", 10, log_dir()).await?;
-    println!("{}", machine_report(&stack).await);
+    let mut stack = bench_stack("resolution", 10).await?;
     println!(
         "mode: {}; concurrency {CONCURRENCY}; PostgREST db-pool {}",
         if p.quick { "QUICK" } else { "full" },

@@ -9,6 +9,8 @@
 #[path = "../../tests/kit/mod.rs"]
 pub mod kit;
 
+use kit::flows::one_step_flow;
+use kit::seed::engine_row;
 use kit::service::serve_config;
 use kit::stack::{repo_root, Stack};
 
@@ -18,6 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 pub use kit::stack::BoxError;
 pub type Res<T> = std::result::Result<T, BoxError>;
@@ -43,6 +46,56 @@ where
 pub fn quick() -> bool {
     std::env::var("BENCH_QUICK").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
         || std::env::args().any(|a| a == "--quick")
+}
+
+/// A benchmark's stack (see `Stack::bench`), once what the machine is has been printed.
+pub async fn bench_stack(name: &str, pool: u16) -> Res<Stack> {
+    let stack = Stack::bench(name, pool, log_dir()).await?;
+    println!("{}", machine_report(&stack).await);
+    Ok(stack)
+}
+
+/// The queue and memory benchmarks' data: one one-step engine on provider `openai`
+/// ("Bench one-step") and `users` enterprise users.
+pub async fn one_step_world(stack: &Stack, users: usize) -> Res<(Uuid, Vec<Uuid>)> {
+    let engine = engine_row(&stack.pg, &one_step_flow("openai", "Bench one-step")).await?;
+    let mut ids = Vec::with_capacity(users);
+    for _ in 0..users {
+        ids.push(stack.user(Some("enterprise"), false).await.id);
+    }
+    Ok((engine, ids))
+}
+
+/// Insert job rows as the service role through PostgREST, none sent back.
+pub async fn insert_job_rows(
+    http: &reqwest::Client,
+    stack: &Stack,
+    rows: &[serde_json::Value],
+) -> Res<()> {
+    let r = http
+        .post(format!("{}/generation_jobs", stack.rest_url))
+        .bearer_auth(stack.service_key.expose())
+        .header("Prefer", "return=minimal")
+        .json(&rows)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        return Err(format!("inserting jobs: {}", r.text().await?).into());
+    }
+    Ok(())
+}
+
+/// Send `req` and read its whole answer: `Ok` for a 2xx, else what went wrong (the
+/// status and body, or the transport error).
+pub async fn call_ok(req: reqwest::RequestBuilder) -> Result<(), String> {
+    let r = req.send().await.map_err(|e| e.to_string())?;
+    let status = r.status();
+    let body = r.bytes().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("{status} {}", String::from_utf8_lossy(&body)))
+    }
 }
 
 /// Where benchmark logs (PostgREST, child processes) go.
