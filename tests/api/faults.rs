@@ -1,8 +1,7 @@
 //! Faults: providers failing at random or always, and PostgREST and Postgres
 //! going away mid-run. No job may be lost, duplicated or left `running`.
 
-use crate::kit::app::book_setup;
-use crate::kit::app::{spawn_app_with, TestApp, WorkerSetup};
+use crate::kit::app::{book_setup, spawn_app_with, TestApp, WorkerSetup};
 use crate::kit::flows::example_flow;
 use crate::kit::http::JsonCalls;
 use crate::kit::jobs::{assert_all_succeed, assert_failed_with, finished, start_book, wait_until};

@@ -1,7 +1,6 @@
 //! Crash and resume, and lease fencing, with real worker processes.
 
-use crate::kit::app::{book_setup, example_engine_for};
-use crate::kit::app::{spawn_app, TestApp};
+use crate::kit::app::{book_setup, example_engine_for, spawn_app, TestApp};
 use crate::kit::http::JsonCalls;
 use crate::kit::jobs::{assert_all_succeed, request_book, start_book, wait_until};
 use crate::kit::mock_llm::{Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};

@@ -1,8 +1,7 @@
 //! The security matrix on the service: every /v1 route against bad tokens and
 //! other users' ids, and no secret in the logs of a real `serve` process.
 
-use crate::kit::app::book_setup;
-use crate::kit::app::spawn_app;
+use crate::kit::app::{book_setup, spawn_app};
 use crate::kit::http::JsonCalls;
 use crate::kit::jobs::request_book;
 use crate::kit::mock_llm::{Fault, Mocks, OPENAI_KEY};

@@ -94,7 +94,7 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
     .expect("write flow");
     let path = file.to_string_lossy().into_owned();
     cli.json(
-        &admin,
+        admin,
         &["engines", "update", &engine.to_string(), "--flow", &path],
     );
     let _ = std::fs::remove_file(&file);
@@ -137,7 +137,7 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
     );
     let (s, q) = as_admin.get("/diff?from=1&to=5").await;
     assert_eq!((s, &q), (200, &d));
-    let out = cli.json(&admin, &["engines", "diff", &engine.to_string(), "2", "3"]);
+    let out = cli.json(admin, &["engines", "diff", &engine.to_string(), "2", "3"]);
     assert!(out["flow"]
         .as_array()
         .into_iter()
@@ -171,7 +171,7 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
     assert_api_error(s, &b, 404, "version_not_found");
     // The CLI's rollback is the same function.
     let out = cli.json(
-        &admin,
+        admin,
         &[
             "engines",
             "rollback",

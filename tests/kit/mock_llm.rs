@@ -502,7 +502,8 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         Some(_) | None => {}
     }
     // A stream spreading its latency spends it sending.
-    if !latency.is_zero() && !(streaming && matches!(pace, Pace::Spread(_))) {
+    let spent_sending = streaming && matches!(pace, Pace::Spread(_));
+    if !latency.is_zero() && !spent_sending {
         tokio::time::sleep(latency).await;
     }
     let wants_json = match s.kind {

@@ -7,8 +7,7 @@
 //! long tier).
 
 use super::queue::start_worker;
-use crate::kit::app::book_setup;
-use crate::kit::app::spawn_app;
+use crate::kit::app::{book_setup, spawn_app};
 use crate::kit::http::JsonCalls;
 use crate::kit::jobs::{finished, request_book, wait_until};
 use crate::kit::mock_llm::Mocks;

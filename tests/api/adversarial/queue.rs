@@ -1,8 +1,7 @@
 //! Issue #13, items 1, 4 and 5: one user's input, one user's scan and one large row
 //! must not cost anyone else.
 
-use crate::kit::app::{book_setup, fast_worker};
-use crate::kit::app::{spawn_app, TestApp, WEBHOOK_SECRET};
+use crate::kit::app::{book_setup, fast_worker, spawn_app, TestApp, WEBHOOK_SECRET};
 use crate::kit::http::JsonCalls;
 use crate::kit::jobs::{finished, wait_until};
 use crate::kit::mock_llm::Mocks;
