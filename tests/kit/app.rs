@@ -98,6 +98,20 @@ impl TestApp {
             .await;
         assert_eq!(s, 200, "assign to {tier}: {b}");
     }
+
+    /// A Database Webhook delivery of `body` to the service, with `auth` as its
+    /// Authorization header.
+    pub async fn deliver_webhook(&self, auth: Option<&str>, body: String) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("{}/webhooks/generation", self.address))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send().await.expect("webhook delivery")
+    }
 }
 
 /// The service with an in-process worker answering every model with the offline
@@ -148,20 +162,4 @@ pub async fn example_engine_for(app: &TestApp, tier: &str) -> (TestUser, Uuid) {
     let engine = app.deploy_example(&admin).await;
     app.assign_tier(&admin, engine, tier).await;
     (admin, engine)
-}
-
-impl TestApp {
-    /// A Database Webhook delivery of `body` to the service, with `auth` as its
-    /// Authorization header.
-    pub async fn deliver_webhook(&self, auth: Option<&str>, body: String) -> reqwest::Response {
-        let mut req = self
-            .http
-            .post(format!("{}/webhooks/generation", self.address))
-            .header("content-type", "application/json")
-            .body(body);
-        if let Some(a) = auth {
-            req = req.header("authorization", a);
-        }
-        req.send().await.expect("webhook delivery")
-    }
 }

@@ -18,6 +18,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use wire::{
+    answer_text, error_frame, even_pieces, frame, frames, prompt_of, whole_answer, words, Frames,
+};
+
+mod wire;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -93,22 +98,6 @@ impl Recorded {
     pub fn prompt(&self) -> String {
         prompt_of(&self.body)
     }
-}
-
-/// The user prompt of a request body, whatever the wire format.
-fn prompt_of(b: &Value) -> String {
-    if let Some(msgs) = b["messages"].as_array() {
-        return msgs
-            .iter()
-            .filter(|m| m["role"] == "user")
-            .filter_map(|m| m["content"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n");
-    }
-    b["contents"][0]["parts"][0]["text"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// What the mock writes.
@@ -331,12 +320,6 @@ impl MockProvider {
     }
 }
 
-/// The text a streamed answer carries: marked with the call's number, so that
-/// the text of an attempt that was cut can be told from the one that finished.
-pub fn streamed_text(call: usize, text: &str) -> String {
-    format!("[call {call}] {text}")
-}
-
 fn recorded_key(s: &Shared) -> String {
     let last = s.calls.lock().ok().and_then(|c| c.last().cloned());
     last.map(|c| {
@@ -349,31 +332,6 @@ fn recorded_key(s: &Shared) -> String {
             .unwrap_or_default()
     })
     .unwrap_or_default()
-}
-
-/// A JSON outline when JSON is asked for, a chapter-ish text otherwise.
-fn answer_text(answers: Answers, prompt: &str, wants_json: bool) -> String {
-    match (answers, wants_json) {
-        (Answers::Echo, true) => json!({"title": "The Mock Book", "chapters": [
-            {"title": "Alpha", "summary": "first"},
-            {"title": "Beta", "summary": "second"},
-            {"title": "Gamma", "summary": "third"},
-        ]})
-        .to_string(),
-        (Answers::Echo, false) => {
-            let first = prompt.lines().next().unwrap_or_default();
-            format!("Text written for: {first}")
-        }
-        (Answers::Fixed { chapters }, true) => {
-            let chapters: Vec<Value> = (1..=chapters)
-                .map(|i| json!({"title": format!("Chapter {i}"), "summary": format!("What chapter {i} covers.")}))
-                .collect();
-            json!({"title": "A benchmark book", "chapters": chapters}).to_string()
-        }
-        (Answers::Fixed { .. }, false) => {
-            "Benchmark text: a short paragraph standing in for a model's answer.".to_owned()
-        }
-    }
 }
 
 async fn handle(State(s): State<Shared>, req: Request) -> Response {
@@ -526,191 +484,22 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         let open = OpenStream::new(&s.open_streams);
         return stream_response(s.kind, frames, pace, hold, stream_fault, (open, in_flight));
     }
-    let out = match s.kind {
-        Kind::OpenAi => json!({
-            "id": "chatcmpl-mock", "object": "chat.completion", "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-        }),
-        Kind::Anthropic => json!({
-            "id": "msg_mock", "type": "message", "role": "assistant", "model": body["model"],
-            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-            "usage": {"input_tokens": 13, "output_tokens": 5},
-        }),
-        Kind::Gemini => json!({
-            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}],
-            "usageMetadata": {"promptTokenCount": 17, "candidatesTokenCount": 3, "totalTokenCount": 20},
-        }),
-    };
-    axum::Json(out).into_response()
+    axum::Json(whole_answer(s.kind, &body["model"], &text)).into_response()
 }
 
-/// A streamed answer as SSE frames: before the text, one per text chunk, after.
-struct Frames {
-    head: Vec<String>,
-    text: Vec<String>,
-    tail: Vec<String>,
+/// The text a streamed answer carries: marked with the call's number, so that
+/// the text of an attempt that was cut can be told from the one that finished.
+pub fn streamed_text(call: usize, text: &str) -> String {
+    format!("[call {call}] {text}")
 }
 
-fn frame(event: Option<&str>, data: &Value) -> String {
-    match event {
-        Some(e) => format!("event: {e}\ndata: {data}\n\n"),
-        None => format!("data: {data}\n\n"),
-    }
-}
-
-/// Text pieces a benchmark's stream is cut into.
-pub const BENCH_STREAM_PIECES: usize = 40;
-
-/// The text in `n` pieces of the same number of characters (the last shorter; fewer
-/// pieces when the text is shorter than `n`).
-fn even_pieces(text: &str, n: usize) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let per = chars.len().div_ceil(n).max(1);
-    chars.chunks(per).map(|p| p.iter().collect()).collect()
-}
-
-/// The text cut after each run of whitespace: joined, the pieces are the text.
-fn words(text: &str) -> Vec<String> {
-    let mut pieces: Vec<String> = Vec::new();
-    for w in text.split_inclusive(char::is_whitespace) {
-        match pieces.last_mut() {
-            Some(last) if w.trim().is_empty() => last.push_str(w),
-            _ => pieces.push(w.to_owned()),
-        }
-    }
-    pieces
-}
-
-/// Usage a stream reports: the same numbers as each format's whole answer.
+/// Usage each format's answers report (whole or streamed).
 pub const OPENAI_USAGE: (u64, u64) = (11, 7);
 pub const ANTHROPIC_USAGE: (u64, u64) = (13, 5);
 pub const GEMINI_USAGE: (u64, u64) = (17, 3);
 
-fn frames(kind: Kind, model: &Value, words: &[String], include_usage: bool) -> Frames {
-    match kind {
-        Kind::OpenAi => {
-            let chunk = |delta: Value, finish: Value| {
-                frame(
-                    None,
-                    &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": null}),
-                )
-            };
-            let (i, o) = OPENAI_USAGE;
-            let mut tail = vec![chunk(json!({}), json!("stop"))];
-            if include_usage {
-                tail.push(frame(
-                    None,
-                    &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model, "choices": [],
-                        "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}}),
-                ));
-            }
-            tail.push("data: [DONE]\n\n".to_owned());
-            Frames {
-                head: vec![chunk(
-                    json!({"role": "assistant", "content": ""}),
-                    Value::Null,
-                )],
-                text: words
-                    .iter()
-                    .map(|w| chunk(json!({ "content": w }), Value::Null))
-                    .collect(),
-                tail,
-            }
-        }
-        Kind::Anthropic => {
-            let (i, o) = ANTHROPIC_USAGE;
-            Frames {
-                head: vec![
-                    frame(
-                        Some("message_start"),
-                        &json!({"type": "message_start", "message": {
-                        "id": "msg_mock", "type": "message", "role": "assistant", "content": [], "model": model,
-                        "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": i, "output_tokens": 1}}}),
-                    ),
-                    frame(
-                        Some("content_block_start"),
-                        &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-                    ),
-                    frame(Some("ping"), &json!({"type": "ping"})),
-                ],
-                text: words
-                    .iter()
-                    .map(|w| {
-                        frame(
-                            Some("content_block_delta"),
-                            &json!({"type": "content_block_delta", "index": 0,
-                            "delta": {"type": "text_delta", "text": w}}),
-                        )
-                    })
-                    .collect(),
-                tail: vec![
-                    frame(
-                        Some("content_block_stop"),
-                        &json!({"type": "content_block_stop", "index": 0}),
-                    ),
-                    frame(
-                        Some("message_delta"),
-                        &json!({"type": "message_delta",
-                        "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": o}}),
-                    ),
-                    frame(Some("message_stop"), &json!({"type": "message_stop"})),
-                ],
-            }
-        }
-        Kind::Gemini => {
-            let (i, o) = GEMINI_USAGE;
-            let chunk = |text: &str, finish: Option<&str>, usage: Value| {
-                let mut candidate =
-                    json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
-                if let Some(f) = finish {
-                    candidate["finishReason"] = json!(f);
-                }
-                frame(
-                    None,
-                    &json!({"candidates": [candidate], "usageMetadata": usage, "modelVersion": model}),
-                )
-            };
-            Frames {
-                head: vec![],
-                text: words
-                    .iter()
-                    .map(|w| {
-                        chunk(
-                            w,
-                            None,
-                            json!({"promptTokenCount": i, "totalTokenCount": i}),
-                        )
-                    })
-                    .collect(),
-                tail: vec![chunk(
-                    "",
-                    Some("STOP"),
-                    json!({"promptTokenCount": i, "candidatesTokenCount": o, "totalTokenCount": i + o}),
-                )],
-            }
-        }
-    }
-}
-
-/// What each format sends for `Fault::ErrorEventAfter` and `MalformedChunkAfter`.
-fn error_frame(kind: Kind) -> String {
-    match kind {
-        Kind::OpenAi => frame(
-            None,
-            &json!({"error": {"message": "injected mid-stream error", "type": "server_error", "param": null, "code": null}}),
-        ),
-        Kind::Anthropic => frame(
-            Some("error"),
-            &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
-        ),
-        Kind::Gemini => frame(
-            None,
-            &json!({"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}),
-        ),
-    }
-}
+/// Text pieces a benchmark's stream is cut into.
+pub const BENCH_STREAM_PIECES: usize = 40;
 
 /// How a stream's text pieces are spaced.
 #[derive(Clone, Copy)]
