@@ -19,8 +19,6 @@ use uuid::Uuid;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub struct Stack {
-    /// The database's name.
-    pub name: String,
     pub db: Config,
     pub pg: tokio_postgres::Client,
     pub rest_url: String,
@@ -188,7 +186,6 @@ impl Stack {
         })
         .await?;
         Ok(Stack {
-            name: options.database,
             supabase_url: gateway.url.clone(),
             gateway,
             publishable_key,
