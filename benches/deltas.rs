@@ -12,6 +12,7 @@ mod common;
 
 use bookengine::queue::{DeltaRow, Queue};
 use bookengine::rest::Rest;
+use common::kit::stack::Stack;
 use common::*;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -148,9 +149,8 @@ async fn run() -> Res<()> {
     let q = quick();
     let dur = Duration::from_secs(if q { 3 } else { 10 });
     let load_before = loadavg();
-    let stack = Stack::start("deltas", 10).await?;
-    println!("{}", machine_report(&stack).await);
-    let user = stack.user("pro", false).await?;
+    let stack = bench_stack("deltas", 10).await?;
+    let user = stack.user(Some("pro"), false).await.id;
     let queue = Queue::new(Rest::new(&stack.supabase_config())?);
     let plan: &[(usize, usize)] = if q {
         &[(4, 4), (10, 25)]

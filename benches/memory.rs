@@ -8,6 +8,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::kit::{mock_llm::MockProvider, stack::Stack};
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -22,19 +23,14 @@ fn main() {
 async fn run() -> Res<()> {
     let q = quick();
     let load_before = loadavg();
-    let stack = Stack::start("memory", 10).await?;
-    println!("{}", machine_report(&stack).await);
+    let stack = bench_stack("memory", 10).await?;
     println!(
         "mode: {}; {JOBS} one-step jobs, mock latency {} s, BOOKENGINE_WORKER_CONCURRENCY={JOBS}, BOOKENGINE_PROVIDER_CONCURRENCY={JOBS}",
         if q { "QUICK" } else { "full" },
         MOCK_LATENCY.as_secs()
     );
-    let mock = MockLlm::start(MOCK_LATENCY, 3).await?;
-    let engine = engine_row(&stack.pg, &one_step_flow("openai", "Bench one-step")).await?;
-    let mut users = Vec::new();
-    for _ in 0..100 {
-        users.push(stack.user("enterprise", false).await?);
-    }
+    let mock = MockProvider::fixed_latency(MOCK_LATENCY, 3).await;
+    let (engine, users) = one_step_world(&stack, 100).await?;
     // Not needed for service-role inserts, but a user-driven variant would need it.
     stack
         .pg
@@ -112,7 +108,7 @@ async fn run() -> Res<()> {
             .pg
             .batch_execute("TRUNCATE public.generation_jobs CASCADE")
             .await?;
-        mock.set_latency(latency);
+        mock.latency(latency);
         let busy = cpu_busy(Duration::from_millis(500)).await;
         println!(
             "\nmachine CPU busy before the load: {busy:.0}% (loadavg {})",
@@ -135,7 +131,7 @@ async fn run() -> Res<()> {
         );
         results.push((latency, r));
     }
-    let pgrst = stack.postgrest_pid().and_then(rss_mib);
+    let pgrst = stack.postgrest.pid().and_then(rss_mib);
     serve.stop(Duration::from_secs(10));
     if let Some((r, h)) = pgrst {
         println!("(PostgREST, for reference: VmRSS {r:.1} MiB, VmHWM {h:.1} MiB)");
@@ -179,28 +175,19 @@ struct Phase {
 
 async fn load_phase(
     stack: &Stack,
-    mock: &MockLlm,
+    mock: &MockProvider,
     http: &reqwest::Client,
     base: &str,
     pid: u32,
     engine: uuid::Uuid,
     users: &[uuid::Uuid],
 ) -> Res<Phase> {
-    mock.reset();
+    mock.reset_counts();
     let rows: Vec<Value> = (0..JOBS)
         .map(|i| json!({"user_id": users[i % users.len()], "engine_id": engine, "input": {"topic": format!("memory {i}")}}))
         .collect();
     let t0 = Instant::now();
-    let r = http
-        .post(format!("{}/generation_jobs", stack.rest_url))
-        .bearer_auth(stack.service_key.expose())
-        .header("Prefer", "return=minimal")
-        .json(&rows)
-        .send()
-        .await?;
-    if !r.status().is_success() {
-        return Err(format!("inserting jobs: {}", r.text().await?).into());
-    }
+    insert_job_rows(http, stack, &rows).await?;
     // Wake the worker as the database webhook would.
     let _ = http
         .post(format!("{base}/webhooks/generation"))

@@ -10,6 +10,12 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::kit::{
+    flows::book_flow,
+    mock_llm::{MockProvider, BENCH_STREAM_PIECES},
+    service::{serve_config, Service},
+    stack::Stack,
+};
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -155,22 +161,21 @@ async fn run() -> Res<()> {
     let q = quick();
     let (n_par, n_seq) = if q { (3, 2) } else { (10, 5) };
     let load_before = loadavg();
-    let stack = Stack::start("orchestration", 10).await?;
-    println!("{}", machine_report(&stack).await);
+    let stack = bench_stack("orchestration", 10).await?;
     println!(
         "mode: {}; L = {} ms; flow: outline -> {CHAPTERS} chapters (for_each) -> edit = {CALLS} calls; all steps on provider `openai` -> in-bench mock",
         if q { "QUICK" } else { "full" },
         L.as_millis()
     );
-    let mock = MockLlm::start(L, CHAPTERS).await?;
+    let mock = MockProvider::fixed_latency(L, CHAPTERS).await;
     stack
         .pg
         .batch_execute(
             "UPDATE public.generation_limits SET max_concurrent = 1000, max_per_hour = 100000",
         )
         .await?;
-    let admin = stack.user("enterprise", true).await?;
-    let user = stack.user("enterprise", false).await?;
+    let admin = stack.user(Some("enterprise"), true).await.id;
+    let user = stack.user(Some("enterprise"), false).await.id;
 
     let supabase = stack.supabase_config();
     let providers = bookengine::providers::ProvidersConfig {
@@ -180,24 +185,13 @@ async fn run() -> Res<()> {
         ..Default::default()
     };
     let config = bookengine::http::ServeConfig {
-        addr: "127.0.0.1:0".into(),
-        webhook_secret: None,
-        supabase: supabase.clone(),
-        auth: bookengine::config::AuthConfig {
-            jwt_secret: Some(stack.jwt_secret.clone()),
-            jwks_url: None,
-        },
-        no_worker: true,
         worker: worker_config(16, true),
         providers: providers.clone(),
-        ops: Default::default(),
+        ..serve_config(&stack)
     };
-    let app = bookengine::http::Application::build(&config).await?;
+    let app = Service::start(&config).await?;
     let wake = app.state.wake.clone();
-    let service = format!("http://127.0.0.1:{}", app.port());
-    let app_stop = CancellationToken::new();
-    let stop = app_stop.clone();
-    tokio::spawn(app.run_until(async move { stop.cancelled().await }));
+    let service = app.address.clone();
     wait_http(&format!("{service}/healthz"), Duration::from_secs(10)).await?;
 
     let http = reqwest::Client::new();
@@ -252,7 +246,7 @@ async fn run() -> Res<()> {
         .await?;
         // Warm-up (connections, first-use costs), not counted.
         bench.book(engines[0]).await?;
-        mock.reset();
+        mock.reset_counts();
         let busy = cpu_busy(Duration::from_millis(500)).await;
         println!(
             "streaming {}: machine CPU busy before measuring: {busy:.0}% (loadavg {})",
@@ -275,16 +269,16 @@ async fn run() -> Res<()> {
             .query_one("SELECT count(*) FROM public.generation_deltas", &[])
             .await?
             .get(0);
-        let par_calls = mock.calls();
+        let par_calls = mock.call_count();
         let par_max_in_flight = mock.max_in_flight();
         // Sequential mode on the same worker (fan-out width 16): `sequential` runs one
         // call at a time, a for_each's items included, whatever the configured width.
-        mock.reset();
+        mock.reset_counts();
         let mut seq = Vec::new();
         for _ in 0..n_seq {
             seq.push(bench.book(engines[1]).await?);
         }
-        let seq_calls = mock.calls();
+        let seq_calls = mock.call_count();
         let seq_max_in_flight = mock.max_in_flight();
         shutdown.cancel();
         let _ = handle.await;
@@ -382,9 +376,9 @@ async fn run() -> Res<()> {
         );
         if ph.stream {
             println!(
-                "  delta rows per parallel book: {:.1} ({CALLS} calls x {MOCK_STREAM_CHUNKS} chunks = {} provider deltas)",
+                "  delta rows per parallel book: {:.1} ({CALLS} calls x {BENCH_STREAM_PIECES} chunks = {} provider deltas)",
                 ph.rows_per_book,
-                CALLS * MOCK_STREAM_CHUNKS
+                CALLS * BENCH_STREAM_PIECES
             );
         }
         println!(
@@ -404,7 +398,7 @@ async fn run() -> Res<()> {
         "loadavg before {load_before}, after {} (other processes may share the 2 cores)",
         loadavg()
     );
-    app_stop.cancel();
+    drop(app);
     drop(bench);
     Ok(())
 }

@@ -10,11 +10,10 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::kit::{mock_llm::MockProvider, proxy::CountingProxy, stack::Stack};
 use common::*;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -27,7 +26,7 @@ fn main() {
 
 struct Ctx {
     stack: Stack,
-    mock: MockLlm,
+    mock: MockProvider,
     http: reqwest::Client,
     engine: Uuid,
     users: Vec<Uuid>,
@@ -84,17 +83,7 @@ impl Ctx {
                            "input": {"topic": format!("job {}", k + i)}})
                 })
                 .collect();
-            let r = self
-                .http
-                .post(format!("{}/generation_jobs", self.stack.rest_url))
-                .bearer_auth(self.stack.service_key.expose())
-                .header("Prefer", "return=minimal")
-                .json(&rows)
-                .send()
-                .await?;
-            if !r.status().is_success() {
-                return Err(format!("inserting jobs: {}", r.text().await?).into());
-            }
+            insert_job_rows(&self.http, &self.stack, &rows).await?;
             left -= m;
             k += m;
         }
@@ -138,7 +127,7 @@ impl Ctx {
         }
         let pids: Vec<u32> = procs.iter().map(|p| p.pid()).collect();
         let cpu0: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect();
-        let pgrst0 = self.stack.postgrest_pid().map(cpu_seconds).unwrap_or(0.0);
+        let pgrst0 = self.stack.postgrest.pid().map(cpu_seconds).unwrap_or(0.0);
         // This process: the mock provider (it streams, too), the inserts, the polling.
         let bench0 = cpu_seconds(std::process::id());
         let pg0: Vec<(u32, f64)> = self
@@ -164,7 +153,7 @@ impl Ctx {
             .zip(&cpu0)
             .map(|(p, c0)| cpu_seconds(*p) - c0)
             .sum();
-        let pgrst_cpu = self.stack.postgrest_pid().map(cpu_seconds).unwrap_or(0.0) - pgrst0;
+        let pgrst_cpu = self.stack.postgrest.pid().map(cpu_seconds).unwrap_or(0.0) - pgrst0;
         let bench_cpu = cpu_seconds(std::process::id()) - bench0;
         // Backends PostgREST opened during the run count from zero.
         let pg_cpu: f64 = self
@@ -273,90 +262,6 @@ impl Throughput {
     }
 }
 
-// ------------------------------------------------------------------ counting proxy
-
-#[derive(Default)]
-struct CallStats {
-    count: u64,
-    total_ms: f64,
-}
-
-#[derive(Clone)]
-struct Proxy {
-    upstream: String,
-    http: reqwest::Client,
-    stats: Arc<Mutex<BTreeMap<String, CallStats>>>,
-}
-
-async fn proxy_handler(
-    axum::extract::State(p): axum::extract::State<Proxy>,
-    req: axum::extract::Request,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 << 20)
-        .await
-        .unwrap_or_default();
-    let path = parts.uri.path().to_owned();
-    let url = format!(
-        "{}{}",
-        p.upstream,
-        parts
-            .uri
-            .path_and_query()
-            .map(|x| x.as_str())
-            .unwrap_or("/")
-    );
-    let mut rb = p.http.request(parts.method.clone(), url);
-    for (k, v) in parts.headers.iter() {
-        if k != axum::http::header::HOST && k != axum::http::header::CONTENT_LENGTH {
-            rb = rb.header(k, v);
-        }
-    }
-    let t = Instant::now();
-    let resp = match rb.body(bytes).send().await {
-        Ok(r) => r,
-        Err(e) => {
-            return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response();
-        }
-    };
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.bytes().await.unwrap_or_default();
-    let took = ms(t.elapsed());
-    if let Ok(mut s) = p.stats.lock() {
-        let e = s.entry(format!("{} {path}", parts.method)).or_default();
-        e.count += 1;
-        e.total_ms += took;
-    }
-    let mut out = axum::response::Response::builder().status(status);
-    for (k, v) in headers.iter() {
-        if k != axum::http::header::TRANSFER_ENCODING && k != axum::http::header::CONTENT_LENGTH {
-            out = out.header(k, v);
-        }
-    }
-    out.body(axum::body::Body::from(body))
-        .unwrap_or_else(|_| axum::http::StatusCode::BAD_GATEWAY.into_response())
-}
-
-async fn start_proxy(upstream: &str) -> Res<(String, Arc<Mutex<BTreeMap<String, CallStats>>>)> {
-    let stats = Arc::new(Mutex::new(BTreeMap::new()));
-    let state = Proxy {
-        upstream: upstream.to_owned(),
-        http: reqwest::Client::new(),
-        stats: stats.clone(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let app = axum::Router::new()
-        .fallback(proxy_handler)
-        .with_state(state);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((format!("http://127.0.0.1:{port}"), stats))
-}
-
 // ------------------------------------------------------------------ the benchmark
 
 async fn raw_rpc(ctx: &Ctx, n: usize, limit: Duration) -> (Stats, Stats) {
@@ -366,20 +271,10 @@ async fn raw_rpc(ctx: &Ctx, n: usize, limit: Duration) -> (Stats, Stats) {
     let claim = run_load(16, n, limit, move |_, _| {
         let (http, url, key) = (http.clone(), url.clone(), key.clone());
         async move {
-            match http
-                .post(&url)
-                .bearer_auth(&key)
-                .json(&json!({"worker": "bench-noop", "max_jobs": 0, "lease_seconds": 30}))
-                .send()
+            let noop = json!({"worker": "bench-noop", "max_jobs": 0, "lease_seconds": 30});
+            call_ok(http.post(&url).bearer_auth(&key).json(&noop))
                 .await
-            {
-                Ok(r) => {
-                    let ok = r.status().is_success();
-                    let _ = r.bytes().await;
-                    ok
-                }
-                Err(_) => false,
-            }
+                .is_ok()
         }
     })
     .await;
@@ -389,21 +284,12 @@ async fn raw_rpc(ctx: &Ctx, n: usize, limit: Duration) -> (Stats, Stats) {
     let mine = run_load(16, n, limit, move |_, _| {
         let (http, url, token) = (http.clone(), url.clone(), token.clone());
         async move {
-            match http
+            let req = http
                 .post(&url)
                 .bearer_auth(&token)
                 .header("content-type", "application/json")
-                .body("{}")
-                .send()
-                .await
-            {
-                Ok(r) => {
-                    let ok = r.status().is_success();
-                    let _ = r.bytes().await;
-                    ok
-                }
-                Err(_) => false,
-            }
+                .body("{}");
+            call_ok(req).await.is_ok()
         }
     })
     .await;
@@ -518,19 +404,14 @@ async fn run() -> Res<()> {
     let hook_samples = if q { 40 } else { 200 };
     let load_before = loadavg();
 
-    let stack = Stack::start("queue", 10).await?;
-    println!("{}", machine_report(&stack).await);
+    let stack = bench_stack("queue", 10).await?;
     println!(
         "mode: {}; {n_jobs} one-step jobs per run; worker concurrency {WORKER_CONCURRENCY}, poll 20 ms; mock latency 0 ms; PostgREST db-pool {}",
         if q { "QUICK" } else { "full" },
-        stack.pool
+        stack.postgrest.pool
     );
-    let mock = MockLlm::start(Duration::ZERO, 3).await?;
-    let engine = engine_row(&stack.pg, &one_step_flow("openai", "Bench one-step")).await?;
-    let mut users = Vec::new();
-    for _ in 0..50 {
-        users.push(stack.user("enterprise", false).await?);
-    }
+    let mock = MockProvider::fixed_latency(Duration::ZERO, 3).await;
+    let (engine, users) = one_step_world(&stack, 50).await?;
     let ctx = Ctx {
         stack,
         mock,
@@ -558,22 +439,23 @@ async fn run() -> Res<()> {
     println!("{}", mine_rate.line("raw rpc/my_engines (user), c=16"));
 
     // 2. Calls per job, through a counting pass-through proxy (1 worker).
-    let (proxy_url, calls) = start_proxy(&ctx.stack.rest_url).await?;
-    let calib = ctx.throughput(1, n_calib, limit, &proxy_url).await?;
-    let per_job: Vec<(String, f64, f64)> = calls
-        .lock()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        v.count as f64 / calib.done.max(1) as f64,
-                        v.total_ms / v.count.max(1) as f64,
-                    )
-                })
-                .collect()
+    let proxy = CountingProxy::start(&ctx.stack.rest_url, |method, path_and_query| {
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        format!("{method} {path}")
+    })
+    .await?;
+    let calib = ctx.throughput(1, n_calib, limit, &proxy.url).await?;
+    let per_job: Vec<(String, f64, f64)> = proxy
+        .take()
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                k,
+                v.count as f64 / calib.done.max(1) as f64,
+                v.total_ms / v.count.max(1) as f64,
+            )
         })
-        .unwrap_or_default();
+        .collect();
     let calls_per_job: f64 = per_job.iter().map(|(_, c, _)| c).sum();
     println!(
         "\ncalls per job (proxy, 1 worker, {} jobs, {:.0} jobs/s through the proxy):",

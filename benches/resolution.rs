@@ -11,6 +11,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::kit::{flows::book_flow, seed::mark_checked, stack::Stack};
 use common::*;
 use futures::StreamExt;
 use rand::Rng;
@@ -127,7 +128,7 @@ async fn seed_base(pg: &tokio_postgres::Client, flow: &serde_json::Value) -> Res
         &[&row.description, &row.flow_config, &row.models],
     )
     .await?;
-    mark_checked(pg).await?;
+    mark_checked(pg, None).await?;
     println!(
         "seeded {USERS} users (profiles, user_credits: 50% hobby / 35% pro / 15% enterprise) and {ENGINES} engines (2% inactive, flow_config = the example book flow) in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -261,20 +262,8 @@ impl Targets {
             let (http, url, tokens) = (http.clone(), url.clone(), tokens.clone());
             async move {
                 let token = &tokens[i % tokens.len()].1;
-                match http.get(&url).bearer_auth(token).send().await {
-                    Ok(r) => {
-                        let status = r.status();
-                        let body = r.bytes().await.unwrap_or_default();
-                        if !status.is_success() {
-                            note_error(format!("{status} {}", String::from_utf8_lossy(&body)));
-                        }
-                        status.is_success()
-                    }
-                    Err(e) => {
-                        note_error(e.to_string());
-                        false
-                    }
-                }
+                let req = http.get(&url).bearer_auth(token);
+                call_ok(req).await.map_err(note_error).is_ok()
             }
         })
         .await
@@ -290,27 +279,12 @@ impl Targets {
             let (http, url, tokens) = (http.clone(), url.clone(), tokens.clone());
             async move {
                 let token = &tokens[i % tokens.len()].1;
-                match http
+                let req = http
                     .post(&url)
                     .bearer_auth(token)
                     .header("content-type", "application/json")
-                    .body("{}")
-                    .send()
-                    .await
-                {
-                    Ok(r) => {
-                        let status = r.status();
-                        let body = r.bytes().await.unwrap_or_default();
-                        if !status.is_success() {
-                            note_error(format!("{status} {}", String::from_utf8_lossy(&body)));
-                        }
-                        status.is_success()
-                    }
-                    Err(e) => {
-                        note_error(e.to_string());
-                        false
-                    }
-                }
+                    .body("{}");
+                call_ok(req).await.map_err(note_error).is_ok()
             }
         })
         .await
@@ -340,17 +314,16 @@ impl Targets {
 async fn run() -> Res<()> {
     let p = plan();
     let load_before = loadavg();
-    let mut stack = Stack::start("resolution", 10).await?;
-    println!("{}", machine_report(&stack).await);
+    let mut stack = bench_stack("resolution", 10).await?;
     println!(
         "mode: {}; concurrency {CONCURRENCY}; PostgREST db-pool {}",
         if p.quick { "QUICK" } else { "full" },
-        stack.pool
+        stack.postgrest.pool
     );
     let flow = book_flow("openai", "parallel", "Bench engine");
     seed_base(&stack.pg, &flow).await?;
     seed_candidates(&stack.pg).await?;
-    stack.restart_postgrest().await?;
+    stack.restart_postgrest().await;
 
     // The service, in this process on its own runtime (as a separate process would be).
     let api = ApiService::start(&stack).await?;

@@ -10,6 +10,7 @@
 #[path = "common/mod.rs"]
 mod common;
 
+use common::kit::{flows::one_step_flow, seed::engine_row, stack::Stack};
 use common::*;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -138,9 +139,9 @@ async fn load(
 async fn run() -> Res<()> {
     let jobs: i64 = if quick() { 100_000 } else { 1_000_000 };
     let n = if quick() { 100 } else { 400 };
-    let mut stack = Stack::start("scans", 10).await?;
+    let mut stack = Stack::bench("scans", 10, log_dir()).await?;
     let (me, admin) = seed(&stack, jobs).await?;
-    stack.restart_postgrest().await?;
+    stack.restart_postgrest().await;
     println!("{}", machine_report(&stack).await);
 
     let api = ApiService::start(&stack).await?;

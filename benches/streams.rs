@@ -20,6 +20,11 @@ mod common;
 use bookengine::generations::watch::StreamConfig;
 use bookengine::metrics::Metrics;
 use bookengine::secret::Secret;
+use common::kit::{
+    flows::one_step_flow,
+    seed::{engine_row, mark_checked},
+    stack::Stack,
+};
 use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -165,7 +170,7 @@ fn listen_url(stack: &Stack) -> Secret {
 /// 1. Token → SSE latency for one job and one viewer, `tokens` tokens at 50/s.
 async fn latency(stack: &Stack, engine: Uuid, streams: StreamConfig, tokens: usize) -> Res<Stats> {
     let svc = ApiService::start_with_streams(stack, streams).await?;
-    let user = stack.user("pro", false).await?;
+    let user = stack.user(Some("pro"), false).await.id;
     let token = stack.token_for(user);
     let (job, lease) = running_job(stack, engine, user).await?;
     let http = reqwest::Client::new();
@@ -269,7 +274,7 @@ async fn viewers(
     .await?;
     let mut list = Vec::new();
     for _ in 0..jobs {
-        let user = stack.user("pro", false).await?;
+        let user = stack.user(Some("pro"), false).await.id;
         let (job, lease) = running_job(stack, engine, user).await?;
         list.push((job, lease, stack.token_for(user)));
     }
@@ -440,10 +445,10 @@ async fn viewers(
 
 async fn run() -> Res<()> {
     let quick = quick();
-    let mut stack = Stack::start("streams", 20).await?;
+    let mut stack = Stack::bench("streams", 20, log_dir()).await?;
     let engine = engine_row(&stack.pg, &one_step_flow("openai", "streams")).await?;
-    mark_checked(&stack.pg).await?;
-    stack.restart_postgrest().await?;
+    mark_checked(&stack.pg, None).await?;
+    stack.restart_postgrest().await;
     println!("{}", machine_report(&stack).await);
     println!(
         "load before: {} (busy {:.0}%)",

@@ -1,24 +1,28 @@
-//! Shared pieces of the benchmarks: a private stack (database + PostgREST), load
-//! generation with latency percentiles, a fixed-latency OpenAI-compatible mock,
-//! the release binary as a child process, and what the machine was doing.
+//! Shared pieces of the benchmarks: load generation with latency percentiles, the
+//! release binary as a child process, and what the machine was doing. The stack,
+//! seeding, flows and the mock provider (`MockProvider::fixed_latency`) are the test
+//! kit's (tests/kit), shared with the integration tests.
 //!
 //! Benchmarks measure and print; nothing here asserts a timing.
 #![allow(dead_code)]
 
-use bookengine::auth::{mint, MintRequest};
-use bookengine::config::SupabaseConfig;
-use bookengine::devstack::{self, PostgrestOptions};
-use bookengine::secret::Secret;
-use serde_json::{json, Value};
+#[path = "../../tests/kit/mod.rs"]
+pub mod kit;
+
+use kit::flows::one_step_flow;
+use kit::seed::engine_row;
+use kit::service::serve_config;
+use kit::stack::{repo_root, Stack};
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use kit::stack::BoxError;
 pub type Res<T> = std::result::Result<T, BoxError>;
 
 /// A benchmark's `main`: `run` on a runtime of two worker threads (the machine's two
@@ -44,8 +48,54 @@ pub fn quick() -> bool {
         || std::env::args().any(|a| a == "--quick")
 }
 
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// A benchmark's stack (see `Stack::bench`), once what the machine is has been printed.
+pub async fn bench_stack(name: &str, pool: u16) -> Res<Stack> {
+    let stack = Stack::bench(name, pool, log_dir()).await?;
+    println!("{}", machine_report(&stack).await);
+    Ok(stack)
+}
+
+/// The queue and memory benchmarks' data: one one-step engine on provider `openai`
+/// ("Bench one-step") and `users` enterprise users.
+pub async fn one_step_world(stack: &Stack, users: usize) -> Res<(Uuid, Vec<Uuid>)> {
+    let engine = engine_row(&stack.pg, &one_step_flow("openai", "Bench one-step")).await?;
+    let mut ids = Vec::with_capacity(users);
+    for _ in 0..users {
+        ids.push(stack.user(Some("enterprise"), false).await.id);
+    }
+    Ok((engine, ids))
+}
+
+/// Insert job rows as the service role through PostgREST, none sent back.
+pub async fn insert_job_rows(
+    http: &reqwest::Client,
+    stack: &Stack,
+    rows: &[serde_json::Value],
+) -> Res<()> {
+    let r = http
+        .post(format!("{}/generation_jobs", stack.rest_url))
+        .bearer_auth(stack.service_key.expose())
+        .header("Prefer", "return=minimal")
+        .json(&rows)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        return Err(format!("inserting jobs: {}", r.text().await?).into());
+    }
+    Ok(())
+}
+
+/// Send `req` and read its whole answer: `Ok` for a 2xx, else what went wrong (the
+/// status and body, or the transport error).
+pub async fn call_ok(req: reqwest::RequestBuilder) -> Result<(), String> {
+    let r = req.send().await.map_err(|e| e.to_string())?;
+    let status = r.status();
+    let body = r.bytes().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("{status} {}", String::from_utf8_lossy(&body)))
+    }
 }
 
 /// Where benchmark logs (PostgREST, child processes) go.
@@ -55,141 +105,7 @@ pub fn log_dir() -> PathBuf {
     d
 }
 
-/// The server the bench databases are created on (same variable as the tests).
-pub fn server_config() -> tokio_postgres::Config {
-    std::env::var("BOOKENGINE_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-        .parse()
-        .expect("BOOKENGINE_TEST_DATABASE_URL must be a connection string")
-}
-
-/// One benchmark's own stack: database `bookengine_bench_<name>` (baseline +
-/// migrations) and a real PostgREST 12 on a free port. Dropped at the end.
-pub struct Stack {
-    pub name: String,
-    pub db: tokio_postgres::Config,
-    pub pg: tokio_postgres::Client,
-    pub rest_url: String,
-    pub rest_port: u16,
-    pub jwt_secret: Secret,
-    pub anon_key: Secret,
-    pub service_key: Secret,
-    pub postgrest_bin: PathBuf,
-    pub pool: u16,
-    postgrest: Option<Child>,
-}
-
 impl Stack {
-    pub async fn start(name: &str, pool: u16) -> Res<Stack> {
-        let dbname = format!("bookengine_bench_{name}");
-        let mut db = server_config();
-        db.dbname(&dbname);
-        // A leftover from an interrupted run.
-        devstack::drop_database(&db).await?;
-        devstack::prepare_database(&db).await?;
-        let pg = bookengine::migrate::connect(&db).await?;
-        let bin = devstack::find_or_install_postgrest(
-            &repo_root().join(".bookengine"),
-            std::env::var_os("POSTGREST_BIN")
-                .map(PathBuf::from)
-                .as_deref(),
-        )?;
-        let jwt_secret = devstack::random_secret(40);
-        let keys = devstack::local_keys(&jwt_secret)?;
-        let mut stack = Stack {
-            name: dbname,
-            db,
-            pg,
-            rest_url: String::new(),
-            rest_port: 0,
-            jwt_secret,
-            anon_key: keys.anon_key,
-            service_key: keys.service_role_key,
-            postgrest_bin: bin,
-            pool,
-            postgrest: None,
-        };
-        stack.restart_postgrest().await?;
-        Ok(stack)
-    }
-
-    /// (Re)start PostgREST, e.g. after bulk seeding so its schema cache is fresh.
-    pub async fn restart_postgrest(&mut self) -> Res<()> {
-        if let Some(mut c) = self.postgrest.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let port = devstack::free_port()?;
-        let child = devstack::spawn_postgrest(&PostgrestOptions {
-            bin: &self.postgrest_bin,
-            db: &self.db,
-            port,
-            jwt_secret: &self.jwt_secret,
-            pool: self.pool,
-            log: &log_dir().join(format!("{}-postgrest.log", self.name)),
-        })?;
-        self.postgrest = Some(child);
-        self.rest_port = port;
-        self.rest_url = format!("http://127.0.0.1:{port}");
-        devstack::wait_ready(&self.rest_url, Duration::from_secs(30)).await?;
-        Ok(())
-    }
-
-    pub fn postgrest_pid(&self) -> Option<u32> {
-        self.postgrest.as_ref().map(|c| c.id())
-    }
-
-    pub fn supabase_config(&self) -> SupabaseConfig {
-        SupabaseConfig {
-            supabase_url: None,
-            postgrest_url: Some(self.rest_url.parse().expect("url")),
-            anon_key: Some(self.anon_key.clone()),
-            service_role_key: Some(self.service_key.clone()),
-            ..Default::default()
-        }
-    }
-
-    pub fn token_for(&self, user: Uuid) -> String {
-        mint(
-            &self.jwt_secret,
-            &MintRequest {
-                user: Some(user),
-                role: "authenticated".into(),
-                ttl: Duration::from_secs(6 * 3600),
-                email: None,
-            },
-        )
-        .expect("mint")
-        .expose()
-        .to_owned()
-    }
-
-    /// A user with a profile and a user_credits row; `admin` sets profiles.role.
-    pub async fn user(&self, tier: &str, admin: bool) -> Res<Uuid> {
-        let id = Uuid::new_v4();
-        let email = format!("{}@bench.test", id.simple());
-        let role = if admin { "admin" } else { "user" };
-        self.pg
-            .execute(
-                "INSERT INTO auth.users (id, email) VALUES ($1, $2)",
-                &[&id, &email],
-            )
-            .await?;
-        self.pg
-            .execute(
-                "INSERT INTO public.profiles (id, email, role) VALUES ($1, $2, $3)",
-                &[&id, &email, &role],
-            )
-            .await?;
-        self.pg
-            .execute(
-                "INSERT INTO public.user_credits (user_id, tier) VALUES ($1, $2)",
-                &[&id, &tier],
-            )
-            .await?;
-        Ok(id)
-    }
-
     /// The environment a `bookengine serve|worker` child needs to reach this stack.
     pub fn child_env(&self) -> Vec<(String, String)> {
         vec![
@@ -207,25 +123,6 @@ impl Stack {
             // since the CLI's logger is installed before the service's.
             ("RUST_LOG".into(), "info,tower_http=warn".into()),
         ]
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.postgrest.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let db = self.db.clone();
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                let _ = rt.block_on(devstack::drop_database(&db));
-            }
-        })
-        .join();
     }
 }
 
@@ -394,149 +291,6 @@ pub fn verdict_min(value: f64, target: f64, unit: &str) -> String {
             (1.0 - value / target) * 100.0
         )
     }
-}
-
-// ---------------------------------------------------------------------------------
-// A fixed-latency OpenAI-compatible mock provider
-// ---------------------------------------------------------------------------------
-
-#[derive(Default)]
-pub struct MockCounters {
-    pub calls: AtomicU64,
-    pub in_flight: AtomicU64,
-    pub max_in_flight: AtomicU64,
-}
-
-pub struct MockLlm {
-    /// e.g. http://127.0.0.1:PORT/v1 (what OPENAI_BASE_URL takes).
-    pub base_url: String,
-    pub counters: Arc<MockCounters>,
-    latency: Arc<Mutex<Duration>>,
-}
-
-#[derive(Clone)]
-struct MockState {
-    counters: Arc<MockCounters>,
-    latency: Arc<Mutex<Duration>>,
-    chapters: usize,
-}
-
-impl MockLlm {
-    /// Answers every chat completion after `latency`: a JSON outline with
-    /// `chapters` entries when JSON is asked for, a short paragraph otherwise.
-    pub async fn start(latency: Duration, chapters: usize) -> Res<MockLlm> {
-        use axum::routing::post;
-        let counters = Arc::new(MockCounters::default());
-        let latency = Arc::new(Mutex::new(latency));
-        let state = MockState {
-            counters: counters.clone(),
-            latency: latency.clone(),
-            chapters,
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let app = axum::Router::new()
-            .route("/v1/chat/completions", post(mock_complete))
-            .with_state(state);
-        // Like a real provider's server: small SSE chunks go out at once (with Nagle's
-        // algorithm each would wait for the client's delayed ACK, ~40 ms a stream).
-        tokio::spawn(async move {
-            let _ = axum::serve(bookengine::http::nodelay(listener), app).await;
-        });
-        Ok(MockLlm {
-            base_url: format!("http://127.0.0.1:{port}/v1"),
-            counters,
-            latency,
-        })
-    }
-
-    pub fn set_latency(&self, d: Duration) {
-        if let Ok(mut l) = self.latency.lock() {
-            *l = d;
-        }
-    }
-
-    pub fn calls(&self) -> u64 {
-        self.counters.calls.load(Ordering::SeqCst)
-    }
-
-    pub fn max_in_flight(&self) -> u64 {
-        self.counters.max_in_flight.load(Ordering::SeqCst)
-    }
-
-    pub fn reset(&self) {
-        self.counters.calls.store(0, Ordering::SeqCst);
-        self.counters.max_in_flight.store(0, Ordering::SeqCst);
-    }
-}
-
-/// Text chunks a streamed answer is cut into (spread evenly over the latency).
-pub const MOCK_STREAM_CHUNKS: usize = 40;
-
-async fn mock_complete(
-    axum::extract::State(s): axum::extract::State<MockState>,
-    axum::Json(body): axum::Json<Value>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let c = s.counters.clone();
-    c.calls.fetch_add(1, Ordering::SeqCst);
-    let now = c.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    c.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    let latency = s.latency.lock().map(|l| *l).unwrap_or_default();
-    let text = if body["response_format"]["type"] == "json_object" {
-        let chapters: Vec<Value> = (1..=s.chapters)
-            .map(|i| json!({"title": format!("Chapter {i}"), "summary": format!("What chapter {i} covers.")}))
-            .collect();
-        json!({"title": "A benchmark book", "chapters": chapters}).to_string()
-    } else {
-        "Benchmark text: a short paragraph standing in for a model's answer.".to_owned()
-    };
-    if body["stream"] == true {
-        // OpenAI's chunk stream: the text in MOCK_STREAM_CHUNKS pieces at a fixed
-        // rate over the latency, then the finish chunk, the usage chunk and [DONE].
-        let model = body["model"].clone();
-        let chars: Vec<char> = text.chars().collect();
-        let per = chars.len().div_ceil(MOCK_STREAM_CHUNKS).max(1);
-        let pieces: Vec<String> = chars.chunks(per).map(|p| p.iter().collect()).collect();
-        let gap = latency / pieces.len().max(1) as u32;
-        let start = tokio::time::Instant::now();
-        let stream = async_stream::stream! {
-            // Deadlines from the start, not sleeps in a row: each sleep overshoots by
-            // up to a timer tick, which would add ~1 ms per chunk to the latency.
-            for (i, piece) in pieces.into_iter().enumerate() {
-                if !gap.is_zero() {
-                    tokio::time::sleep_until(start + gap * (i as u32 + 1)).await;
-                }
-                let chunk = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": model,
-                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]});
-                yield Ok::<_, std::convert::Infallible>(format!("data: {chunk}\n\n"));
-            }
-            let finish = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": model,
-                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
-            let usage = json!({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": model,
-                "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}});
-            c.in_flight.fetch_sub(1, Ordering::SeqCst);
-            yield Ok(format!("data: {finish}\n\ndata: {usage}\n\ndata: [DONE]\n\n"));
-        };
-        return (
-            [("content-type", "text/event-stream")],
-            axum::body::Body::from_stream(stream),
-        )
-            .into_response();
-    }
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    c.in_flight.fetch_sub(1, Ordering::SeqCst);
-    axum::Json(json!({
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "model": body["model"],
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": text}}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}
-    }))
-    .into_response()
 }
 
 // ---------------------------------------------------------------------------------
@@ -719,7 +473,7 @@ pub async fn machine_report(stack: &Stack) -> String {
         .await
         .map(|r| r.get::<_, String>(0))
         .unwrap_or_else(|_| "?".into());
-    let pgrst = Command::new(&stack.postgrest_bin)
+    let pgrst = Command::new(&stack.postgrest.bin)
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
@@ -752,75 +506,6 @@ pub async fn wait_http(url: &str, timeout: Duration) -> Res<()> {
     }
 }
 
-/// The example book flow with every step on one provider (and no fallbacks).
-pub fn book_flow(provider: &str, mode: &str, name: &str) -> Value {
-    let mut flow: Value =
-        serde_json::from_str(include_str!("../../examples/book-flow.json")).expect("example flow");
-    flow["execution_mode"] = json!(mode);
-    flow["name"] = json!(name);
-    if let Some(steps) = flow["steps"].as_array_mut() {
-        for s in steps {
-            let c = &mut s["configuration"];
-            c["provider"] = json!(provider);
-            c["model"] = json!("bench-model");
-            if let Some(o) = c.as_object_mut() {
-                o.remove("fallbacks");
-            }
-        }
-    }
-    flow
-}
-
-/// A one-step flow (for the queue and memory benchmarks).
-pub fn one_step_flow(provider: &str, name: &str) -> Value {
-    json!({
-        "name": name,
-        "type": "full",
-        "execution_mode": "sequential",
-        "tier": "enterprise",
-        "steps": [{"id": "write", "name": "Write", "configuration": {
-            "provider": provider, "model": "bench-model",
-            "prompt": "Write one paragraph about {{ input.topic }}.", "retries": 0}}]
-    })
-}
-
-/// Insert an engine straight into the database (no RLS), stored exactly as a deploy
-/// through the API stores it (`parse_flow` + `to_engine_row`).
-pub async fn engine_row(pg: &tokio_postgres::Client, flow: &Value) -> Res<Uuid> {
-    let row = bookengine::flow::parse_flow(flow)
-        .map_err(|e| format!("flow: {} {:?}", e.message, e.details))?
-        .to_engine_row();
-    let r = pg
-        .query_one(
-            "INSERT INTO public.ai_engines (name, description, flow_config, models, execution_mode, tier) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            &[
-                &row.name,
-                &row.description,
-                &row.flow_config,
-                &row.models,
-                &row.execution_mode,
-                &row.tier,
-            ],
-        )
-        .await?;
-    let id: Uuid = r.get(0);
-    mark_checked(pg).await?;
-    Ok(id)
-}
-
-/// Engines inserted straight into the database went through `parse_flow` above, the
-/// rules the service's checker runs: record them as checked (sql/V7), as the checker
-/// of a running service would within a second, so requests need not wait for it.
-pub async fn mark_checked(pg: &tokio_postgres::Client) -> Res<()> {
-    pg.execute(
-        "UPDATE public.engine_checks SET state = 'runnable', checked_at = now() WHERE state = 'pending'",
-        &[],
-    )
-    .await?;
-    Ok(())
-}
-
 /// The HTTP API (no worker) in this process, on a runtime and thread of its own, as a
 /// separate process would be: its CPU is not the load generator's.
 pub struct ApiService {
@@ -841,21 +526,11 @@ impl ApiService {
         streams: bookengine::generations::watch::StreamConfig,
     ) -> Res<ApiService> {
         let config = bookengine::http::ServeConfig {
-            addr: "127.0.0.1:0".into(),
-            webhook_secret: None,
-            supabase: stack.supabase_config(),
-            auth: bookengine::config::AuthConfig {
-                jwt_secret: Some(stack.jwt_secret.clone()),
-                jwks_url: None,
-            },
-            no_worker: true,
-            worker: Default::default(),
-            providers: Default::default(),
             ops: bookengine::http::OpsConfig {
-                metrics_token: None,
                 streams,
                 ..Default::default()
             },
+            ..serve_config(stack)
         };
         let stop = tokio_util::sync::CancellationToken::new();
         let (port_tx, port_rx) = std::sync::mpsc::channel();

@@ -93,8 +93,6 @@ pub struct ServeConfig {
     pub ops: OpsConfig,
 }
 
-pub use crate::net::nodelay;
-
 /// Largest request body accepted anywhere (flow documents included).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
@@ -174,7 +172,7 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        axum::serve(nodelay(self.listener), self.router)
+        axum::serve(crate::net::nodelay(self.listener), self.router)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(|e| Error::internal(format!("server: {e}")))

@@ -1,6 +1,8 @@
 //! Issue: assignments, bulk, conflicts, precedence and visibility.
 
-use crate::helpers::spawn_app;
+use crate::kit::answers::assert_api_error;
+use crate::kit::app::spawn_app;
+use crate::kit::http::JsonCalls;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -50,11 +52,7 @@ async fn the_superadmin_story_tier_and_user_assignment() {
         "{e}"
     );
     let (s, b) = app.get("/v1/me/engine", &hobby.token).await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (404, json!("no_engine_assigned")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 404, "no_engine_assigned");
     // A hobby user gets 404 for the pro engine's id; after an upgrade, they see it.
     let (s, _) = app.get(&format!("/v1/engines/{id}"), &hobby.token).await;
     assert_eq!(s, 404);
@@ -127,11 +125,7 @@ async fn bulk_is_all_or_nothing() {
             json!({"engine_ids": [a], "tiers": ["hobby"]}),
         )
         .await;
-    assert_eq!(
-        (s, body["error"]["code"].clone()),
-        (403, json!("permission_denied")),
-        "{body}"
-    );
+    assert_api_error(s, &body, 403, "permission_denied");
     let (s, body) = app
         .post(
             "/v1/assignments",
@@ -151,11 +145,7 @@ async fn bulk_is_all_or_nothing() {
             json!({"engine_id": a, "tier": "pro", "user_id": user.id}),
         )
         .await;
-    assert_eq!(
-        (s, body["error"]["code"].clone()),
-        (400, json!("invalid_assignment")),
-        "{body}"
-    );
+    assert_api_error(s, &body, 400, "invalid_assignment");
     let (s, body) = app
         .post(
             "/v1/assignments",
@@ -289,11 +279,7 @@ async fn update_and_remove_assignments() {
             json!({"priority": 9}),
         )
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (403, json!("permission_denied")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 403, "permission_denied");
     let (s, b) = app
         .patch(
             &format!("/v1/assignments/{aid}"),
@@ -318,8 +304,5 @@ async fn update_and_remove_assignments() {
     let (s, b) = app
         .delete(&format!("/v1/assignments/{aid}"), &admin.token)
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (404, json!("assignment_not_found"))
-    );
+    assert_api_error(s, &b, 404, "assignment_not_found");
 }

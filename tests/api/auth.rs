@@ -1,6 +1,7 @@
 //! Token verification by the service: HS256 and asymmetric keys from a JWKS.
 
-use crate::helpers::{TestStack, ES256_PRIVATE_PEM, JWKS_PATH};
+use crate::kit::service::{serve_config, Service};
+use crate::kit::stack::{Stack, ES256_PRIVATE_PEM, JWKS_PATH};
 use bookengine::auth::{JwksSource, JwtVerifier};
 use bookengine::secret::Secret;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -76,30 +77,16 @@ async fn the_verifier_accepts_es256_from_a_jwks_and_refuses_the_rest() {
 
 #[tokio::test]
 async fn an_es256_user_token_works_end_to_end_through_the_api_and_postgrest() {
-    let stack = TestStack::start_with(true).await;
+    let stack = Stack::start_with(true).await;
     let pro = stack.user(Some("pro"), false).await;
     let engine = stack.engine_fixture("es256 engine", true).await;
     stack
         .assign_fixture(engine, Some("pro"), None, 0, true)
         .await;
-    let config = bookengine::http::ServeConfig {
-        addr: "127.0.0.1:0".into(),
-        webhook_secret: None,
-        supabase: stack.supabase_config(),
-        auth: bookengine::config::AuthConfig {
-            jwt_secret: Some(stack.jwt_secret.clone()),
-            jwks_url: Some(JWKS_PATH.into()),
-        },
-        no_worker: true,
-        worker: Default::default(),
-        providers: Default::default(),
-        ops: Default::default(),
-    };
-    let app = bookengine::http::Application::build(&config).await.unwrap();
-    let url = format!("http://127.0.0.1:{}/v1/me/engine", app.port());
-    let stop = tokio_util::sync::CancellationToken::new();
-    let s2 = stop.clone();
-    tokio::spawn(app.run_until(async move { s2.cancelled().await }));
+    let mut config = serve_config(&stack);
+    config.auth.jwks_url = Some(JWKS_PATH.into());
+    let service = Service::start(&config).await.expect("start the service");
+    let url = format!("{}/v1/me/engine", service.address);
     let token = es256(&claims(pro.id, 600), "test-es256");
     let r = stack
         .http
@@ -128,5 +115,4 @@ async fn an_es256_user_token_works_end_to_end_through_the_api_and_postgrest() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    stop.cancel();
 }

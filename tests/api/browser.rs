@@ -2,6 +2,8 @@
 //! (node --test + playwright-core, pinned by tests/browser/package-lock.json) drives
 //! the page against this test's own service, worker and stack.
 
+use crate::kit::app::spawn_offline_app;
+use crate::kit::node::ensure_node_modules;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -14,61 +16,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn installed(dir: &Path) -> bool {
-    dir.join("node_modules/playwright-core/package.json")
-        .exists()
-}
-
-/// `npm ci` in a private scratch folder, then move its node_modules into place:
-/// the rename is atomic, so runs in parallel never see a half-installed tree.
-fn ensure_node_modules(dir: &Path) -> Result<(), String> {
-    if installed(dir) {
-        return Ok(());
-    }
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    let scratch = dir.join(format!(".install-{unique}"));
-    let result = (|| {
-        std::fs::create_dir_all(&scratch).map_err(|e| format!("create {scratch:?}: {e}"))?;
-        for file in ["package.json", "package-lock.json"] {
-            std::fs::copy(dir.join(file), scratch.join(file))
-                .map_err(|e| format!("copy {file}: {e}"))?;
-        }
-        let out = std::process::Command::new("npm")
-            .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
-            .current_dir(&scratch)
-            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-            .output()
-            .map_err(|e| format!("cannot run npm (install Node.js 20+ and npm): {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "npm ci failed ({}):\n{}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let target = dir.join("node_modules");
-        if target.exists() && !installed(dir) {
-            // A broken tree from an interrupted install: set it aside.
-            let stale = dir.join(format!(".install-stale-{unique}"));
-            let _ = std::fs::rename(&target, &stale);
-            let _ = std::fs::remove_dir_all(&stale);
-        }
-        // Losing the race to another run is fine: its tree is just as good.
-        if std::fs::rename(scratch.join("node_modules"), &target).is_err() && !installed(dir) {
-            return Err(format!("could not move node_modules into {target:?}"));
-        }
-        Ok(())
-    })();
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
+/// tests/browser's dependencies (playwright-core at its locked version), when missing.
+async fn install_browser_tests(dir: &Path) {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || ensure_node_modules(&dir, "playwright-core", false))
+        .await
+        .expect("npm ci task");
 }
 
 /// Read a child's pipe to the end in the background.
@@ -97,27 +50,9 @@ async fn admin_page_in_headless_chromium() {
         "node is missing: install Node.js 20+ and npm ({node:?})"
     );
     let browser_dir = repo().join("tests/browser");
-    let dir = browser_dir.clone();
-    tokio::task::spawn_blocking(move || ensure_node_modules(&dir))
-        .await
-        .expect("npm ci task")
-        .unwrap_or_else(|e| panic!("installing tests/browser dependencies: {e}"));
+    install_browser_tests(&browser_dir).await;
 
-    let app = crate::helpers::spawn_app_with(Some((
-        bookengine::worker::WorkerConfig {
-            poll_interval_ms: 200,
-            ..Default::default()
-        },
-        bookengine::providers::ProvidersConfig {
-            offline_fallback: true,
-            provider_concurrency: 8,
-            openai_base_url: String::new(),
-            anthropic_base_url: String::new(),
-            gemini_base_url: String::new(),
-            ..Default::default()
-        },
-    )))
-    .await;
+    let app = spawn_offline_app().await;
     let admin = app.stack.admin().await;
     let pro = app.stack.user(Some("pro"), false).await;
     let screenshots = repo().join("target/screenshots");
@@ -177,12 +112,8 @@ async fn admin_page_shows_text_as_it_is_written() {
     use serde_json::Value;
     assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing");
     let browser_dir = repo().join("tests/browser");
-    let dir = browser_dir.clone();
-    tokio::task::spawn_blocking(move || ensure_node_modules(&dir))
-        .await
-        .expect("npm ci task")
-        .unwrap_or_else(|e| panic!("installing tests/browser dependencies: {e}"));
-    let stack = crate::helpers::TestStack::start().await;
+    install_browser_tests(&browser_dir).await;
+    let stack = crate::kit::stack::Stack::start().await;
     let app = serve(&stack, Default::default()).await;
     let (_owner, job, lease) = running_job(&stack, &app).await;
     let admin = stack.admin().await;

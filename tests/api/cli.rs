@@ -1,49 +1,12 @@
 //! The admin CLI, run as a process against a real stack.
 
-use crate::helpers::{TestStack, TestUser};
-use serde_json::{json, Value};
-use std::process::Output;
-
-struct Cli<'a> {
-    stack: &'a TestStack,
-}
-
-impl Cli<'_> {
-    fn run(&self, token: Option<&TestUser>, args: &[&str]) -> Output {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_bookengine"));
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("POSTGREST_URL", &self.stack.rest_url)
-            .env("SUPABASE_JWT_SECRET", self.stack.jwt_secret.expose())
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        if let Some(t) = token {
-            cmd.env("BOOKENGINE_TOKEN", &t.token);
-        }
-        cmd.output().expect("run bookengine")
-    }
-
-    fn json(&self, token: &TestUser, args: &[&str]) -> Value {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.run(Some(token), &all);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "{args:?}: not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
-    }
-}
+use crate::kit::cli::Cli;
+use crate::kit::stack::Stack;
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_superadmin_workflow_from_the_command_line() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let admin = stack.admin().await;
     let pro = stack.user(Some("pro"), false).await;
     let hobby = stack.user(Some("hobby"), false).await;
@@ -147,7 +110,7 @@ async fn the_superadmin_workflow_from_the_command_line() {
 
 #[tokio::test]
 async fn token_and_config_errors_are_one_clear_line() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let cli = Cli { stack: &stack };
     let user = uuid::Uuid::new_v4().to_string();
     let out = cli.run(None, &["token", "--user", &user, "--ttl", "15m"]);

@@ -4,12 +4,12 @@
 //! equals its step's output; cut attempts, crashes and cancels leave the rows the
 //! reassembly rule needs (sql/V11).
 
-use crate::generations::{app_with_mocks, book_setup, finished, wait_until};
-use crate::helpers::{spawn_app, TestApp, TestUser};
-use crate::mock_providers::{Fault, Mocks};
+use crate::kit::app::{app_with_mocks, book_setup, spawn_app, TestApp};
+use crate::kit::http::JsonCalls;
+use crate::kit::jobs::{finished, start_book, wait_until};
+use crate::kit::mock_llm::{Fault, Mocks};
 use bookengine::queue::{DeltaRow, Queue};
 use bookengine::rest::Rest;
-use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -19,11 +19,9 @@ use uuid::Uuid;
 async fn deltas(app: &TestApp, token: &str, job: &str) -> Vec<Value> {
     let (s, rows) = app
         .stack
-        .rest(
-            Method::GET,
+        .get(
             &format!("generation_deltas?job_id=eq.{job}&order=seq.asc"),
-            Some(token),
-            None,
+            token,
         )
         .await;
     assert_eq!(s, 200, "{rows}");
@@ -91,25 +89,13 @@ fn assert_reassembles_to_outputs(job: &Value, rows: &[Value]) {
     assert!(checked >= 5, "outline, 3 chapters and the edit: {checked}");
 }
 
-async fn request(app: &TestApp, user: &TestUser, topic: &str) -> String {
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &user.token,
-            json!({"input": {"topic": topic}}),
-        )
-        .await;
-    assert_eq!(s, 202, "{job}");
-    job["id"].as_str().unwrap_or_default().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_is_readable_before_its_step_ends_and_reassembles_to_every_output() {
     let (app, mocks) = app_with_mocks().await;
     let (admin, pro, _) = book_setup(&app).await;
     // Chapters stream a word every 150 ms: seconds per chapter.
     mocks.anthropic.chunk_interval(Duration::from_millis(150));
-    let id = request(&app, &pro, "lighthouses").await;
+    let id = start_book(&app, &pro, "lighthouses").await;
 
     // Poll as the owner: text of a chapter shows while that chapter is still running.
     let start = Instant::now();
@@ -180,25 +166,17 @@ async fn text_is_readable_before_its_step_ends_and_reassembles_to_every_output()
     // Nobody but the worker writes: not through the table, not through the function.
     let (s, body) = app
         .stack
-        .rest(
-            Method::POST,
+        .post(
             "generation_deltas",
-            Some(&pro.token),
-            Some(
-                json!({"job_id": id, "seq": 10_000, "step_id": "edit", "item_index": -1,
+            &pro.token,
+            json!({"job_id": id, "seq": 10_000, "step_id": "edit", "item_index": -1,
                         "kind": "delta", "attempt": 1, "run": 1, "text": "forged"}),
-            ),
         )
         .await;
     assert!(s == 401 || s == 403, "{s} {body}");
     let (s, body) = app
         .stack
-        .rest(
-            Method::POST,
-            "rpc/delta_append",
-            Some(&pro.token),
-            Some(json!({"p_rows": []})),
-        )
+        .post("rpc/delta_append", &pro.token, json!({"p_rows": []}))
         .await;
     assert!(s == 401 || s == 403 || s == 404, "{s} {body}");
     assert_eq!(deltas(&app, &pro.token, &id).await.len(), rows.len());
@@ -210,7 +188,7 @@ async fn a_cut_attempt_leaves_a_discard_row_and_none_of_its_text_in_the_book() {
     let (_admin, pro, _) = book_setup(&app).await;
     // The first chapter call breaks after two words; its retry succeeds.
     mocks.anthropic.script(vec![Fault::BreakAfter(2)]);
-    let id = request(&app, &pro, "retries").await;
+    let id = start_book(&app, &pro, "retries").await;
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(60), finished).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let rows = deltas(&app, &pro.token, &id).await;
@@ -260,7 +238,7 @@ async fn cancel_mid_stream_closes_the_provider_stream_within_two_seconds() {
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.chunk_interval(Duration::from_millis(400));
-    let id = request(&app, &pro, "cancelling").await;
+    let id = start_book(&app, &pro, "cancelling").await;
     let start = Instant::now();
     while mocks.anthropic.open_streams() == 0 || deltas(&app, &pro.token, &id).await.len() < 3 {
         assert!(
@@ -296,8 +274,8 @@ async fn cancel_mid_stream_closes_the_provider_stream_within_two_seconds() {
 async fn delta_append_fences_leases_is_idempotent_and_retention_deletes_finished_jobs() {
     let app = spawn_app().await;
     let (_admin, pro, _) = book_setup(&app).await;
-    let a = request(&app, &pro, "one").await;
-    let b = request(&app, &pro, "two").await;
+    let a = start_book(&app, &pro, "one").await;
+    let b = start_book(&app, &pro, "two").await;
     let queue = Queue::new(Rest::new(&app.stack.supabase_config()).expect("rest"));
     let jobs = crate::resilience::ready(queue.claim("test-worker", 2, 30).await.expect("claim"));
     assert_eq!(jobs.len(), 2);
@@ -429,7 +407,7 @@ async fn a_killed_worker_mid_chapter_leaves_a_restart_row_and_whole_text() {
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.chunk_interval(Duration::from_millis(150));
     let mut first = crate::resilience::worker_process(&app, &mocks, "deltas-a");
-    let id = request(&app, &pro, "crashes").await;
+    let id = start_book(&app, &pro, "crashes").await;
     // Kill once a chapter has streamed text and is not finished.
     let start = Instant::now();
     loop {
@@ -495,11 +473,11 @@ async fn with_streaming_off_books_are_written_whole_and_no_delta_is_stored() {
     let mocks = Mocks::start().await;
     let worker = bookengine::worker::WorkerConfig {
         stream_deltas: false,
-        ..crate::generations::fast_worker()
+        ..crate::kit::app::fast_worker()
     };
-    let app = crate::helpers::spawn_app_with(Some((worker, mocks.providers()))).await;
+    let app = crate::kit::app::spawn_app_with(Some((worker, mocks.providers()))).await;
     let (_admin, pro, _) = book_setup(&app).await;
-    let id = request(&app, &pro, "whole answers").await;
+    let id = start_book(&app, &pro, "whole answers").await;
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(60), finished).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert!(deltas(&app, &pro.token, &id).await.is_empty());
@@ -516,7 +494,7 @@ async fn with_streaming_off_books_are_written_whole_and_no_delta_is_stored() {
 async fn a_step_is_dated_from_when_its_call_ended_not_from_when_it_was_saved() {
     let app = spawn_app().await;
     let (_admin, pro, _) = book_setup(&app).await;
-    let _ = request(&app, &pro, "dating").await;
+    let _ = start_book(&app, &pro, "dating").await;
     let queue = Queue::new(Rest::new(&app.stack.supabase_config()).expect("rest"));
     let job = crate::resilience::ready(queue.claim("test-worker", 1, 30).await.expect("claim"))
         .pop()

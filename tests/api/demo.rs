@@ -1,7 +1,7 @@
 //! `bookengine demo` run as a new user runs it: the binary, no keys, its own state
 //! folder, database and PostgREST port. The local-model variant is in the long tier.
 
-use crate::helpers::postgrest_bin;
+use crate::kit::stack::postgrest_bin;
 use bookengine::devstack;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

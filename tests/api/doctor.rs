@@ -2,12 +2,12 @@
 //! project: what it reports, what it stays quiet about, and its exit code.
 
 use crate::adversarial::profiles::{GUARD_SQL, STARTER_POLICIES};
-use crate::helpers::TestStack;
+use crate::kit::stack::Stack;
 use serde_json::Value;
 use tokio_postgres::config::Host;
 
 /// The test database as a DATABASE_URL.
-fn database_url(stack: &TestStack) -> String {
+fn database_url(stack: &Stack) -> String {
     let db = &stack.db;
     let host = match db.get_hosts().first() {
         Some(Host::Tcp(h)) => h.clone(),
@@ -24,7 +24,7 @@ fn database_url(stack: &TestStack) -> String {
 }
 
 /// Run `bookengine --json doctor` with only DATABASE_URL (and `env`) set.
-fn doctor(stack: &TestStack, env: &[(&str, &str)]) -> (i32, Value) {
+fn doctor(stack: &Stack, env: &[(&str, &str)]) -> (i32, Value) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bookengine"))
         .args(["--json", "doctor"])
         .env_clear()
@@ -63,7 +63,7 @@ fn security(report: &Value) -> Vec<&Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_flags_the_starter_profile_policy_and_is_quiet_once_the_guard_is_applied() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     stack.user(Some("pro"), false).await;
     stack.admin().await;
 
@@ -206,7 +206,7 @@ async fn doctor_flags_the_starter_profile_policy_and_is_quiet_once_the_guard_is_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_reports_duplicate_credits_timeouts_migrations_keys_and_lints() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let user = stack.user(Some("pro"), false).await;
     let db_name = stack.db.get_dbname().unwrap_or_default().to_owned();
 
@@ -328,7 +328,7 @@ async fn doctor_reports_duplicate_credits_timeouts_migrations_keys_and_lints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_prints_a_table_and_fails_clearly_without_a_database() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_bookengine"))
         .arg("doctor")
         .env_clear()

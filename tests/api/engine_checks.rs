@@ -2,11 +2,14 @@
 //! PostgREST as an admin, the same wire as the seed's supabase-js code, and checked
 //! by the service within seconds; a broken engine is never handed to a user.
 
-use crate::generations::{finished, wait_until};
-use crate::helpers::{spawn_app_with, TestApp, TestStack, TestUser};
-use crate::mock_providers::Mocks;
+use crate::kit::answers::{assert_api_error, assert_rest_error};
+use crate::kit::app::{spawn_app_with, TestApp};
+use crate::kit::http::JsonCalls;
+use crate::kit::jobs::{finished, start_book, wait_until};
+use crate::kit::mock_llm::Mocks;
+use crate::kit::seed::TestUser;
+use crate::kit::stack::Stack;
 use bookengine::worker::WorkerConfig;
-use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -26,30 +29,22 @@ async fn app_with_checker() -> (TestApp, Mocks) {
 
 /// The seed's `deployEngine`: an insert of the whole engine through PostgREST.
 async fn insert_engine(
-    st: &TestStack,
+    st: &Stack,
     admin: &TestUser,
     name: &str,
     flow_config: Value,
 ) -> (u16, Value) {
-    st.rest(
-        Method::POST,
+    st.post(
         "ai_engines",
-        Some(&admin.token),
-        Some(
-            json!({"name": name, "description": "from the React app", "flow_config": flow_config,
+        &admin.token,
+        json!({"name": name, "description": "from the React app", "flow_config": flow_config,
                     "models": [], "execution_mode": "sequential", "tier": "pro", "active": true,
                     "created_by": admin.id}),
-        ),
     )
     .await
 }
 
-async fn insert_engine_ok(
-    st: &TestStack,
-    admin: &TestUser,
-    name: &str,
-    flow_config: Value,
-) -> Uuid {
+async fn insert_engine_ok(st: &Stack, admin: &TestUser, name: &str, flow_config: Value) -> Uuid {
     let (s, b) = insert_engine(st, admin, name, flow_config).await;
     assert_eq!(s, 201, "{b}");
     b[0]["id"]
@@ -58,29 +53,21 @@ async fn insert_engine_ok(
         .expect("engine id")
 }
 
-async fn assign_tier(st: &TestStack, admin: &TestUser, engine: Uuid, tier: &str, priority: i32) {
+async fn assign_tier(st: &Stack, admin: &TestUser, engine: Uuid, tier: &str, priority: i32) {
+    let assignment = json!({"engine_id": engine, "assignment_type": "tier", "tier": tier,
+        "priority": priority});
     let (s, b) = st
-        .rest(
-            Method::POST,
-            "engine_assignments",
-            Some(&admin.token),
-            Some(json!({"engine_id": engine, "assignment_type": "tier", "tier": tier, "priority": priority})),
-        )
+        .post("engine_assignments", &admin.token, assignment)
         .await;
     assert_eq!(s, 201, "{b}");
 }
 
 /// The engine's check as `token` reads it through PostgREST, once it is not pending.
-async fn checked(st: &TestStack, token: &str, engine: Uuid) -> Value {
+async fn checked(st: &Stack, token: &str, engine: Uuid) -> Value {
     let start = Instant::now();
     loop {
         let (s, b) = st
-            .rest(
-                Method::GET,
-                &format!("engine_checks?engine_id=eq.{engine}"),
-                Some(token),
-                None,
-            )
+            .get(&format!("engine_checks?engine_id=eq.{engine}"), token)
             .await;
         assert_eq!(s, 200, "{b}");
         if b[0]["state"].as_str().is_some_and(|s| s != "pending") {
@@ -171,12 +158,7 @@ async fn a_react_shaped_engine_is_checked_with_notes_and_a_users_book_is_generat
     );
     // The row itself is left as the React app wrote it.
     let (_, row) = st
-        .rest(
-            Method::GET,
-            &format!("ai_engines?id=eq.{engine}"),
-            Some(&admin.token),
-            None,
-        )
+        .get(&format!("ai_engines?id=eq.{engine}"), &admin.token)
         .await;
     assert_eq!(
         row[0]["flow_config"]["steps"][0]["configuration"]["maxTokens"],
@@ -196,36 +178,20 @@ async fn a_react_shaped_engine_is_checked_with_notes_and_a_users_book_is_generat
     // A user with no assignment sees neither.
     let hobby = st.user(Some("hobby"), false).await;
     let (_, none) = st
-        .rest(
-            Method::GET,
+        .get(
             &format!("engine_checks?engine_id=eq.{engine}"),
-            Some(&hobby.token),
-            None,
+            &hobby.token,
         )
         .await;
     assert_eq!(none, json!([]));
 
     // my_engines says it will run; the book is written through supabase-js's rpc.
-    let (_, mine) = st
-        .rest(
-            Method::POST,
-            "rpc/my_engines",
-            Some(&pro.token),
-            Some(json!({})),
-        )
-        .await;
+    let (_, mine) = st.post("rpc/my_engines", &pro.token, json!({})).await;
     assert_eq!(
         (mine[0]["runnable"].clone(), mine[0]["check_state"].clone()),
         (json!(true), json!("runnable"))
     );
-    let (s, job) = st
-        .rest(
-            Method::POST,
-            "rpc/request_generation",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "bees"}})),
-        )
-        .await;
+    let (s, job) = request_generation(st, &pro, json!({"input": {"topic": "bees"}})).await;
     assert_eq!(s, 200, "{job}");
     let id = job["id"].as_str().expect("job id").to_owned();
     let done = wait_until(&app, &pro.token, &id, Duration::from_secs(60), finished).await;
@@ -280,14 +246,7 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
     );
 
     // my_engines lists both, in precedence, and says why the first is skipped.
-    let (_, mine) = st
-        .rest(
-            Method::POST,
-            "rpc/my_engines",
-            Some(&pro.token),
-            Some(json!({})),
-        )
-        .await;
+    let (_, mine) = st.post("rpc/my_engines", &pro.token, json!({})).await;
     assert_eq!(mine[0]["id"], json!(bad), "{mine}");
     assert_eq!(
         (mine[0]["runnable"].clone(), mine[0]["check_state"].clone()),
@@ -299,43 +258,18 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
         (json!(good), json!(true))
     );
     // Resolution falls to the next engine, in SQL and through the API.
-    let (_, resolved) = st
-        .rest(
-            Method::POST,
-            "rpc/resolve_engine",
-            Some(&pro.token),
-            Some(json!({})),
-        )
-        .await;
+    let (_, resolved) = st.post("rpc/resolve_engine", &pro.token, json!({})).await;
     assert_eq!(resolved["id"], json!(good), "{resolved}");
     let (s, me) = app.get("/v1/me/engine", &pro.token).await;
     assert_eq!((s, me["id"].clone()), (200, json!(good)), "{me}");
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "t"}}),
-        )
-        .await;
-    assert_eq!(s, 202, "{job}");
-    let id = job["id"].as_str().expect("job id").to_owned();
+    let id = start_book(&app, &pro, "t").await;
     let done = wait_until(&app, &pro.token, &id, Duration::from_secs(60), finished).await;
     assert_eq!(done["status"], "succeeded", "{done}");
 
     // Naming the broken engine is refused before any job exists.
-    let (s, b) = st
-        .rest(
-            Method::POST,
-            "rpc/request_generation",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "t"}, "engine_id": bad})),
-        )
-        .await;
-    assert_eq!(
-        (s, b["details"].clone()),
-        (422, json!("engine_not_runnable")),
-        "{b}"
-    );
+    let (s, b) =
+        request_generation(st, &pro, json!({"input": {"topic": "t"}, "engine_id": bad})).await;
+    assert_rest_error(s, &b, 422, "engine_not_runnable");
     let msg = b["message"].as_str().unwrap_or_default();
     assert!(
         msg.contains("Ambiguous") && msg.contains("steps[1].configuration.prompt"),
@@ -351,11 +285,7 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
             json!({"input": {"topic": "t"}, "engine_id": bad}),
         )
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("engine_not_runnable")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 400, "engine_not_runnable");
     assert_eq!(
         b["error"]["details"]["issues"][0]["path"], "steps[1].configuration.prompt",
         "{b}"
@@ -368,20 +298,13 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
             json!({"input": {"topic": "t"}, "engine_id": bad}),
         )
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("engine_not_runnable")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 400, "engine_not_runnable");
     let jobs: i64 = st
-        .pg
-        .query_one(
+        .count(
             "SELECT count(*) FROM generation_jobs WHERE engine_id = $1",
             &[&bad],
         )
-        .await
-        .expect("count")
-        .get(0);
+        .await;
     assert_eq!(jobs, 0);
 
     // With only broken engines left, the user is told why, not sent a failing job.
@@ -395,30 +318,15 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
     let (s, b) = app
         .post("/v1/generations", &pro.token, json!({"input": {}}))
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("engine_not_runnable")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 400, "engine_not_runnable");
     let (s, b) = app.get("/v1/me/engine", &pro.token).await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("engine_not_runnable")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 400, "engine_not_runnable");
 
     // Fixed by the admin through PostgREST: checked again and used again.
     let mut fixed = ambiguous_flow();
     fixed["steps"][1]["configuration"]["prompt"] =
         json!("Write the book from {{ steps.outline.output }}.");
-    let (s, b) = st
-        .rest(
-            Method::PATCH,
-            &format!("ai_engines?id=eq.{bad}"),
-            Some(&admin.token),
-            Some(json!({"flow_config": fixed})),
-        )
-        .await;
+    let (s, b) = patch_row(st, &admin, bad, json!({"flow_config": fixed})).await;
     assert_eq!(s, 200, "{b}");
     let check = checked(st, &admin.token, bad).await;
     assert_eq!(check["state"], "runnable", "{check}");
@@ -428,7 +336,7 @@ async fn an_ambiguous_engine_is_not_runnable_and_never_handed_to_a_user() {
 
 #[tokio::test]
 async fn an_insert_missing_what_sql_can_check_is_refused_naming_the_field() {
-    let st = TestStack::start().await;
+    let st = Stack::start().await;
     let admin = st.admin().await;
     let pro = st.user(Some("pro"), false).await;
     let mut flow = react_flow();
@@ -436,11 +344,7 @@ async fn an_insert_missing_what_sql_can_check_is_refused_naming_the_field() {
         .as_object_mut()
         .map(|c| c.remove("model"));
     let (s, b) = insert_engine(&st, &admin, "No model", flow).await;
-    assert_eq!(
-        (s, b["details"].clone()),
-        (400, json!("invalid_flow")),
-        "{b}"
-    );
+    assert_rest_error(s, &b, 400, "invalid_flow");
     assert_eq!(
         b["message"], "flow_config.steps[1].configuration.model is required",
         "{b}"
@@ -495,14 +399,7 @@ async fn an_insert_missing_what_sql_can_check_is_refused_naming_the_field() {
     let id = insert_engine_ok(&st, &admin, "Good", react_flow()).await;
     let mut broken = react_flow();
     broken["steps"][0]["configuration"]["prompt"] = json!("");
-    let (s, b) = st
-        .rest(
-            Method::PATCH,
-            &format!("ai_engines?id=eq.{id}"),
-            Some(&admin.token),
-            Some(json!({"flow_config": broken})),
-        )
-        .await;
+    let (s, b) = patch_row(&st, &admin, id, json!({"flow_config": broken})).await;
     assert_eq!(
         (s, b["message"].clone()),
         (
@@ -533,37 +430,19 @@ async fn an_insert_missing_what_sql_can_check_is_refused_naming_the_field() {
 #[tokio::test]
 async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() {
     // No service running: nothing checks the engine until the test does.
-    let st = TestStack::start().await;
+    let st = Stack::start().await;
     let admin = st.admin().await;
     let pro = st.user(Some("pro"), false).await;
     let engine = insert_engine_ok(&st, &admin, "React engine", react_flow()).await;
     assign_tier(&st, &admin, engine, "pro", 0).await;
-    let (_, mine) = st
-        .rest(
-            Method::POST,
-            "rpc/my_engines",
-            Some(&pro.token),
-            Some(json!({})),
-        )
-        .await;
+    let (_, mine) = st.post("rpc/my_engines", &pro.token, json!({})).await;
     assert_eq!(
         (mine[0]["check_state"].clone(), mine[0]["runnable"].clone()),
         (json!("pending"), Value::Null)
     );
 
-    let (s, b) = st
-        .rest(
-            Method::POST,
-            "rpc/request_generation",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "t"}})),
-        )
-        .await;
-    assert_eq!(
-        (s, b["details"].clone()),
-        (409, json!("engine_check_pending")),
-        "{b}"
-    );
+    let (s, b) = request_generation(&st, &pro, json!({"input": {"topic": "t"}})).await;
+    assert_rest_error(s, &b, 409, "engine_check_pending");
     assert!(
         b["hint"]
             .as_str()
@@ -574,21 +453,19 @@ async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() 
     // A result for another version of the engine is dropped.
     let service = st.service_key.expose().to_owned();
     let (s, saved) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/engine_check_save",
-            Some(&service),
-            Some(json!({"engine_id": engine, "flow_hash": "stale", "runnable": true})),
+            &service,
+            json!({"engine_id": engine, "flow_hash": "stale", "runnable": true}),
         )
         .await;
     assert_eq!((s, saved), (200, json!(false)));
     // Users cannot write a check.
     let (s, _) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/engine_check_save",
-            Some(&admin.token),
-            Some(json!({"engine_id": engine, "flow_hash": "x", "runnable": true})),
+            &admin.token,
+            json!({"engine_id": engine, "flow_hash": "x", "runnable": true}),
         )
         .await;
     assert!(s == 401 || s == 403 || s == 404, "{s}");
@@ -598,22 +475,15 @@ async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() 
         .await
         .expect("check round");
     assert_eq!(n, 1);
-    let (s, b) = st
-        .rest(
-            Method::POST,
-            "rpc/request_generation",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "t"}})),
-        )
-        .await;
+    let (s, b) = request_generation(&st, &pro, json!({"input": {"topic": "t"}})).await;
     assert_eq!((s, b["engine_id"].clone()), (200, json!(engine)), "{b}");
 
     // Changing only what the flow does not depend on keeps the check...
-    st.rest(
-        Method::PATCH,
-        &format!("ai_engines?id=eq.{engine}"),
-        Some(&admin.token),
-        Some(json!({"description": "new words", "active": true})),
+    patch_row(
+        &st,
+        &admin,
+        engine,
+        json!({"description": "new words", "active": true}),
     )
     .await;
     let state: String = st
@@ -629,13 +499,7 @@ async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() 
     // ...changing the flow asks for a new one.
     let mut flow = react_flow();
     flow["steps"][2]["configuration"]["prompt"] = json!("Edit: {{ steps.write.outputs }}");
-    st.rest(
-        Method::PATCH,
-        &format!("ai_engines?id=eq.{engine}"),
-        Some(&admin.token),
-        Some(json!({"flow_config": flow})),
-    )
-    .await;
+    patch_row(&st, &admin, engine, json!({"flow_config": flow})).await;
     let (state, notes): (String, Value) = st
         .pg
         .query_one(
@@ -650,7 +514,7 @@ async fn a_pending_engine_waits_for_its_check_and_a_stale_result_is_not_saved() 
 
 #[tokio::test]
 async fn for_each_is_read_as_a_template_path_or_a_step_path() {
-    let app = crate::helpers::spawn_app().await;
+    let app = crate::kit::app::spawn_app().await;
     let admin = app.stack.admin().await;
     let flow = |for_each: &str, extra: Option<Value>| {
         let mut steps = vec![
@@ -715,11 +579,7 @@ async fn for_each_is_read_as_a_template_path_or_a_step_path() {
             flow("steps.outline.output.chapters", Some(other)),
         )
         .await;
-    assert_eq!(
-        (s, e["error"]["code"].clone()),
-        (400, json!("invalid_flow")),
-        "{e}"
-    );
+    assert_api_error(s, &e, 400, "invalid_flow");
     let issue = &e["error"]["details"]["issues"][0];
     assert_eq!(issue["path"], "steps[1].configuration.for_each");
     assert_eq!(issue["code"], "ambiguous_reference");
@@ -752,7 +612,7 @@ async fn for_each_is_read_as_a_template_path_or_a_step_path() {
 
 #[tokio::test]
 async fn assignment_type_is_accepted_when_it_agrees_and_refused_when_it_contradicts() {
-    let app = crate::helpers::spawn_app().await;
+    let app = crate::kit::app::spawn_app().await;
     let admin = app.stack.admin().await;
     let user = app.stack.user(Some("pro"), false).await;
     let engine = app.deploy_example(&admin).await;
@@ -802,11 +662,7 @@ async fn assignment_type_is_accepted_when_it_agrees_and_refused_when_it_contradi
             json!({"engine_ids": [engine], "assignment_type": "user", "tiers": ["pro"]}),
         )
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("invalid_assignment")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 400, "invalid_assignment");
     let (s, b) = app
         .post(
             "/v1/assignments/bulk",
@@ -815,4 +671,15 @@ async fn assignment_type_is_accepted_when_it_agrees_and_refused_when_it_contradi
         )
         .await;
     assert_eq!((s, b.as_array().map(Vec::len)), (200, Some(2)), "{b}");
+}
+
+/// `user` requests a generation through PostgREST, as supabase-js's rpc() does.
+async fn request_generation(st: &Stack, user: &TestUser, body: Value) -> (u16, Value) {
+    st.post("rpc/request_generation", &user.token, body).await
+}
+
+/// `admin` changes the engine's row through PostgREST.
+async fn patch_row(st: &Stack, admin: &TestUser, engine: Uuid, body: Value) -> (u16, Value) {
+    st.patch(&format!("ai_engines?id=eq.{engine}"), &admin.token, body)
+        .await
 }

@@ -1,6 +1,9 @@
 //! Issue: engine deployment through the HTTP API, with the caller's JWT.
 
-use crate::helpers::{example_flow, spawn_app};
+use crate::kit::answers::assert_api_error;
+use crate::kit::app::spawn_app;
+use crate::kit::flows::example_flow;
+use crate::kit::http::JsonCalls;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -60,11 +63,7 @@ async fn a_non_admin_cannot_deploy_update_or_delete() {
     let admin = app.stack.admin().await;
     let pro = app.stack.user(Some("pro"), false).await;
     let (s, b) = app.post("/v1/engines", &pro.token, example_flow()).await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (403, json!("permission_denied")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 403, "permission_denied");
     let id = app.deploy_example(&admin).await;
     app.post(
         "/v1/assignments",
@@ -80,11 +79,7 @@ async fn a_non_admin_cannot_deploy_update_or_delete() {
             json!({"name": "mine"}),
         )
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (403, json!("permission_denied")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 403, "permission_denied");
     let (s, b) = app.delete(&format!("/v1/engines/{id}"), &pro.token).await;
     assert_eq!(s, 403, "{b}");
     let (s, e) = app.get(&format!("/v1/engines/{id}"), &admin.token).await;
@@ -211,25 +206,13 @@ async fn bad_requests_get_json_errors() {
     let app = spawn_app().await;
     let admin = app.stack.admin().await;
     let (s, b) = app.call(Method::GET, "/v1/engines", None, None).await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (401, json!("missing_token")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 401, "missing_token");
     let (s, b) = app
         .call(Method::GET, "/v1/engines", Some("garbage"), None)
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (401, json!("invalid_token")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 401, "invalid_token");
     let (s, b) = app.get("/v1/engines/not-a-uuid", &admin.token).await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("invalid_request")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 400, "invalid_request");
     let resp = app
         .http
         .post(format!("{}/v1/engines", app.address))
@@ -249,11 +232,7 @@ async fn bad_requests_get_json_errors() {
             json!({"name": "x"}),
         )
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (404, json!("engine_not_found")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 404, "engine_not_found");
     let (s, b) = app
         .patch(
             &format!("/v1/engines/{}", uuid::Uuid::new_v4()),
@@ -325,11 +304,7 @@ async fn update_redeploy_deactivate_and_delete() {
         .await;
     assert_eq!(s, 200);
     let (s, b) = app.get("/v1/me/engine", &pro.token).await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (404, json!("no_engine_assigned")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 404, "no_engine_assigned");
     let (s, _) = app.delete(&format!("/v1/engines/{id}"), &admin.token).await;
     assert_eq!(s, 204);
     let (s, _) = app.get(&format!("/v1/engines/{id}"), &admin.token).await;

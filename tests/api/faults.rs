@@ -1,9 +1,13 @@
 //! Faults: providers failing at random or always, and PostgREST and Postgres
 //! going away mid-run. No job may be lost, duplicated or left `running`.
 
-use crate::generations::{book_setup, finished, wait_until};
-use crate::helpers::{example_flow, spawn_app_with, TestApp, TestStack, TestUser};
-use crate::mock_providers::Mocks;
+use crate::kit::app::{book_setup, spawn_app_with, TestApp, WorkerSetup};
+use crate::kit::flows::example_flow;
+use crate::kit::http::JsonCalls;
+use crate::kit::jobs::{assert_all_succeed, assert_failed_with, finished, start_book, wait_until};
+use crate::kit::mock_llm::Mocks;
+use crate::kit::seed::TestUser;
+use crate::kit::stack::Stack;
 use bookengine::worker::WorkerConfig;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -21,15 +25,8 @@ async fn request_many(app: &TestApp, users: &[TestUser], per_user: usize) -> Vec
     let mut ids = Vec::new();
     for u in users {
         for i in 0..per_user {
-            let (s, job) = app
-                .post(
-                    "/v1/generations",
-                    &u.token,
-                    json!({"input": {"topic": format!("t{i}")}}),
-                )
-                .await;
-            assert_eq!(s, 202, "{job}");
-            ids.push((u.token.clone(), job["id"].as_str().unwrap().to_owned()));
+            let id = start_book(app, u, &format!("t{i}")).await;
+            ids.push((u.token.clone(), id));
         }
     }
     ids
@@ -37,20 +34,7 @@ async fn request_many(app: &TestApp, users: &[TestUser], per_user: usize) -> Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_percent_provider_faults_still_finish_every_job() {
-    let mocks = Mocks::start().await;
-    for (i, m) in [&mocks.openai, &mocks.anthropic, &mocks.gemini]
-        .into_iter()
-        .enumerate()
-    {
-        m.fail_rate(0.3, 7 + i as u64);
-    }
-    let worker = WorkerConfig {
-        poll_interval_ms: 100,
-        backoff_ms: 5,
-        concurrency: 6,
-        ..Default::default()
-    };
-    let app = spawn_app_with(Some((worker, mocks.providers()))).await;
+    let (app, mocks) = app_with_failing_mocks(0.3, 7).await;
     let admin = app.stack.admin().await;
     let (s, e) = app.post("/v1/engines", &admin.token, sturdy_flow(6)).await;
     assert_eq!(s, 201, "{e}");
@@ -65,58 +49,31 @@ async fn thirty_percent_provider_faults_still_finish_every_job() {
         users.push(app.stack.user(Some("pro"), false).await);
     }
     let jobs = request_many(&app, &users, 3).await;
-    for (token, id) in &jobs {
-        let job = wait_until(&app, token, id, Duration::from_secs(60), finished).await;
-        assert_eq!(job["status"], "succeeded", "{job}");
-    }
-    let calls =
-        mocks.openai.calls().len() + mocks.anthropic.calls().len() + mocks.gemini.calls().len();
+    assert_all_succeed(&app, &jobs, Duration::from_secs(60)).await;
+    let calls = mocks.call_count();
     // 12 jobs x 5 calls, plus the retries the faults caused.
     assert!(calls > 60, "faults were injected: {calls} calls");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_call_fails_every_job_fails_and_none_is_left_running() {
-    let mocks = Mocks::start().await;
-    for (i, m) in [&mocks.openai, &mocks.anthropic, &mocks.gemini]
-        .into_iter()
-        .enumerate()
-    {
-        m.fail_rate(1.0, 3 + i as u64);
-    }
-    let worker = WorkerConfig {
-        poll_interval_ms: 100,
-        backoff_ms: 5,
-        concurrency: 6,
-        ..Default::default()
-    };
-    let app = spawn_app_with(Some((worker, mocks.providers()))).await;
+    let (app, _mocks) = app_with_failing_mocks(1.0, 3).await;
     let (_admin, pro, _) = book_setup(&app).await;
     let other = app.stack.user(Some("pro"), false).await;
     let started = Instant::now();
     let jobs = request_many(&app, &[pro, other], 3).await;
     for (token, id) in &jobs {
         let job = wait_until(&app, token, id, Duration::from_secs(30), finished).await;
-        assert_eq!(job["status"], "failed", "{job}");
-        assert!(
-            job["error"]
-                .as_str()
-                .unwrap()
-                .contains("every model failed"),
-            "{job}"
-        );
+        assert_failed_with(&job, "every model failed");
     }
     assert!(started.elapsed() < Duration::from_secs(30));
     let running: i64 = app
         .stack
-        .pg
-        .query_one(
+        .count(
             "SELECT count(*) FROM generation_jobs WHERE status IN ('running', 'queued')",
             &[],
         )
-        .await
-        .unwrap()
-        .get(0);
+        .await;
     assert_eq!(running, 0);
 }
 
@@ -144,16 +101,8 @@ async fn all_succeed_once(app: &TestApp, jobs: &[(String, String)], limit: Durat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgrest_outage_mid_run_loses_nothing_and_readyz_reports_it() {
-    let mocks = Mocks::start().await;
-    mocks.anthropic.latency(Duration::from_millis(400));
-    let worker = WorkerConfig {
-        poll_interval_ms: 100,
-        backoff_ms: 20,
-        lease_seconds: 3,
-        concurrency: 6,
-        ..Default::default()
-    };
-    let mut app = spawn_app_with(Some((worker, mocks.providers()))).await;
+    let (_mocks, worker) = cut_short_run().await;
+    let mut app = spawn_app_with(Some(worker)).await;
     let (_admin, pro, _) = book_setup(&app).await;
     let other = app.stack.user(Some("pro"), false).await;
     let jobs = request_many(&app, &[pro, other], 3).await;
@@ -171,11 +120,8 @@ async fn a_postgrest_outage_mid_run_loses_nothing_and_readyz_reports_it() {
     all_succeed_once(&app, &jobs, Duration::from_secs(60)).await;
     let total: i64 = app
         .stack
-        .pg
-        .query_one("SELECT count(*) FROM generation_jobs", &[])
-        .await
-        .unwrap()
-        .get(0);
+        .count("SELECT count(*) FROM generation_jobs", &[])
+        .await;
     assert_eq!(total, jobs.len() as i64, "a job was lost or duplicated");
 }
 
@@ -297,17 +243,9 @@ impl Drop for PrivateCluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_restart_mid_run_loses_nothing() {
     let cluster = PrivateCluster::start();
-    let stack = TestStack::start_on(cluster.config(), false).await;
-    let mocks = Mocks::start().await;
-    mocks.anthropic.latency(Duration::from_millis(400));
-    let worker = WorkerConfig {
-        poll_interval_ms: 100,
-        backoff_ms: 20,
-        lease_seconds: 3,
-        concurrency: 6,
-        ..Default::default()
-    };
-    let app = crate::helpers::spawn_app_on(stack, Some((worker, mocks.providers()))).await;
+    let stack = Stack::start_on(cluster.config(), false).await;
+    let (_mocks, worker) = cut_short_run().await;
+    let app = crate::kit::app::spawn_app_on(stack, Some(worker)).await;
     let (_admin, pro, _) = book_setup(&app).await;
     let jobs = request_many(&app, &[pro], 3).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -319,4 +257,40 @@ async fn a_postgres_restart_mid_run_loses_nothing() {
         jobs.len() as i64,
         "a job was lost or duplicated"
     );
+}
+
+/// The service, with a worker running 6 jobs at once and retrying after 5 ms, in front
+/// of mocks failing `rate` of the calls (seeded `seed`, `seed + 1`, `seed + 2`).
+async fn app_with_failing_mocks(rate: f64, seed: u64) -> (TestApp, Mocks) {
+    let mocks = Mocks::start().await;
+    for (i, m) in [&mocks.openai, &mocks.anthropic, &mocks.gemini]
+        .into_iter()
+        .enumerate()
+    {
+        m.fail_rate(rate, seed + i as u64);
+    }
+    let worker = WorkerConfig {
+        poll_interval_ms: 100,
+        backoff_ms: 5,
+        concurrency: 6,
+        ..Default::default()
+    };
+    let app = spawn_app_with(Some((worker, mocks.providers()))).await;
+    (app, mocks)
+}
+
+/// Mocks whose chapters take 400 ms and a worker whose leases last 3 s: a run long
+/// enough to be cut short, with leases that expire during the outage.
+async fn cut_short_run() -> (Mocks, WorkerSetup) {
+    let mocks = Mocks::start().await;
+    mocks.anthropic.latency(Duration::from_millis(400));
+    let worker = WorkerConfig {
+        poll_interval_ms: 100,
+        backoff_ms: 20,
+        lease_seconds: 3,
+        concurrency: 6,
+        ..Default::default()
+    };
+    let providers = mocks.providers();
+    (mocks, (worker, providers))
 }

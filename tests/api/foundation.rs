@@ -1,9 +1,10 @@
 //! Issue: the specified tables, applied by refinery, proven through a real
 //! PostgREST with real JWTs.
 
-use crate::helpers::{TestStack, TestUser};
+use crate::kit::http::JsonCalls;
+use crate::kit::seed::TestUser;
+use crate::kit::stack::Stack;
 use jsonwebtoken::{encode, EncodingKey, Header};
-use reqwest::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use uuid::Uuid;
@@ -20,7 +21,7 @@ fn ids(body: &Value) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn migrate_twice_is_a_no_op_and_status_lists_all() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let mut client = bookengine::migrate::connect(&stack.db).await.unwrap();
     let again = bookengine::migrate::run(&mut client).await.unwrap();
     assert!(again.is_empty(), "second run applied {again:?}");
@@ -28,15 +29,7 @@ async fn migrate_twice_is_a_no_op_and_status_lists_all() {
     assert!(status.len() >= 3);
     assert!(status.iter().all(|m| m.applied));
     // The history table is not in an exposed schema.
-    let exposed: i64 = stack
-        .pg
-        .query_one(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name LIKE '%schema_history%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let exposed: i64 = stack.count("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public' AND table_name LIKE '%schema_history%'", &[]).await;
     assert_eq!(exposed, 0);
 }
 
@@ -44,7 +37,7 @@ async fn migrate_twice_is_a_no_op_and_status_lists_all() {
 /// offers it (rustls, the chain not checked: see `bookengine::pgtls`).
 #[tokio::test]
 async fn the_service_connects_to_postgres_over_tls_when_offered() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let client = bookengine::migrate::connect(&stack.db).await.unwrap();
     let offered: String = client.query_one("SHOW ssl", &[]).await.unwrap().get(0);
     let encrypted: bool = client
@@ -81,7 +74,7 @@ struct World {
     no_credits: TestUser,
 }
 
-async fn world(stack: &TestStack) -> World {
+async fn world(stack: &Stack) -> World {
     let hobby_engine = stack.engine_fixture("hobby engine", true).await;
     let pro_engine = stack.engine_fixture("pro engine", true).await;
     let ent_engine = stack.engine_fixture("enterprise engine", true).await;
@@ -123,7 +116,7 @@ fn set(ids: &[Uuid]) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn rls_select_matrix_over_both_tables() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let w = world(&stack).await;
     let anon = stack.anon_key.expose().to_owned();
     let service = stack.service_key.expose().to_owned();
@@ -156,19 +149,10 @@ async fn rls_select_matrix_over_both_tables() {
         ("service_role", service.as_str(), all.clone(), 4),
     ];
     for (who, token, engines, assignments) in cases {
-        let (status, body) = stack
-            .rest(Method::GET, "ai_engines?select=id", Some(token), None)
-            .await;
+        let (status, body) = stack.get("ai_engines?select=id", token).await;
         assert_eq!(status, 200, "{who}: {body}");
         assert_eq!(ids(&body), engines, "{who} sees the wrong engines");
-        let (status, body) = stack
-            .rest(
-                Method::GET,
-                "engine_assignments?select=*",
-                Some(token),
-                None,
-            )
-            .await;
+        let (status, body) = stack.get("engine_assignments?select=*", token).await;
         assert_eq!(status, 200, "{who}: {body}");
         assert_eq!(
             body.as_array().map(Vec::len),
@@ -178,11 +162,9 @@ async fn rls_select_matrix_over_both_tables() {
     }
     // A user never sees another user's direct assignment.
     let (_, body) = stack
-        .rest(
-            Method::GET,
+        .get(
             "engine_assignments?assignment_type=eq.user",
-            Some(&w.other_direct.token),
-            None,
+            &w.other_direct.token,
         )
         .await;
     assert_eq!(body, json!([]));
@@ -190,7 +172,7 @@ async fn rls_select_matrix_over_both_tables() {
 
 #[tokio::test]
 async fn non_admins_cannot_write_engines_or_assignments() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let w = world(&stack).await;
     let anon = stack.anon_key.expose().to_owned();
     let engine = json!({"name": "x", "flow_config": {"steps": []}, "models": []});
@@ -202,57 +184,31 @@ async fn non_admins_cannot_write_engines_or_assignments() {
         ("enterprise", w.ent.token.as_str(), 403),
         ("direct user", w.direct.token.as_str(), 403),
     ] {
-        let (s, b) = stack
-            .rest(
-                Method::POST,
-                "ai_engines",
-                Some(token),
-                Some(engine.clone()),
-            )
-            .await;
+        let (s, b) = stack.post("ai_engines", token, engine.clone()).await;
         assert_eq!(s, denied, "{who} insert engine: {b}");
         let (s, b) = stack
-            .rest(
-                Method::POST,
-                "engine_assignments",
-                Some(token),
-                Some(assignment.clone()),
-            )
+            .post("engine_assignments", token, assignment.clone())
             .await;
         assert_eq!(s, denied, "{who} insert assignment: {b}");
         // Filtered updates and deletes are not errors: 200 with no rows, and nothing changes.
         let path = format!("ai_engines?id=eq.{}", w.pro_engine);
-        let (s, b) = stack
-            .rest(
-                Method::PATCH,
-                &path,
-                Some(token),
-                Some(json!({"name": "pwned"})),
-            )
-            .await;
+        let (s, b) = stack.patch(&path, token, json!({"name": "pwned"})).await;
         assert!(s == 200 || s == denied, "{who} update engine: {s} {b}");
         if s == 200 {
             assert_eq!(b, json!([]), "{who} update engine changed rows");
         }
-        let (s, b) = stack.rest(Method::DELETE, &path, Some(token), None).await;
+        let (s, b) = stack.delete(&path, token).await;
         assert!(s == 200 || s == denied, "{who} delete engine: {s} {b}");
         if s == 200 {
             assert_eq!(b, json!([]), "{who} delete engine removed rows");
         }
         let path = format!("engine_assignments?engine_id=eq.{}", w.hobby_engine);
-        let (s, b) = stack
-            .rest(
-                Method::PATCH,
-                &path,
-                Some(token),
-                Some(json!({"priority": 99})),
-            )
-            .await;
+        let (s, b) = stack.patch(&path, token, json!({"priority": 99})).await;
         assert!(s == 200 || s == denied, "{who} update assignment: {s} {b}");
         if s == 200 {
             assert_eq!(b, json!([]), "{who} update assignment changed rows");
         }
-        let (s, b) = stack.rest(Method::DELETE, &path, Some(token), None).await;
+        let (s, b) = stack.delete(&path, token).await;
         assert!(s == 200 || s == denied, "{who} delete assignment: {s} {b}");
         if s == 200 {
             assert_eq!(b, json!([]), "{who} delete assignment removed rows");
@@ -268,27 +224,21 @@ async fn non_admins_cannot_write_engines_or_assignments() {
         .unwrap();
     assert_eq!(row.get::<_, String>(0), "pro engine");
     let n: i64 = stack
-        .pg
-        .query_one(
+        .count(
             "SELECT count(*) FROM engine_assignments WHERE priority = 99",
             &[],
         )
-        .await
-        .unwrap()
-        .get(0);
+        .await;
     assert_eq!(n, 0);
     let n: i64 = stack
-        .pg
-        .query_one("SELECT count(*) FROM engine_assignments", &[])
-        .await
-        .unwrap()
-        .get(0);
+        .count("SELECT count(*) FROM engine_assignments", &[])
+        .await;
     assert_eq!(n, 4, "an assignment was deleted by a non-admin");
 }
 
 #[tokio::test]
 async fn admins_and_service_role_can_write_all_four_operations() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let w = world(&stack).await;
     let service = stack.service_key.expose().to_owned();
     for (who, token) in [
@@ -296,92 +246,58 @@ async fn admins_and_service_role_can_write_all_four_operations() {
         ("service_role", service.as_str()),
     ] {
         let (s, b) = stack
-            .rest(
-                Method::POST,
-                "ai_engines",
-                Some(token),
-                Some(json!({"name": format!("{who} engine"), "flow_config": crate::helpers::one_step_flow_config(), "models": []})),
-            )
+            .post("ai_engines", token, json!({"name": format!("{who} engine"), "flow_config": crate::kit::flows::one_step_flow_config(), "models": []}))
             .await;
         assert_eq!(s, 201, "{who}: {b}");
         let id = b[0]["id"].as_str().unwrap().to_owned();
         let (s, b) = stack
-            .rest(
-                Method::POST,
+            .post(
                 "engine_assignments",
-                Some(token),
-                Some(json!({"engine_id": id, "assignment_type": "tier", "tier": "pro", "priority": 3})),
+                token,
+                json!({"engine_id": id, "assignment_type": "tier", "tier": "pro", "priority": 3}),
             )
             .await;
         assert_eq!(s, 201, "{who}: {b}");
         let aid = b[0]["id"].as_str().unwrap().to_owned();
         let (s, b) = stack
-            .rest(
-                Method::PATCH,
+            .patch(
                 &format!("engine_assignments?id=eq.{aid}"),
-                Some(token),
-                Some(json!({"priority": 9})),
+                token,
+                json!({"priority": 9}),
             )
             .await;
         assert_eq!((s, b[0]["priority"].clone()), (200, json!(9)), "{who}");
         let (s, b) = stack
-            .rest(
-                Method::PATCH,
+            .patch(
                 &format!("ai_engines?id=eq.{id}"),
-                Some(token),
-                Some(json!({"active": false})),
+                token,
+                json!({"active": false}),
             )
             .await;
         assert_eq!((s, b[0]["active"].clone()), (200, json!(false)), "{who}");
         let (s, b) = stack
-            .rest(
-                Method::DELETE,
-                &format!("engine_assignments?id=eq.{aid}"),
-                Some(token),
-                None,
-            )
+            .delete(&format!("engine_assignments?id=eq.{aid}"), token)
             .await;
         assert_eq!((s, b.as_array().map(Vec::len)), (200, Some(1)), "{who}");
-        let (s, b) = stack
-            .rest(
-                Method::DELETE,
-                &format!("ai_engines?id=eq.{id}"),
-                Some(token),
-                None,
-            )
-            .await;
+        let (s, b) = stack.delete(&format!("ai_engines?id=eq.{id}"), token).await;
         assert_eq!((s, b.as_array().map(Vec::len)), (200, Some(1)), "{who}");
     }
 }
 
 #[tokio::test]
 async fn a_tier_change_takes_effect_on_the_next_request() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let w = world(&stack).await;
-    let (_, before) = stack
-        .rest(
-            Method::GET,
-            "ai_engines?select=id",
-            Some(&w.hobby.token),
-            None,
-        )
-        .await;
+    let (_, before) = stack.get("ai_engines?select=id", &w.hobby.token).await;
     assert_eq!(ids(&before), set(&[w.hobby_engine]));
     stack.set_tier(w.hobby.id, "pro").await;
-    let (_, after) = stack
-        .rest(
-            Method::GET,
-            "ai_engines?select=id",
-            Some(&w.hobby.token),
-            None,
-        )
-        .await;
+    let (_, after) = stack.get("ai_engines?select=id", &w.hobby.token).await;
     assert_eq!(ids(&after), set(&[w.pro_engine]));
 }
 
 #[tokio::test]
 async fn valid_assignment_check_rejects_mixed_targets() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let w = world(&stack).await;
     for (body, what) in [
         (
@@ -401,14 +317,7 @@ async fn valid_assignment_check_rejects_mixed_targets() {
             "user row without a user",
         ),
     ] {
-        let (s, b) = stack
-            .rest(
-                Method::POST,
-                "engine_assignments",
-                Some(&w.admin.token),
-                Some(body),
-            )
-            .await;
+        let (s, b) = stack.post("engine_assignments", &w.admin.token, body).await;
         assert_eq!(s, 400, "{what}: {b}");
         assert_eq!(b["code"], "23514", "{what}: {b}");
         assert!(
@@ -423,7 +332,7 @@ async fn valid_assignment_check_rejects_mixed_targets() {
 
 #[tokio::test]
 async fn postgrest_refuses_bad_tokens() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let user = stack.user(Some("pro"), false).await;
     let now = chrono::Utc::now().timestamp();
     let claims = |exp: i64| json!({"sub": user.id, "role": "authenticated", "exp": exp});
@@ -452,9 +361,7 @@ async fn postgrest_refuses_bad_tokens() {
         ("alg none", alg_none.as_str()),
         ("malformed", "not.a.jwt"),
     ] {
-        let (s, b) = stack
-            .rest(Method::GET, "ai_engines", Some(token), None)
-            .await;
+        let (s, b) = stack.get("ai_engines", token).await;
         assert_eq!(s, 401, "{what}: {b}");
         assert_eq!(b["code"], "PGRST301", "{what}: {b}");
     }
@@ -464,9 +371,7 @@ async fn postgrest_refuses_bad_tokens() {
         &EncodingKey::from_secret(stack.jwt_secret.expose().as_bytes()),
     )
     .unwrap();
-    let (s, b) = stack
-        .rest(Method::GET, "ai_engines", Some(&unknown_role), None)
-        .await;
+    let (s, b) = stack.get("ai_engines", &unknown_role).await;
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["code"], "22023", "{b}");
 }
@@ -518,7 +423,7 @@ async fn specified_statements_are_in_v1_verbatim() {
 
 #[tokio::test]
 async fn policies_and_indexes_match_the_specification_exactly() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     // Apply the seed's own statements to a scratch database (tables, then policies,
     // then indexes: the only order in which they can run) and compare catalogues.
     let mut scratch = stack.db.clone();

@@ -1,92 +1,28 @@
 //! Issue: engine-based book generation, through real PostgREST, with mock
 //! providers speaking the real wire formats.
 
-use crate::helpers::{example_flow, spawn_app_with, TestApp, TestUser, WEBHOOK_SECRET};
-use crate::mock_providers::{Fault, Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};
+use crate::kit::answers::{assert_api_error, assert_rest_error};
+use crate::kit::app::{
+    app_with_mocks, book_setup, fast_worker, spawn_app_with, TestApp, WEBHOOK_SECRET,
+};
+use crate::kit::flows::example_flow;
+use crate::kit::http::JsonCalls;
+use crate::kit::jobs::{
+    assert_failed_with, finished, generate, request_book, start_book, wait_until,
+};
+use crate::kit::mock_llm::{Fault, Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};
+use crate::kit::seed::TestUser;
 use bookengine::worker::WorkerConfig;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-pub fn fast_worker() -> WorkerConfig {
-    WorkerConfig {
-        poll_interval_ms: 100,
-        backoff_ms: 20,
-        lease_seconds: 30,
-        ..Default::default()
-    }
-}
-
-pub async fn app_with_mocks() -> (TestApp, Mocks) {
-    let mocks = Mocks::start().await;
-    let app = spawn_app_with(Some((fast_worker(), mocks.providers()))).await;
-    (app, mocks)
-}
-
-/// Admin, a pro user with the example engine assigned to their tier.
-pub async fn book_setup(app: &TestApp) -> (TestUser, TestUser, Uuid) {
-    let admin = app.stack.admin().await;
-    let pro = app.stack.user(Some("pro"), false).await;
-    let engine = app.deploy_example(&admin).await;
-    app.assign_tier(&admin, engine, "pro").await;
-    (admin, pro, engine)
-}
-
-pub async fn wait_until(
-    app: &TestApp,
-    token: &str,
-    id: &str,
-    limit: Duration,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let start = Instant::now();
-    loop {
-        let (s, job) = app.get(&format!("/v1/generations/{id}"), token).await;
-        assert_eq!(s, 200, "{job}");
-        if done(&job) {
-            return job;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "timed out waiting; last state: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Has the job reached a final status?
-/// Request a book about `topic` as `user` and wait (up to `limit`) for the job to end.
-pub async fn generate(app: &TestApp, user: &TestUser, topic: &str, limit: Duration) -> Value {
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &user.token,
-            json!({"input": {"topic": topic}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    wait_until(app, &user.token, &id, limit, finished).await
-}
-
-pub fn finished(job: &Value) -> bool {
-    matches!(
-        job["status"].as_str(),
-        Some("succeeded" | "failed" | "cancelled")
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pro_user_generates_a_book_with_a_multi_step_multi_model_flow() {
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, engine) = book_setup(&app).await;
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "sea otters"}}),
-        )
-        .await;
+    let (s, job) = request_book(&app, &pro, "sea otters").await;
     assert_eq!(s, 202, "{job}");
     assert_eq!(job["engine_id"], json!(engine));
     assert_eq!(job["status"], "queued");
@@ -178,18 +114,10 @@ async fn a_pro_user_generates_a_book_with_a_multi_step_multi_model_flow() {
     let (s, b) = app
         .get(&format!("/v1/generations/{id}"), &other.token)
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (404, json!("generation_not_found"))
-    );
+    assert_api_error(s, &b, 404, "generation_not_found");
     let (_, rows) = app
         .stack
-        .rest(
-            Method::GET,
-            &format!("generation_steps?job_id=eq.{id}"),
-            Some(&other.token),
-            None,
-        )
+        .get(&format!("generation_steps?job_id=eq.{id}"), &other.token)
         .await;
     assert_eq!(rows, json!([]));
     let (_, mine) = app.get("/v1/generations", &other.token).await;
@@ -233,21 +161,10 @@ async fn transient_faults_are_retried_honouring_retry_after() {
         Fault::Truncated,
     ]);
     let started = Instant::now();
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "clouds"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = start_book(&app, &pro, "clouds").await;
     // The outline has retries: 2, so three faults exhaust openai's tries: the outline has no fallback.
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(30), finished).await;
-    assert_eq!(job["status"], "failed", "{job}");
-    assert!(
-        job["error"].as_str().unwrap().contains("step outline"),
-        "{job}"
-    );
+    assert_failed_with(&job, "step outline");
     assert!(
         started.elapsed() >= Duration::from_secs(1),
         "Retry-After was not honoured"
@@ -309,23 +226,9 @@ async fn when_every_provider_fails_the_job_fails_with_a_reason_in_bounded_time()
     mocks.openai.always(Some(Fault::Status(500)));
     mocks.anthropic.always(Some(Fault::Status(401)));
     let started = Instant::now();
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "x"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = start_book(&app, &pro, "x").await;
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(20), finished).await;
-    assert_eq!(job["status"], "failed");
-    assert!(
-        job["error"]
-            .as_str()
-            .unwrap()
-            .contains("every model failed"),
-        "{job}"
-    );
+    assert_failed_with(&job, "every model failed");
     assert!(started.elapsed() < Duration::from_secs(20));
     // A 401 is not retried on the same model.
     mocks.openai.always(None);
@@ -346,14 +249,7 @@ async fn cancelling_stops_a_running_job_within_seconds() {
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.latency(Duration::from_secs(20));
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "slow"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = start_book(&app, &pro, "slow").await;
     wait_until(&app, &pro.token, &id, Duration::from_secs(10), |j| {
         j["steps"]
             .as_array()
@@ -361,22 +257,10 @@ async fn cancelling_stops_a_running_job_within_seconds() {
     })
     .await;
     let other = app.stack.user(Some("pro"), false).await;
-    let (s, _) = app
-        .post(
-            &format!("/v1/generations/{id}/cancel"),
-            &other.token,
-            json!({}),
-        )
-        .await;
+    let (s, _) = cancel(&app, &id, &other).await;
     assert_eq!(s, 404, "another user cannot cancel");
     let asked = Instant::now();
-    let (s, b) = app
-        .post(
-            &format!("/v1/generations/{id}/cancel"),
-            &pro.token,
-            json!({}),
-        )
-        .await;
+    let (s, b) = cancel(&app, &id, &pro).await;
     assert_eq!(
         (s, b["cancel_requested"].clone()),
         (200, json!(true)),
@@ -390,13 +274,7 @@ async fn cancelling_stops_a_running_job_within_seconds() {
         asked.elapsed()
     );
     // A queued job is cancelled at once (no worker involved).
-    let (s, b) = app
-        .post(
-            &format!("/v1/generations/{id}/cancel"),
-            &pro.token,
-            json!({}),
-        )
-        .await;
+    let (s, b) = cancel(&app, &id, &pro).await;
     assert_eq!(
         (s, b["status"].clone()),
         (200, json!("cancelled")),
@@ -409,30 +287,11 @@ async fn progress_streams_as_server_sent_events() {
     let (app, mocks) = app_with_mocks().await;
     let (admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.latency(Duration::from_millis(1500));
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "events"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = start_book(&app, &pro, "events").await;
     // An admin follows someone else's book too (sql/V10: owner-only tables, definer reads).
-    let admin_view = app
-        .http
-        .get(format!("{}/v1/generations/{id}/events", app.address))
-        .bearer_auth(&admin.token)
-        .send()
-        .await
-        .unwrap();
+    let admin_view = events(&app, &id, &admin).await;
     assert_eq!(admin_view.status().as_u16(), 200);
-    let resp = app
-        .http
-        .get(format!("{}/v1/generations/{id}/events", app.address))
-        .bearer_auth(&pro.token)
-        .send()
-        .await
-        .unwrap();
+    let resp = events(&app, &id, &pro).await;
     assert_eq!(resp.status().as_u16(), 200);
     assert!(resp.headers()["content-type"]
         .to_str()
@@ -467,54 +326,36 @@ async fn users_cannot_forge_jobs_through_postgrest() {
     let st = &app.stack;
     // A configuration written by the user: column privileges refuse it.
     let forged = json!({"input": {}, "engine_id": engine, "engine_snapshot": {"flow_config": {"steps": []}}, "engine_name": "mine"});
-    let (s, b) = st
-        .rest(
-            Method::POST,
-            "generation_jobs",
-            Some(&pro.token),
-            Some(forged),
-        )
-        .await;
+    let (s, b) = st.post("generation_jobs", &pro.token, forged).await;
     assert!(s == 401 || s == 403, "{s} {b}");
     // On behalf of another user: refused.
     let (s, b) = st
-        .rest(
-            Method::POST,
+        .post(
             "generation_jobs",
-            Some(&pro.token),
-            Some(json!({"input": {}, "user_id": hobby.id})),
+            &pro.token,
+            json!({"input": {}, "user_id": hobby.id}),
         )
         .await;
     assert!(s == 401 || s == 403, "{s} {b}");
     // An engine the user cannot see, named directly: 404.
     let (s, b) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/request_generation",
-            Some(&hobby.token),
-            Some(json!({"input": {}, "engine_id": engine})),
+            &hobby.token,
+            json!({"input": {}, "engine_id": engine}),
         )
         .await;
-    assert_eq!(
-        (s, b["details"].clone()),
-        (404, json!("engine_not_found")),
-        "{b}"
-    );
+    assert_rest_error(s, &b, 404, "engine_not_found");
     let (s, b) = app
         .post("/v1/generations", &hobby.token, json!({"input": {}}))
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (404, json!("no_engine_assigned")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 404, "no_engine_assigned");
     // The allowed path: the snapshot is the engine's, taken by the database.
     let (s, b) = st
-        .rest(
-            Method::POST,
+        .post(
             "generation_jobs",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "t"}})),
+            &pro.token,
+            json!({"input": {"topic": "t"}}),
         )
         .await;
     assert_eq!(s, 201, "{b}");
@@ -526,11 +367,10 @@ async fn users_cannot_forge_jobs_through_postgrest() {
     assert_eq!(b[0]["status"], "queued");
     // The snapshot helper shows a user only engines they may use.
     let (s, hidden) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/engine_for_generation",
-            Some(&hobby.token),
-            Some(json!({"engine_id": engine})),
+            &hobby.token,
+            json!({"engine_id": engine}),
         )
         .await;
     assert!(
@@ -539,20 +379,14 @@ async fn users_cannot_forge_jobs_through_postgrest() {
     );
     // Users cannot touch the queue functions.
     let (s, _) = st
-        .rest(
-            Method::POST,
-            "rpc/job_claim",
-            Some(&pro.token),
-            Some(json!({"worker": "me"})),
-        )
+        .post("rpc/job_claim", &pro.token, json!({"worker": "me"}))
         .await;
     assert!(s == 401 || s == 403 || s == 404, "{s}");
     let (s, _) = st
-        .rest(
-            Method::PATCH,
+        .patch(
             &format!("generation_jobs?id=eq.{}", b[0]["id"].as_str().unwrap()),
-            Some(&pro.token),
-            Some(json!({"status": "succeeded"})),
+            &pro.token,
+            json!({"status": "succeeded"}),
         )
         .await;
     assert!(s == 401 || s == 403, "{s}");
@@ -563,14 +397,7 @@ async fn a_redeploy_does_not_change_a_queued_or_running_job() {
     let (app, mocks) = app_with_mocks().await;
     let (admin, pro, engine) = book_setup(&app).await;
     mocks.anthropic.latency(Duration::from_millis(500));
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "stable"}}),
-        )
-        .await;
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = start_book(&app, &pro, "stable").await;
     let mut flow = example_flow();
     flow["steps"][2]["configuration"]["model"] = json!("gemini-2.0-pro");
     let (s, _) = app
@@ -601,43 +428,26 @@ async fn webhooks_wake_the_worker_and_refuse_bad_deliveries() {
     let (app, _mocks) = app_with_mocks().await;
     let url = format!("{}/webhooks/generation", app.address);
     let payload = json!({"type": "INSERT", "table": "generation_jobs", "schema": "public", "record": {"id": Uuid::new_v4()}, "old_record": null});
-    let send = |auth: Option<&str>, body: String| {
-        let mut r = app
-            .http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body);
-        if let Some(a) = auth {
-            r = r.header("authorization", a);
-        }
-        r.send()
-    };
     let ok = format!("Bearer {WEBHOOK_SECRET}");
     assert_eq!(
-        send(Some(&ok), payload.to_string())
+        app.deliver_webhook(Some(&ok), payload.to_string())
             .await
-            .unwrap()
-            .status()
-            .as_u16(),
+            .status(),
         202
     );
     assert_eq!(
-        send(Some("Bearer wrong"), payload.to_string())
+        app.deliver_webhook(Some("Bearer wrong"), payload.to_string())
             .await
-            .unwrap()
-            .status()
-            .as_u16(),
+            .status(),
         401
     );
     assert_eq!(
-        send(None, payload.to_string())
+        app.deliver_webhook(None, payload.to_string())
             .await
-            .unwrap()
-            .status()
-            .as_u16(),
+            .status(),
         401
     );
-    let r = send(Some(&ok), "{oops".into()).await.unwrap();
+    let r = app.deliver_webhook(Some(&ok), "{oops".into()).await;
     assert_eq!(r.status().as_u16(), 400);
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["error"]["code"], "invalid_json");
@@ -659,19 +469,13 @@ async fn webhooks_wake_the_worker_and_refuse_bad_deliveries() {
     }
     // Duplicate deliveries are harmless.
     for _ in 0..20 {
-        assert_eq!(
-            send(Some(&ok), payload.to_string())
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-            202
-        );
+        let r = app.deliver_webhook(Some(&ok), payload.to_string()).await;
+        assert_eq!(r.status(), 202);
     }
     let other = json!({"type": "UPDATE", "table": "generation_jobs", "record": {}});
-    let b: Value = send(Some(&ok), other.to_string())
+    let b: Value = app
+        .deliver_webhook(Some(&ok), other.to_string())
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -695,32 +499,39 @@ async fn duplicate_webhook_deliveries_cause_no_duplicate_work() {
     // Through PostgREST directly, as the React app would: the service is not told.
     let (s, rows) = app
         .stack
-        .rest(
-            Method::POST,
+        .post(
             "rpc/request_generation",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "hooks"}})),
+            &pro.token,
+            json!({"input": {"topic": "hooks"}}),
         )
         .await;
     assert_eq!(s, 200, "{rows}");
     let id = rows["id"].as_str().unwrap().to_owned();
     let payload = json!({"type": "INSERT", "table": "generation_jobs", "schema": "public", "record": rows, "old_record": null}).to_string();
-    let url = format!("{}/webhooks/generation", app.address);
-    let sends = (0..n).map(|_| {
-        app.http
-            .post(&url)
-            .bearer_auth(WEBHOOK_SECRET)
-            .header("content-type", "application/json")
-            .body(payload.clone())
-            .send()
-    });
+    let ok = format!("Bearer {WEBHOOK_SECRET}");
+    let sends = (0..n).map(|_| app.deliver_webhook(Some(&ok), payload.clone()));
     for r in futures::future::join_all(sends).await {
-        assert_eq!(r.unwrap().status().as_u16(), 202);
+        assert_eq!(r.status(), 202);
     }
     let job = wait_until(&app, &pro.token, &id, Duration::from_secs(30), finished).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["attempt"], 1, "claimed once");
-    let calls =
-        mocks.openai.calls().len() + mocks.anthropic.calls().len() + mocks.gemini.calls().len();
+    let calls = mocks.call_count();
     assert_eq!(calls, 5, "{n} deliveries, one run of 5 calls");
+}
+
+/// `user`'s request to cancel job `id`.
+async fn cancel(app: &TestApp, id: &str, user: &TestUser) -> (u16, Value) {
+    let path = format!("/v1/generations/{id}/cancel");
+    app.post(&path, &user.token, json!({})).await
+}
+
+/// Job `id`'s event stream as `user` opens it.
+async fn events(app: &TestApp, id: &str, user: &TestUser) -> reqwest::Response {
+    app.http
+        .get(format!("{}/v1/generations/{id}/events", app.address))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .expect("open the event stream")
 }

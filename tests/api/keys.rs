@@ -2,7 +2,8 @@
 //! gateway enforces the hosted gateway's rules, and `serve` given only SUPABASE_URL and
 //! the new keys generates a book end to end through it.
 
-use crate::helpers::{example_flow, TestStack, ES256_PRIVATE_PEM};
+use crate::kit::flows::example_flow;
+use crate::kit::stack::{Stack, ES256_PRIVATE_PEM};
 use bookengine::devstack::gateway::GatewayStats;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
@@ -34,7 +35,7 @@ async fn get(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_enforces_the_new_keys_rules() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let engine = stack.engine_fixture("visible to the service role only", true);
     let engine = engine.await;
     let http = &stack.http;
@@ -151,7 +152,7 @@ impl Drop for Served {
 async fn serve_with_only_the_new_keys_generates_a_book_through_the_gateway() {
     // Tokens signed with an asymmetric key (JWKS), as current projects do; the service
     // gets no JWT secret and finds the JWKS at $SUPABASE_URL/auth/v1/.well-known/jwks.json.
-    let stack = TestStack::start_with(true).await;
+    let stack = Stack::start_with(true).await;
     let admin = stack.admin().await;
     let pro = stack.user(Some("pro"), false).await;
     let (admin_token, pro_token) = (es256_token(admin.id), es256_token(pro.id));

@@ -1,7 +1,9 @@
 //! Per-tier generation limits, enforced in Postgres: 429 with Retry-After.
 
-use crate::helpers::spawn_app;
-use reqwest::Method;
+use crate::kit::answers::assert_rest_error;
+use crate::kit::app::spawn_app;
+use crate::kit::http::JsonCalls;
+use crate::kit::jobs::request_book;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,13 +23,7 @@ async fn tier_limits_refuse_with_429_and_retry_after() {
         .await;
     }
     // hobby: 1 at a time.
-    let (s, first) = app
-        .post(
-            "/v1/generations",
-            &hobby.token,
-            json!({"input": {"topic": "a"}}),
-        )
-        .await;
+    let (s, first) = request_book(&app, &hobby, "a").await;
     assert_eq!(s, 202, "{first}");
     let resp = app
         .http
@@ -47,18 +43,9 @@ async fn tier_limits_refuse_with_429_and_retry_after() {
     );
     // The same through PostgREST directly (supabase-js rpc).
     let (s, b) = st
-        .rest(
-            Method::POST,
-            "rpc/request_generation",
-            Some(&hobby.token),
-            Some(json!({"input": {}})),
-        )
+        .post("rpc/request_generation", &hobby.token, json!({"input": {}}))
         .await;
-    assert_eq!(
-        (s, b["details"].clone()),
-        (429, json!("rate_limited")),
-        "{b}"
-    );
+    assert_rest_error(s, &b, 429, "rate_limited");
     // Cancelling frees the slot.
     let id = first["id"].as_str().unwrap();
     app.post(
@@ -67,13 +54,7 @@ async fn tier_limits_refuse_with_429_and_retry_after() {
         json!({}),
     )
     .await;
-    let (s, _) = app
-        .post(
-            "/v1/generations",
-            &hobby.token,
-            json!({"input": {"topic": "c"}}),
-        )
-        .await;
+    let (s, _) = request_book(&app, &hobby, "c").await;
     assert_eq!(s, 202);
 
     // pro: 3 at a time, even when requests race.
@@ -102,39 +83,26 @@ async fn tier_limits_refuse_with_429_and_retry_after() {
 
     // Limits are rows admins edit; the hourly cap answers with the wait until a slot frees.
     let (s, b) = st
-        .rest(
-            Method::PATCH,
+        .patch(
             "generation_limits?tier=eq.hobby",
-            Some(&admin.token),
-            Some(json!({"max_concurrent": 10, "max_per_hour": 3})),
+            &admin.token,
+            json!({"max_concurrent": 10, "max_per_hour": 3}),
         )
         .await;
     assert_eq!(s, 200, "{b}");
     let (s, _) = st
-        .rest(
-            Method::PATCH,
+        .patch(
             "generation_limits?tier=eq.hobby",
-            Some(&hobby.token),
-            Some(json!({"max_concurrent": 99})),
+            &hobby.token,
+            json!({"max_concurrent": 99}),
         )
         .await;
     assert_eq!(s, 200, "filtered, not an error");
     let (_, limits) = st
-        .rest(
-            Method::GET,
-            "generation_limits?tier=eq.hobby",
-            Some(&hobby.token),
-            None,
-        )
+        .get("generation_limits?tier=eq.hobby", &hobby.token)
         .await;
     assert_eq!(limits[0]["max_concurrent"], 10, "a user changed the limits");
-    let (s, _) = app
-        .post(
-            "/v1/generations",
-            &hobby.token,
-            json!({"input": {"topic": "d"}}),
-        )
-        .await;
+    let (s, _) = request_book(&app, &hobby, "d").await;
     assert_eq!(s, 202, "the third of the hour");
     let resp = app
         .http

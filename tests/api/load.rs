@@ -2,8 +2,9 @@
 //! run; `BOOKENGINE_LONG_TESTS=1` runs the long version (200 users, 60 s).
 //! It reports latencies; it asserts only correctness (no 5xx, no lost job).
 
-use crate::helpers::spawn_app_with;
-use crate::mock_providers::Mocks;
+use crate::kit::app::{example_engine_for, spawn_app_with};
+use crate::kit::jobs::assert_all_succeed;
+use crate::kit::mock_llm::Mocks;
 use bookengine::worker::WorkerConfig;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -28,14 +29,7 @@ async fn simulated_users_request_and_poll_books_without_5xx_or_lost_jobs() {
     let mut providers = mocks.providers();
     providers.provider_concurrency = 32;
     let app = spawn_app_with(Some((worker, providers))).await;
-    let admin = app.stack.admin().await;
-    let engine = app.deploy_example(&admin).await;
-    app.post(
-        "/v1/assignments",
-        &admin.token,
-        json!({"engine_id": engine, "tier": "enterprise"}),
-    )
-    .await;
+    example_engine_for(&app, "enterprise").await;
     let mut people = Vec::new();
     for _ in 0..users {
         people.push(app.stack.user(Some("enterprise"), false).await);
@@ -88,7 +82,7 @@ async fn simulated_users_request_and_poll_books_without_5xx_or_lost_jobs() {
                         Ok(r) if r.status().is_server_error() => errors_5xx += 1,
                         Ok(r) => {
                             let j: Value = r.json().await.unwrap_or(Value::Null);
-                            if crate::generations::finished(&j) || Instant::now() > deadline {
+                            if crate::kit::jobs::finished(&j) || Instant::now() > deadline {
                                 break;
                             }
                         }
@@ -128,23 +122,10 @@ async fn simulated_users_request_and_poll_books_without_5xx_or_lost_jobs() {
     assert_eq!(errors, 0, "5xx or transport errors under load");
     assert!(!accepted.is_empty());
     // Every accepted job finishes; none is lost.
-    for (token, id) in &accepted {
-        let job = crate::generations::wait_until(
-            &app,
-            token,
-            id,
-            Duration::from_secs(120),
-            crate::generations::finished,
-        )
-        .await;
-        assert_eq!(job["status"], "succeeded", "{job}");
-    }
+    assert_all_succeed(&app, &accepted, Duration::from_secs(120)).await;
     let n: i64 = app
         .stack
-        .pg
-        .query_one("SELECT count(*) FROM generation_jobs", &[])
-        .await
-        .unwrap()
-        .get(0);
+        .count("SELECT count(*) FROM generation_jobs", &[])
+        .await;
     assert_eq!(n, accepted.len() as i64);
 }

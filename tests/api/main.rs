@@ -1,7 +1,8 @@
 //! One integration-test binary: a module per feature, all against a real
-//! PostgREST 12 and Postgres (see helpers.rs).
+//! PostgREST 12 and Postgres (the harness: tests/kit, shared with the benchmarks).
 
-mod helpers;
+#[path = "../kit/mod.rs"]
+mod kit;
 
 mod adversarial;
 mod assignments;
@@ -22,7 +23,6 @@ mod limits;
 mod load;
 #[cfg(feature = "local-model")]
 mod local_model;
-mod mock_providers;
 mod resilience;
 mod security;
 mod seed_js;

@@ -1,8 +1,9 @@
 //! Crash and resume, and lease fencing, with real worker processes.
 
-use crate::generations::{book_setup, wait_until};
-use crate::helpers::{spawn_app, TestApp};
-use crate::mock_providers::{Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};
+use crate::kit::app::{book_setup, example_engine_for, spawn_app, TestApp};
+use crate::kit::http::JsonCalls;
+use crate::kit::jobs::{assert_all_succeed, request_book, start_book, wait_until};
+use crate::kit::mock_llm::{Mocks, ANTHROPIC_KEY, GEMINI_KEY, OPENAI_KEY};
 use bookengine::queue::{Claim, ClaimedJob, Queue};
 use bookengine::rest::Rest;
 use serde_json::json;
@@ -54,13 +55,7 @@ async fn a_killed_worker_is_resumed_by_another_without_repeating_finished_chapte
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.latency(Duration::from_millis(700));
     let mut first = worker_process(&app, &mocks, "worker-a");
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "resilience"}}),
-        )
-        .await;
+    let (s, job) = request_book(&app, &pro, "resilience").await;
     assert_eq!(s, 202);
     let id = job["id"].as_str().unwrap().to_owned();
     // Kill it once the first chapter is done and the second is under way.
@@ -88,7 +83,7 @@ async fn a_killed_worker_is_resumed_by_another_without_repeating_finished_chapte
         &pro.token,
         &id,
         Duration::from_secs(30),
-        crate::generations::finished,
+        crate::kit::jobs::finished,
     )
     .await;
     assert_eq!(job["status"], "succeeded", "{job}");
@@ -120,13 +115,7 @@ async fn a_killed_worker_is_resumed_by_another_without_repeating_finished_chapte
 async fn a_worker_whose_lease_was_taken_over_cannot_complete_or_overwrite() {
     let app = spawn_app().await;
     let (_admin, pro, _) = book_setup(&app).await;
-    let (_, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "fence"}}),
-        )
-        .await;
+    let (_, job) = request_book(&app, &pro, "fence").await;
     let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
     let queue = Queue::new(Rest::new(&app.stack.supabase_config()).unwrap());
     let a = ready(queue.claim("a", 1, 1).await.unwrap());
@@ -234,30 +223,16 @@ async fn repeated_sigkills_lose_and_repeat_nothing() {
     let mocks = Mocks::start().await;
     mocks.anthropic.latency(Duration::from_millis(150));
     let app = spawn_app().await;
-    let admin = app.stack.admin().await;
-    let engine = app.deploy_example(&admin).await;
-    app.post(
-        "/v1/assignments",
-        &admin.token,
-        json!({"engine_id": engine, "tier": "enterprise"}),
-    )
-    .await;
+    example_engine_for(&app, "enterprise").await;
     let mut ids = Vec::new();
     let mut users = Vec::new();
     for i in 0..jobs {
         if i % 10 == 0 {
             users.push(app.stack.user(Some("enterprise"), false).await);
         }
-        let u = users.last().unwrap();
-        let (s, job) = app
-            .post(
-                "/v1/generations",
-                &u.token,
-                json!({"input": {"topic": format!("k{i}")}}),
-            )
-            .await;
-        assert_eq!(s, 202, "{job}");
-        ids.push((u.token.clone(), job["id"].as_str().unwrap().to_owned()));
+        let u = users.last().expect("a user");
+        let id = start_book(&app, u, &format!("k{i}")).await;
+        ids.push((u.token.clone(), id));
     }
     // Kills are paced by the work, not the clock, so that they mean the same on a slow
     // machine and a fast one: each worker is killed once it has saved about k more
@@ -267,14 +242,11 @@ async fn repeated_sigkills_lose_and_repeat_nothing() {
     let k = rows_needed / (kills as i64 + 2);
     let saved = || async {
         app.stack
-            .pg
-            .query_one(
+            .count(
                 "SELECT count(*) FROM generation_steps WHERE status = 'succeeded'",
                 &[],
             )
             .await
-            .unwrap()
-            .get::<_, i64>(0)
     };
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for n in 0..kills {
@@ -296,36 +268,24 @@ async fn repeated_sigkills_lose_and_repeat_nothing() {
         let _ = w.wait().await;
     }
     let _last = worker_process(&app, &mocks, "final");
-    for (token, id) in &ids {
-        let job = wait_until(
-            &app,
-            token,
-            id,
-            Duration::from_secs(180),
-            crate::generations::finished,
-        )
-        .await;
-        assert_eq!(job["status"], "succeeded", "{job}");
-    }
+    assert_all_succeed(&app, &ids, Duration::from_secs(180)).await;
     // One row per step and item (a unique key), all succeeded: no output written twice.
     let dup: i64 = app
         .stack
-        .pg
-        .query_one("SELECT count(*) FROM (SELECT job_id, step_id, item_index FROM generation_steps GROUP BY 1, 2, 3 HAVING count(*) > 1) d", &[])
-        .await
-        .unwrap()
-        .get(0);
+        .count(
+            "SELECT count(*) FROM (SELECT job_id, step_id, item_index FROM generation_steps \
+             GROUP BY 1, 2, 3 HAVING count(*) > 1) d",
+            &[],
+        )
+        .await;
     assert_eq!(dup, 0);
     let rows: i64 = app
         .stack
-        .pg
-        .query_one(
+        .count(
             "SELECT count(*) FROM generation_steps WHERE status = 'succeeded'",
             &[],
         )
-        .await
-        .unwrap()
-        .get(0);
+        .await;
     assert_eq!(rows, jobs as i64 * 6);
     // No provider ever failed: every lost lease was refunded, none cost an attempt.
     let row = app
@@ -346,9 +306,7 @@ async fn repeated_sigkills_lose_and_repeat_nothing() {
     );
     // Provider calls: the 5 per job, plus at most the calls in flight at each kill
     // (4 jobs x (1 + 3 chapters) per worker): finished work is never requested again.
-    let calls = (mocks.openai.calls().len()
-        + mocks.anthropic.calls().len()
-        + mocks.gemini.calls().len()) as i64;
+    let calls = mocks.call_count() as i64;
     println!(
         "sigkill: {jobs} jobs, {kills} kills, {calls} provider calls for {} needed",
         jobs * 5

@@ -1,9 +1,11 @@
 //! The security matrix on the service: every /v1 route against bad tokens and
 //! other users' ids, and no secret in the logs of a real `serve` process.
 
-use crate::generations::book_setup;
-use crate::helpers::{spawn_app, TestStack};
-use crate::mock_providers::{Fault, Mocks, OPENAI_KEY};
+use crate::kit::app::{book_setup, spawn_app};
+use crate::kit::http::JsonCalls;
+use crate::kit::jobs::request_book;
+use crate::kit::mock_llm::{Fault, Mocks, OPENAI_KEY};
+use crate::kit::stack::Stack;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -15,7 +17,7 @@ fn routes(engine: &str, assignment: &str, job: &str) -> Vec<(Method, String, Opt
         (
             Method::POST,
             "/v1/engines".into(),
-            Some(crate::helpers::example_flow()),
+            Some(crate::kit::flows::example_flow()),
         ),
         (Method::GET, format!("/v1/engines/{engine}"), None),
         (
@@ -71,13 +73,7 @@ async fn every_route_refuses_bad_tokens_and_other_users_ids() {
         .get(&format!("/v1/assignments?engine_id={engine}"), &admin.token)
         .await;
     let assignment = a[0]["id"].as_str().unwrap().to_owned();
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "mine"}}),
-        )
-        .await;
+    let (s, job) = request_book(&app, &pro, "mine").await;
     assert_eq!(s, 202);
     let job = job["id"].as_str().unwrap().to_owned();
     let engine = engine.to_string();
@@ -209,14 +205,14 @@ async fn every_route_refuses_bad_tokens_and_other_users_ids() {
     let (_, e) = app
         .get(&format!("/v1/engines/{engine}"), &admin.token)
         .await;
-    assert_eq!(e["name"], crate::helpers::example_flow()["name"]);
+    assert_eq!(e["name"], crate::kit::flows::example_flow()["name"]);
     let (_, j) = app.get(&format!("/v1/generations/{job}"), &pro.token).await;
     assert_eq!(j["cancel_requested"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs_of_a_serve_process() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let mocks = Mocks::start().await;
     // The provider echoes a request's key back in its 401 body, as some do.
     mocks.openai.always(Some(Fault::Status(401)));
@@ -252,70 +248,40 @@ async fn no_secret_reaches_the_logs_of_a_serve_process() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut flow = crate::helpers::example_flow();
+    let mut flow = crate::kit::flows::example_flow();
     for s in flow["steps"].as_array_mut().unwrap() {
         s["configuration"]["provider"] = json!("openai");
         s["configuration"]["fallbacks"] = json!([]);
     }
-    let r = http
-        .post(format!("{base}/v1/engines"))
-        .bearer_auth(&admin.token)
-        .json(&flow)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let engine: Value = r.json().await.unwrap();
-    http.post(format!("{base}/v1/assignments"))
-        .bearer_auth(&admin.token)
-        .json(&json!({"engine_id": engine["id"], "tier": "pro"}))
-        .send()
-        .await
-        .unwrap();
-    let job: Value = http
-        .post(format!("{base}/v1/generations"))
-        .bearer_auth(&pro.token)
-        .json(&json!({"input": {"topic": "secrets"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served = Served {
+        base: base.clone(),
+        http: http.clone(),
+    };
+    let (s, engine) = served.post("/v1/engines", &admin.token, flow).await;
+    assert_eq!(s, 201);
+    let assignment = json!({"engine_id": engine["id"], "tier": "pro"});
+    served
+        .post("/v1/assignments", &admin.token, assignment)
+        .await;
+    let topic = json!({"input": {"topic": "secrets"}});
+    let (_, job) = served.post("/v1/generations", &pro.token, topic).await;
     // Failures of every kind: bad tokens, a bad webhook secret, a provider refusing the key.
-    http.get(format!("{base}/v1/engines"))
-        .bearer_auth("garbage.token.here")
-        .send()
-        .await
-        .unwrap();
+    served.get("/v1/engines", "garbage.token.here").await;
     http.post(format!("{base}/webhooks/generation"))
         .bearer_auth("wrong")
         .body("{}")
         .send()
         .await
         .unwrap();
-    http.post(format!("{base}/webhooks/generation"))
-        .bearer_auth(webhook)
-        .header("content-type", "application/json")
-        .body(
-            json!({"type": "INSERT", "table": "generation_jobs", "record": {"id": job["id"]}})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
+    let delivery =
+        json!({"type": "INSERT", "table": "generation_jobs", "record": {"id": job["id"]}});
+    served.post("/webhooks/generation", webhook, delivery).await;
     let id = job["id"].as_str().unwrap();
     let mut status = String::new();
     for _ in 0..100 {
-        let j: Value = http
-            .get(format!("{base}/v1/generations/{id}"))
-            .bearer_auth(&pro.token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, j) = served
+            .get(&format!("/v1/generations/{id}"), &pro.token)
+            .await;
         status = j["status"].as_str().unwrap_or_default().to_owned();
         if status == "failed" {
             assert!(!j.to_string().contains(OPENAI_KEY));
@@ -348,5 +314,17 @@ async fn no_secret_reaches_the_logs_of_a_serve_process() {
         // A JWT's signature part is the part that must never leak.
         let needle = secret.rsplit('.').next().unwrap_or(secret);
         assert!(!logs.contains(needle), "the {what} appears in the logs");
+    }
+}
+
+/// A `bookengine serve` child process, called over HTTP.
+struct Served {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl JsonCalls for Served {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
     }
 }

@@ -5,72 +5,35 @@
 //! through `delta_append` with the job's lease (no worker runs here: the test is the
 //! writer, so it knows the final text to compare with).
 
-use crate::helpers::{TestStack, TestUser};
+use crate::kit::jobs::request_book;
+use crate::kit::seed::TestUser;
+use crate::kit::service::Service;
+use crate::kit::stack::Stack;
 use bookengine::generations::watch::StreamConfig;
 use bookengine::secret::Secret;
-use reqwest::Url;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 // ------------------------------------------------------------------ the service
 
-pub(crate) struct App {
-    pub(crate) address: String,
-    pub(crate) streams: bookengine::generations::watch::WatchHub,
-    pub(crate) http: reqwest::Client,
-    stop: CancellationToken,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-pub(crate) async fn serve(stack: &TestStack, streams: StreamConfig) -> App {
-    let mut supabase = stack.supabase_config();
-    supabase.postgrest_url = Some(Url::parse(&stack.rest_url).unwrap());
-    let config = bookengine::http::ServeConfig {
-        addr: "127.0.0.1:0".into(),
-        webhook_secret: None,
-        supabase,
-        auth: bookengine::config::AuthConfig {
-            jwt_secret: Some(stack.jwt_secret.clone()),
-            jwks_url: None,
-        },
-        no_worker: true,
-        worker: Default::default(),
-        providers: Default::default(),
-        ops: bookengine::http::OpsConfig {
-            metrics_token: None,
-            streams,
-            ..Default::default()
-        },
-    };
-    let app = bookengine::http::Application::build(&config).await.unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let streams = app.state.streams.clone();
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(app.run_until(async move { s.cancelled().await }));
-    App {
-        address,
+/// The API alone, with these stream settings.
+pub(crate) async fn serve(stack: &Stack, streams: StreamConfig) -> Service {
+    let ops = bookengine::http::OpsConfig {
         streams,
-        http: reqwest::Client::new(),
-        stop,
-    }
+        ..Default::default()
+    };
+    Service::api_via(stack, &stack.rest_url, ops).await
 }
 
 /// The test database as a connection string (for LISTEN).
-fn listen_url(stack: &TestStack) -> Secret {
+fn listen_url(stack: &Stack) -> Secret {
     Secret::new(bookengine::devstack::url_for(&stack.db))
 }
 
 /// A running job of a pro user (no worker: the test holds its lease).
-pub(crate) async fn running_job(stack: &TestStack, app: &App) -> (TestUser, Uuid, Uuid) {
+pub(crate) async fn running_job(stack: &Stack, app: &Service) -> (TestUser, Uuid, Uuid) {
     let engine = stack.engine_fixture("delta engine", true).await;
     stack
         .assign_fixture(engine, Some("pro"), None, 0, true)
@@ -101,7 +64,7 @@ pub(crate) async fn running_job(stack: &TestStack, app: &App) -> (TestUser, Uuid
     (user, job, lease)
 }
 
-pub(crate) async fn finish(stack: &TestStack, job: Uuid) {
+pub(crate) async fn finish(stack: &Stack, job: Uuid) {
     stack
         .pg
         .execute(
@@ -117,7 +80,7 @@ pub(crate) async fn finish(stack: &TestStack, job: Uuid) {
 /// `rows` two at a time with `pause` between flushes, as a worker would, then ends the
 /// job. Its own connection: the task outlives no borrow of the stack.
 pub(crate) fn write_when_ready(
-    stack: &TestStack,
+    stack: &Stack,
     job: Uuid,
     rows: Vec<Value>,
     ready: std::path::PathBuf,
@@ -149,7 +112,7 @@ pub(crate) fn write_when_ready(
 }
 
 /// One flush, as the worker makes it.
-pub(crate) async fn append(stack: &TestStack, rows: &[Value]) -> Value {
+pub(crate) async fn append(stack: &Stack, rows: &[Value]) -> Value {
     let rows = Value::Array(rows.to_vec());
     let row = stack
         .pg
@@ -275,7 +238,7 @@ pub(crate) struct Sse {
 impl Sse {
     /// Open the job's stream, resuming after `last` (as a browser's EventSource does).
     pub(crate) async fn open(
-        app: &App,
+        app: &Service,
         job: Uuid,
         token: &str,
         last: Option<i64>,
@@ -301,10 +264,27 @@ impl Sse {
             let status = resp.status().as_u16();
             return Err((status, resp.json().await.unwrap_or(Value::Null)));
         }
-        Ok(Sse {
+        Ok(Sse::new(resp))
+    }
+
+    fn new(resp: reqwest::Response) -> Sse {
+        Sse {
             resp,
             buf: Vec::new(),
-        })
+        }
+    }
+
+    /// The id of the first event that has one (a text row's seq).
+    async fn first_row(&mut self) -> i64 {
+        loop {
+            let e = self
+                .next_within(Duration::from_secs(10))
+                .await
+                .expect("an event within 10 s");
+            if let Some(id) = e.id {
+                return id;
+            }
+        }
     }
 
     pub(crate) async fn next(&mut self) -> Option<Event> {
@@ -360,7 +340,7 @@ impl Rng {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_disconnects_resume_with_no_gap_no_duplicate_and_the_final_text() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let app = serve(&stack, StreamConfig::default()).await;
     let (user, job, lease) = running_job(&stack, &app).await;
     let script = script(job, lease, 150);
@@ -479,11 +459,7 @@ async fn a_hundred_disconnects_resume_with_no_gap_no_duplicate_and_the_final_tex
     eprintln!("{disconnects} disconnects, {} rows, seed {seed}", ids.len());
 }
 
-async fn writer_done_then_finish(
-    stack: &TestStack,
-    job: Uuid,
-    writer: &tokio::task::JoinHandle<()>,
-) {
+async fn writer_done_then_finish(stack: &Stack, job: Uuid, writer: &tokio::task::JoinHandle<()>) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !writer.is_finished() {
         assert!(Instant::now() < deadline, "the writer ends");
@@ -494,7 +470,7 @@ async fn writer_done_then_finish(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_by_header_or_query_and_rls_decides_who_reads_deltas() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let app = serve(&stack, StreamConfig::default()).await;
     let (user, job, lease) = running_job(&stack, &app).await;
     let script = script(job, lease, 6);
@@ -545,16 +521,8 @@ async fn resume_by_header_or_query_and_rls_decides_who_reads_deltas() {
         .send()
         .await
         .unwrap();
-    let mut sse = Sse {
-        resp: r,
-        buf: Vec::new(),
-    };
-    let first_row = loop {
-        let e = sse.next_within(Duration::from_secs(10)).await.unwrap();
-        if let Some(id) = e.id {
-            break id;
-        }
-    };
+    let mut sse = Sse::new(r);
+    let first_row = sse.first_row().await;
     assert_eq!(first_row, 5, "Last-Event-ID wins over ?after=");
     drop(sse);
     let r = app
@@ -567,16 +535,8 @@ async fn resume_by_header_or_query_and_rls_decides_who_reads_deltas() {
         .send()
         .await
         .unwrap();
-    let mut sse = Sse {
-        resp: r,
-        buf: Vec::new(),
-    };
-    let first_row = loop {
-        let e = sse.next_within(Duration::from_secs(10)).await.unwrap();
-        if let Some(id) = e.id {
-            break id;
-        }
-    };
+    let mut sse = Sse::new(r);
+    let first_row = sse.first_row().await;
     assert_eq!(first_row, 3);
     drop(sse);
     for bad in ["-1", "x", "1.5"] {
@@ -678,7 +638,7 @@ async fn resume_by_header_or_query_and_rls_decides_who_reads_deltas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_wakes_readers_when_rows_are_written() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     // Polling so slow that only a NOTIFY can explain quick arrivals.
     let app = serve(
         &stack,
@@ -691,7 +651,7 @@ async fn listen_wakes_readers_when_rows_are_written() {
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !app.streams.listening() {
+    while !app.state.streams.listening() {
         assert!(Instant::now() < deadline, "the LISTEN connection comes up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -725,7 +685,7 @@ async fn listen_wakes_readers_when_rows_are_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_stream_generation_resumes_through_broken_connections() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let app = serve(&stack, StreamConfig::default()).await;
     let (user, job, lease) = running_job(&stack, &app).await;
     let script = script(job, lease, 60);
@@ -775,19 +735,13 @@ async fn js_stream_generation_resumes_through_broken_connections() {
 /// text is its step's output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_book_streams_over_sse_and_reassembles_to_its_outputs() {
-    use crate::generations::{app_with_mocks, book_setup};
-    use crate::mock_providers::Fault;
+    use crate::kit::app::{app_with_mocks, book_setup};
+    use crate::kit::mock_llm::Fault;
     let (app, mocks) = app_with_mocks().await;
     let (_admin, pro, _) = book_setup(&app).await;
     mocks.anthropic.chunk_interval(Duration::from_millis(100));
     mocks.anthropic.script(vec![Fault::BreakAfter(2)]);
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "sse"}}),
-        )
-        .await;
+    let (s, job) = request_book(&app, &pro, "sse").await;
     assert_eq!(s, 202, "{job}");
     let job = Uuid::parse_str(job["id"].as_str().unwrap()).unwrap();
 

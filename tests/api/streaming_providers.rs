@@ -4,7 +4,7 @@
 //! the local model: text arrives before the call ends, joins into the answer,
 //! usage is exact, and an attempt cut part-way is discarded and retried.
 
-use crate::mock_providers::{
+use crate::kit::mock_llm::{
     streamed_text, Fault, MockProvider, Mocks, ANTHROPIC_USAGE, GEMINI_USAGE, OPENAI_USAGE,
 };
 use async_trait::async_trait;
@@ -364,7 +364,7 @@ async fn permanent_errors_before_the_stream_go_straight_to_the_fallback() {
     assert!(discarded(&events).is_empty());
     assert_eq!(reassemble(&events), outcome.value);
     let logged = serde_json::to_string(&outcome.log).expect("log");
-    assert!(!logged.contains(crate::mock_providers::OPENAI_KEY));
+    assert!(!logged.contains(crate::kit::mock_llm::OPENAI_KEY));
 }
 
 #[tokio::test]

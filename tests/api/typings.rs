@@ -3,7 +3,9 @@
 //! marked `?`) is sent. The types are read from the file itself, so an API change
 //! without its type (or the reverse) fails here.
 
-use crate::generations::{app_with_mocks, book_setup, generate};
+use crate::kit::app::{app_with_mocks, book_setup};
+use crate::kit::http::JsonCalls;
+use crate::kit::jobs::generate;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;

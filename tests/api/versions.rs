@@ -1,10 +1,14 @@
 //! Engines with a history (issue #17): versions written whatever the client,
 //! rollback, jobs naming their version, and a gradual rollout decided in SQL.
 
-use crate::generations::{app_with_mocks, finished, wait_until};
-use crate::helpers::{spawn_app, TestApp, TestStack, TestUser};
-use crate::mock_providers::Fault;
-use reqwest::Method;
+use crate::kit::answers::assert_api_error;
+use crate::kit::app::{app_with_mocks, spawn_app, TestApp};
+use crate::kit::cli::Cli;
+use crate::kit::http::JsonCalls;
+use crate::kit::jobs::{finished, generate, start_book, wait_until};
+use crate::kit::mock_llm::Fault;
+use crate::kit::seed::TestUser;
+use crate::kit::stack::Stack;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -18,15 +22,6 @@ fn flow(provider: &str, model: &str, temperature: f64) -> Value {
             "prompt": "Write a short book about {{ input.topic }}."}}]})
 }
 
-/// The engine's history as the API returns it.
-async fn history(app: &TestApp, admin: &TestUser, engine: Uuid) -> Value {
-    let (s, b) = app
-        .get(&format!("/v1/engines/{engine}/versions"), &admin.token)
-        .await;
-    assert_eq!(s, 200, "{b}");
-    b
-}
-
 fn numbers(h: &Value) -> Vec<i64> {
     h["versions"]
         .as_array()
@@ -36,51 +31,14 @@ fn numbers(h: &Value) -> Vec<i64> {
         .collect()
 }
 
-/// The rows of engine_versions, read past RLS.
-async fn stored_versions(st: &TestStack, engine: Uuid) -> i64 {
-    st.pg
-        .query_one(
-            "SELECT count(*) FROM public.engine_versions WHERE engine_id = $1",
-            &[&engine],
-        )
-        .await
-        .expect("count versions")
-        .get(0)
-}
-
-fn cli(st: &TestStack, token: &str, args: &[&str]) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bookengine"))
-        .arg("--json")
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("POSTGREST_URL", &st.rest_url)
-        .env("SUPABASE_JWT_SECRET", st.jwt_secret.expose())
-        .env("BOOKENGINE_TOKEN", token)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run bookengine");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{args:?}: not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_flow_change_through_any_client_writes_exactly_one_version() {
     let app = spawn_app().await;
-    let st = &app.stack;
-    let admin = st.admin().await;
+    let as_admin = EngineAsAdmin::deploy(&app).await;
+    let (st, admin, engine) = (&app.stack, &as_admin.admin, as_admin.id);
     let pro = st.user(Some("pro"), false).await;
-    let engine = app.deploy(&admin, flow("openai", "gpt-4o-mini", 0.5)).await;
-    let h = history(&app, &admin, engine).await;
+    let cli = Cli { stack: st };
+    let h = as_admin.history().await;
     assert_eq!(numbers(&h), vec![1]);
     assert_eq!(h["versions"][0]["origin"], "deploy");
     assert_eq!(h["versions"][0]["current"], true);
@@ -96,57 +54,36 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
         json!({"active": true}),
         json!({"tier": "enterprise"}),
     ] {
-        let (s, b) = app
-            .patch(&format!("/v1/engines/{engine}"), &admin.token, patch)
-            .await;
+        let (s, b) = as_admin.patch(patch).await;
         assert_eq!(s, 200, "{b}");
     }
-    let (s, _) = st
-        .rest(
-            Method::PATCH,
-            &format!("ai_engines?id=eq.{engine}"),
-            Some(&admin.token),
-            Some(json!({"name": "Renamed through PostgREST", "active": true})),
-        )
+    let (s, _) = as_admin
+        .patch_row(json!({"name": "Renamed through PostgREST", "active": true}))
         .await;
     assert_eq!(s, 200);
-    assert_eq!(stored_versions(st, engine).await, 1);
+    assert_eq!(as_admin.stored_versions().await, 1);
 
     // The API's redeploy.
-    let (s, b) = app
-        .patch(
-            &format!("/v1/engines/{engine}"),
-            &admin.token,
-            json!({"flow": flow("openai", "gpt-4o-mini", 0.9)}),
-        )
+    let (s, b) = as_admin
+        .patch(json!({"flow": flow("openai", "gpt-4o-mini", 0.9)}))
         .await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(stored_versions(st, engine).await, 2);
+    assert_eq!(as_admin.stored_versions().await, 2);
 
     // supabase-js's updateEngine: a PATCH of ai_engines straight through PostgREST.
     let mut cfg = b["flow_config"].clone();
     cfg["steps"][0]["configuration"]["model"] = json!("gpt-4.1-mini");
-    let (s, b) = st
-        .rest(
-            Method::PATCH,
-            &format!("ai_engines?id=eq.{engine}"),
-            Some(&admin.token),
-            Some(json!({"flow_config": cfg, "execution_mode": "parallel"})),
-        )
+    let (s, b) = as_admin
+        .patch_row(json!({"flow_config": cfg, "execution_mode": "parallel"}))
         .await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(stored_versions(st, engine).await, 3);
+    assert_eq!(as_admin.stored_versions().await, 3);
     // models alone is one of the three columns too.
-    let (s, _) = st
-        .rest(
-            Method::PATCH,
-            &format!("ai_engines?id=eq.{engine}"),
-            Some(&admin.token),
-            Some(json!({"models": [{"provider": "openai", "model": "gpt-4.1-mini"}]})),
-        )
+    let (s, _) = as_admin
+        .patch_row(json!({"models": [{"provider": "openai", "model": "gpt-4.1-mini"}]}))
         .await;
     assert_eq!(s, 200);
-    assert_eq!(stored_versions(st, engine).await, 4);
+    assert_eq!(as_admin.stored_versions().await, 4);
 
     // The CLI.
     let file = std::env::temp_dir().join(format!("versions-{}.json", Uuid::new_v4()));
@@ -156,13 +93,12 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
     )
     .expect("write flow");
     let path = file.to_string_lossy().into_owned();
-    cli(
-        st,
-        &admin.token,
+    cli.json(
+        admin,
         &["engines", "update", &engine.to_string(), "--flow", &path],
     );
     let _ = std::fs::remove_file(&file);
-    let h = history(&app, &admin, engine).await;
+    let h = as_admin.history().await;
     assert_eq!(numbers(&h), vec![5, 4, 3, 2, 1]);
     let origins: Vec<&str> = h["versions"]
         .as_array()
@@ -174,12 +110,7 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
     assert_eq!(h["current_version"], 5);
 
     // The diff names the step and the fields, old → new.
-    let (s, d) = app
-        .get(
-            &format!("/v1/engines/{engine}/versions/1/diff/5"),
-            &admin.token,
-        )
-        .await;
+    let (s, d) = as_admin.get("/versions/1/diff/5").await;
     assert_eq!(s, 200, "{d}");
     assert_eq!(d["added"], json!([]));
     assert_eq!(d["removed"], json!([]));
@@ -204,18 +135,9 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
         fields.get("configuration.temperature"),
         Some(&(json!(0.5), json!(0.9)))
     );
-    let (s, q) = app
-        .get(
-            &format!("/v1/engines/{engine}/diff?from=1&to=5"),
-            &admin.token,
-        )
-        .await;
+    let (s, q) = as_admin.get("/diff?from=1&to=5").await;
     assert_eq!((s, &q), (200, &d));
-    let out = cli(
-        st,
-        &admin.token,
-        &["engines", "diff", &engine.to_string(), "2", "3"],
-    );
+    let out = cli.json(admin, &["engines", "diff", &engine.to_string(), "2", "3"]);
     assert!(out["flow"]
         .as_array()
         .into_iter()
@@ -223,10 +145,9 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
         .any(|f| f["field"] == "execution_mode" && f["to"] == "parallel"));
 
     // Rollback: version 1's flow, current as version 6.
-    let (s, v) = app
+    let (s, v) = as_admin
         .post(
-            &format!("/v1/engines/{engine}/rollback"),
-            &admin.token,
+            "/rollback",
             json!({"version": 1, "note": "the new model writes worse books"}),
         )
         .await;
@@ -240,42 +161,17 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
         (json!(6), json!("rollback"), json!(1))
     );
     assert_eq!(v["note"], "the new model writes worse books");
-    let (_, e) = app
-        .get(&format!("/v1/engines/{engine}"), &admin.token)
-        .await;
-    let (_, one) = app
-        .get(&format!("/v1/engines/{engine}/versions/1"), &admin.token)
-        .await;
+    let (_, e) = as_admin.get("").await;
+    let (_, one) = as_admin.get("/versions/1").await;
     assert_eq!(e["flow_config"], one["flow_config"]);
     assert_eq!(e["execution_mode"], one["execution_mode"]);
-    let (s, b) = app
-        .post(
-            &format!("/v1/engines/{engine}/rollback"),
-            &admin.token,
-            json!({"version": 1}),
-        )
-        .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (409, json!("version_is_current")),
-        "{b}"
-    );
-    let (s, b) = app
-        .post(
-            &format!("/v1/engines/{engine}/rollback"),
-            &admin.token,
-            json!({"version": 99}),
-        )
-        .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (404, json!("version_not_found")),
-        "{b}"
-    );
+    let (s, b) = as_admin.post("/rollback", json!({"version": 1})).await;
+    assert_api_error(s, &b, 409, "version_is_current");
+    let (s, b) = as_admin.post("/rollback", json!({"version": 99})).await;
+    assert_api_error(s, &b, 404, "version_not_found");
     // The CLI's rollback is the same function.
-    let out = cli(
-        st,
-        &admin.token,
+    let out = cli.json(
+        admin,
         &[
             "engines",
             "rollback",
@@ -289,28 +185,25 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
         (out["version"].clone(), out["restored_from"].clone()),
         (json!(7), json!(2))
     );
-    assert_eq!(stored_versions(st, engine).await, 7);
+    assert_eq!(as_admin.stored_versions().await, 7);
 
     // Append-only: an admin can neither change nor delete a version.
     let (s, b) = st
-        .rest(
-            Method::PATCH,
+        .patch(
             &format!("engine_versions?engine_id=eq.{engine}&version=eq.1"),
-            Some(&admin.token),
-            Some(json!({"note": "rewritten"})),
+            &admin.token,
+            json!({"note": "rewritten"}),
         )
         .await;
     assert!(matches!(s, 401 | 403), "{s} {b}");
     let (s, b) = st
-        .rest(
-            Method::DELETE,
+        .delete(
             &format!("engine_versions?engine_id=eq.{engine}"),
-            Some(&admin.token),
-            None,
+            &admin.token,
         )
         .await;
     assert!(matches!(s, 401 | 403), "{s} {b}");
-    assert_eq!(stored_versions(st, engine).await, 7);
+    assert_eq!(as_admin.stored_versions().await, 7);
     // Not even the service role rewrites what a version is.
     let err = st
         .pg
@@ -323,22 +216,16 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
 
     // Users see no versions (RLS), and the API says why.
     let (s, b) = st
-        .rest(
-            Method::GET,
+        .get(
             &format!("engine_versions?engine_id=eq.{engine}"),
-            Some(&pro.token),
-            None,
+            &pro.token,
         )
         .await;
     assert_eq!((s, b), (200, json!([])));
     let (s, b) = app
         .get(&format!("/v1/engines/{engine}/versions"), &pro.token)
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (403, json!("permission_denied")),
-        "{b}"
-    );
+    assert_api_error(s, &b, 403, "permission_denied");
     let (s, b) = app
         .post(
             &format!("/v1/engines/{engine}/rollback"),
@@ -347,13 +234,8 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
         )
         .await;
     assert_eq!(s, 403, "{b}");
-    let (s, b) = app
-        .get(&format!("/v1/engines/{engine}/versions/abc"), &admin.token)
-        .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("invalid_request"))
-    );
+    let (s, b) = as_admin.get("/versions/abc").await;
+    assert_api_error(s, &b, 400, "invalid_request");
     let (s, _) = app
         .get(
             &format!("/v1/engines/{}/versions", Uuid::new_v4()),
@@ -361,20 +243,6 @@ async fn every_flow_change_through_any_client_writes_exactly_one_version() {
         )
         .await;
     assert_eq!(s, 404);
-}
-
-/// Request a book as `user` and wait for it to end.
-async fn book(app: &TestApp, user: &TestUser, topic: &str) -> Value {
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &user.token,
-            json!({"input": {"topic": topic}}),
-        )
-        .await;
-    assert_eq!(s, 202, "{job}");
-    let id = job["id"].as_str().expect("job id").to_owned();
-    wait_until(app, &user.token, &id, Duration::from_secs(30), finished).await
 }
 
 /// A book's JSON without the mocks' "[call N] " marks (a streamed answer carries the
@@ -402,39 +270,28 @@ fn unnumbered(v: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_change_fails_books_and_a_rollback_restores_them() {
     let (app, mocks) = app_with_mocks().await;
-    let st = &app.stack;
-    let admin = st.admin().await;
-    let pro = st.user(Some("pro"), false).await;
-    let engine = app.deploy(&admin, flow("openai", "gpt-4o-mini", 0.5)).await;
-    app.assign_tier(&admin, engine, "pro").await;
+    let as_admin = EngineAsAdmin::deploy(&app).await;
+    let (admin, engine) = (&as_admin.admin, as_admin.id);
+    let pro = app.stack.user(Some("pro"), false).await;
+    app.assign_tier(admin, engine, "pro").await;
     // The bad change: a provider that refuses every call.
     mocks.anthropic.always(Some(Fault::Status(400)));
 
-    let before = book(&app, &pro, "lighthouses").await;
+    let before = generate(&app, &pro, "lighthouses", Duration::from_secs(30)).await;
     assert_eq!(before["status"], "succeeded", "{before}");
     assert_eq!(before["engine_version"], 1);
 
-    let (s, b) = app
-        .patch(
-            &format!("/v1/engines/{engine}"),
-            &admin.token,
-            json!({"flow": flow("anthropic", "claude-3-5-haiku-latest", 0.5)}),
-        )
+    let (s, b) = as_admin
+        .patch(json!({"flow": flow("anthropic", "claude-3-5-haiku-latest", 0.5)}))
         .await;
     assert_eq!(s, 200, "{b}");
-    let bad = book(&app, &pro, "lighthouses").await;
+    let bad = generate(&app, &pro, "lighthouses", Duration::from_secs(30)).await;
     assert_eq!(bad["status"], "failed", "{bad}");
     assert_eq!(bad["engine_version"], 2);
 
-    let (s, v) = app
-        .post(
-            &format!("/v1/engines/{engine}/rollback"),
-            &admin.token,
-            json!({"version": 1}),
-        )
-        .await;
+    let (s, v) = as_admin.post("/rollback", json!({"version": 1})).await;
     assert_eq!(s, 201, "{v}");
-    let after = book(&app, &pro, "lighthouses").await;
+    let after = generate(&app, &pro, "lighthouses", Duration::from_secs(30)).await;
     assert_eq!(after["status"], "succeeded", "{after}");
     assert_eq!(after["engine_version"], 3);
     assert_eq!(
@@ -445,25 +302,13 @@ async fn a_bad_change_fails_books_and_a_rollback_restores_them() {
 
     // A job in flight keeps its snapshot and version when the engine changes under it.
     mocks.openai.latency(Duration::from_millis(1500));
-    let (s, job) = app
-        .post(
-            "/v1/generations",
-            &pro.token,
-            json!({"input": {"topic": "lighthouses"}}),
-        )
-        .await;
-    assert_eq!(s, 202, "{job}");
-    let id = job["id"].as_str().expect("job id").to_owned();
+    let id = start_book(&app, &pro, "lighthouses").await;
     wait_until(&app, &pro.token, &id, Duration::from_secs(10), |j| {
         j["status"] != "queued"
     })
     .await;
-    let (s, b) = app
-        .patch(
-            &format!("/v1/engines/{engine}"),
-            &admin.token,
-            json!({"flow": flow("anthropic", "claude-3-5-haiku-latest", 0.7)}),
-        )
+    let (s, b) = as_admin
+        .patch(json!({"flow": flow("anthropic", "claude-3-5-haiku-latest", 0.7)}))
         .await;
     assert_eq!(s, 200, "{b}");
     let inflight = wait_until(&app, &pro.token, &id, Duration::from_secs(30), finished).await;
@@ -473,7 +318,7 @@ async fn a_bad_change_fails_books_and_a_rollback_restores_them() {
     mocks.openai.latency(Duration::ZERO);
 
     // The numbers per version say which one failed.
-    let h = history(&app, &admin, engine).await;
+    let h = as_admin.history().await;
     let stats: BTreeMap<i64, Value> = h["versions"]
         .as_array()
         .into_iter()
@@ -493,7 +338,7 @@ async fn a_bad_change_fails_books_and_a_rollback_restores_them() {
 }
 
 /// resolve_engine() as each synthetic user, in one round trip: user → (version, rollout).
-async fn resolve_all_in_sql(st: &TestStack) -> BTreeMap<Uuid, (i32, bool)> {
+async fn resolve_all_in_sql(st: &Stack) -> BTreeMap<Uuid, (i32, bool)> {
     st.pg
         .batch_execute(
             "DROP TABLE IF EXISTS pg_temp.probe;
@@ -530,10 +375,9 @@ fn on_candidate(all: &BTreeMap<Uuid, (i32, bool)>) -> BTreeSet<Uuid> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ten_percent_rollout_over_ten_thousand_users() {
     let app = spawn_app().await;
-    let st = &app.stack;
-    let admin = st.admin().await;
-    let engine = app.deploy(&admin, flow("openai", "gpt-4o-mini", 0.5)).await;
-    app.assign_tier(&admin, engine, "pro").await;
+    let as_admin = EngineAsAdmin::deploy(&app).await;
+    let (st, admin, engine) = (&app.stack, &as_admin.admin, as_admin.id);
+    app.assign_tier(admin, engine, "pro").await;
     st.pg
         .batch_execute(
             "INSERT INTO auth.users (id, email)
@@ -545,12 +389,7 @@ async fn a_ten_percent_rollout_over_ten_thousand_users() {
         .expect("seed users");
 
     // A candidate: proposed, checked, not current.
-    let (s, v) = app
-        .post(
-            &format!("/v1/engines/{engine}/versions"),
-            &admin.token,
-            json!({"flow": flow("anthropic", "claude-3-5-haiku-latest", 0.5), "note": "try Claude"}),
-        )
+    let (s, v) = as_admin.post("/versions", json!({"flow": flow("anthropic", "claude-3-5-haiku-latest", 0.5), "note": "try Claude"}))
         .await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(
@@ -566,12 +405,8 @@ async fn a_ten_percent_rollout_over_ten_thousand_users() {
     assert_eq!(before.len(), 10_000);
     assert!(before.values().all(|(v, r)| *v == 1 && !r));
 
-    let (s, r) = app
-        .post(
-            &format!("/v1/engines/{engine}/rollout"),
-            &admin.token,
-            json!({"version": 2, "percent": 10}),
-        )
+    let (s, r) = as_admin
+        .post("/rollout", json!({"version": 2, "percent": 10}))
         .await;
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["rollout"]["version"], 2);
@@ -600,14 +435,7 @@ async fn a_ten_percent_rollout_over_ten_thousand_users() {
         .collect();
     for u in &sample {
         let token = st.token_for(*u);
-        let (s, direct) = st
-            .rest(
-                Method::POST,
-                "rpc/resolve_engine",
-                Some(&token),
-                Some(json!({})),
-            )
-            .await;
+        let (s, direct) = st.post("rpc/resolve_engine", &token, json!({})).await;
         assert_eq!(s, 200, "{direct}");
         let (s, service) = app.get("/v1/me/engine", &token).await;
         assert_eq!(s, 200, "{service}");
@@ -641,12 +469,8 @@ async fn a_ten_percent_rollout_over_ten_thousand_users() {
     );
 
     // Growing the share only moves users onto the candidate.
-    let (s, r) = app
-        .post(
-            &format!("/v1/engines/{engine}/rollout"),
-            &admin.token,
-            json!({"version": 2, "percent": 30}),
-        )
+    let (s, r) = as_admin
+        .post("/rollout", json!({"version": 2, "percent": 30}))
         .await;
     assert_eq!(s, 200, "{r}");
     let wider = on_candidate(&resolve_all_in_sql(st).await);
@@ -654,34 +478,21 @@ async fn a_ten_percent_rollout_over_ten_thousand_users() {
     assert!((2_700..=3_300).contains(&wider.len()), "{}", wider.len());
 
     // Abort: nobody on the candidate.
-    let (s, r) = app
-        .post(
-            &format!("/v1/engines/{engine}/rollout/abort"),
-            &admin.token,
-            json!({}),
-        )
-        .await;
+    let (s, r) = as_admin.post("/rollout/abort", json!({})).await;
     assert_eq!((s, r["rollout"].clone()), (200, Value::Null), "{r}");
     let after = resolve_all_in_sql(st).await;
     assert!(after.values().all(|(v, r)| *v == 1 && !r));
-    let (s, b) = app
-        .post(
-            &format!("/v1/engines/{engine}/rollout/abort"),
-            &admin.token,
-            json!({}),
-        )
-        .await;
-    assert_eq!((s, b["error"]["code"].clone()), (409, json!("no_rollout")));
+    let (s, b) = as_admin.post("/rollout/abort", json!({})).await;
+    assert_api_error(s, &b, 409, "no_rollout");
 
     // A candidate the service finds broken is refused; one not yet checked (proposed
     // through supabase-js's rpc() with no checker running) is handed to nobody.
     let broken = json!({"steps": [{"id": "w", "configuration": {"provider": "nope", "model": "m", "prompt": "p"}}]});
     let (s, p) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/engine_version_propose",
-            Some(&admin.token),
-            Some(json!({"engine_id": engine, "flow_config": broken})),
+            &admin.token,
+            json!({"engine_id": engine, "flow_config": broken}),
         )
         .await;
     assert_eq!(s, 200, "{p}");
@@ -690,84 +501,102 @@ async fn a_ten_percent_rollout_over_ten_thousand_users() {
         (json!(3), json!("pending"))
     );
     let (s, r) = st
-        .rest(
-            Method::POST,
+        .post(
             "rpc/engine_rollout_start",
-            Some(&admin.token),
-            Some(json!({"engine_id": engine, "version": 3, "percent": 100})),
+            &admin.token,
+            json!({"engine_id": engine, "version": 3, "percent": 100}),
         )
         .await;
     assert_eq!(s, 200, "{r}");
     let pending = resolve_all_in_sql(st).await;
     assert!(pending.values().all(|(v, r)| *v == 1 && !r));
-    let (s, b) = app
-        .post(
-            &format!("/v1/engines/{engine}/rollout"),
-            &admin.token,
-            json!({"version": 3, "percent": 100}),
-        )
+    let (s, b) = as_admin
+        .post("/rollout", json!({"version": 3, "percent": 100}))
         .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("version_not_runnable")),
-        "{b}"
-    );
-    let (s, b) = app
-        .post(
-            &format!("/v1/engines/{engine}/rollout/promote"),
-            &admin.token,
-            json!({}),
-        )
-        .await;
-    assert_eq!(
-        (s, b["error"]["code"].clone()),
-        (400, json!("version_not_runnable")),
-        "{b}"
-    );
-    let (s, _) = app
-        .post(
-            &format!("/v1/engines/{engine}/rollout/abort"),
-            &admin.token,
-            json!({}),
-        )
-        .await;
+    assert_api_error(s, &b, 400, "version_not_runnable");
+    let (s, b) = as_admin.post("/rollout/promote", json!({})).await;
+    assert_api_error(s, &b, 400, "version_not_runnable");
+    let (s, _) = as_admin.post("/rollout/abort", json!({})).await;
     assert_eq!(s, 200);
 
     // Promote: the candidate becomes current under its own number, for everyone.
-    let (s, r) = app
-        .post(
-            &format!("/v1/engines/{engine}/rollout"),
-            &admin.token,
-            json!({"version": 2, "percent": 10}),
-        )
+    let (s, r) = as_admin
+        .post("/rollout", json!({"version": 2, "percent": 10}))
         .await;
     assert_eq!(s, 200, "{r}");
-    let (s, r) = app
-        .post(
-            &format!("/v1/engines/{engine}/rollout/promote"),
-            &admin.token,
-            json!({}),
-        )
-        .await;
+    let (s, r) = as_admin.post("/rollout/promote", json!({})).await;
     assert_eq!(
         (s, r["current_version"].clone(), r["rollout"].clone()),
         (200, json!(2), Value::Null),
         "{r}"
     );
-    let (_, e) = app
-        .get(&format!("/v1/engines/{engine}"), &admin.token)
-        .await;
+    let (_, e) = as_admin.get("").await;
     assert_eq!(
         e["flow_config"]["steps"][0]["configuration"]["provider"],
         "anthropic"
     );
-    assert_eq!(stored_versions(st, engine).await, 3);
+    assert_eq!(as_admin.stored_versions().await, 3);
     // The engine changed, so it is checked again before anyone resolves it (the API
     // checked it while answering).
     let promoted = resolve_all_in_sql(st).await;
     assert!(promoted.values().all(|(v, r)| *v == 2 && !r));
-    let (s, state) = app
-        .get(&format!("/v1/engines/{engine}/rollout"), &admin.token)
-        .await;
+    let (s, state) = as_admin.get("/rollout").await;
     assert_eq!((s, state["current_version"].clone()), (200, json!(2)));
+}
+
+/// An admin's calls to the engine they deployed: its API routes
+/// (`/v1/engines/<id><route>`), its row through PostgREST, and its versions.
+struct EngineAsAdmin<'a> {
+    app: &'a TestApp,
+    admin: TestUser,
+    id: Uuid,
+}
+
+impl<'a> EngineAsAdmin<'a> {
+    /// A new admin deploys the one-step openai flow: version 1.
+    async fn deploy(app: &'a TestApp) -> Self {
+        let admin = app.stack.admin().await;
+        let id = app.deploy(&admin, flow("openai", "gpt-4o-mini", 0.5)).await;
+        EngineAsAdmin { app, admin, id }
+    }
+
+    async fn get(&self, route: &str) -> (u16, Value) {
+        let path = format!("/v1/engines/{}{route}", self.id);
+        self.app.get(&path, &self.admin.token).await
+    }
+
+    async fn post(&self, route: &str, body: Value) -> (u16, Value) {
+        let path = format!("/v1/engines/{}{route}", self.id);
+        self.app.post(&path, &self.admin.token, body).await
+    }
+
+    /// The API's PATCH of the engine.
+    async fn patch(&self, body: Value) -> (u16, Value) {
+        let path = format!("/v1/engines/{}", self.id);
+        self.app.patch(&path, &self.admin.token, body).await
+    }
+
+    /// A PATCH of its ai_engines row straight through PostgREST (supabase-js's way).
+    async fn patch_row(&self, body: Value) -> (u16, Value) {
+        let path = format!("ai_engines?id=eq.{}", self.id);
+        self.app.stack.patch(&path, &self.admin.token, body).await
+    }
+
+    /// The engine's history as the API returns it.
+    async fn history(&self) -> Value {
+        let (s, b) = self.get("/versions").await;
+        assert_eq!(s, 200, "{b}");
+        b
+    }
+
+    /// The rows of engine_versions, read past RLS.
+    async fn stored_versions(&self) -> i64 {
+        self.app
+            .stack
+            .count(
+                "SELECT count(*) FROM public.engine_versions WHERE engine_id = $1",
+                &[&self.id],
+            )
+            .await
+    }
 }

@@ -4,14 +4,14 @@
 //! The JWKS is served by a local HTTP server that counts fetches and can be slowed
 //! down or broken.
 
-use crate::helpers::{TestStack, ES256_PRIVATE_PEM};
+use crate::kit::service::{serve_config, Service};
+use crate::kit::stack::{Stack, ES256_PRIVATE_PEM};
 use bookengine::auth::{JwksPolicy, JwksSource, JwtVerifier};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 const OK: u8 = 0;
 const SLOW: u8 = 1;
@@ -93,26 +93,15 @@ fn es256(sub: uuid::Uuid, kid: &str) -> String {
 #[tokio::test]
 async fn random_kids_neither_force_fetches_nor_stall_valid_tokens() {
     // PostgREST verifies the ES256 tokens too (its JWKS holds the test key).
-    let stack = TestStack::start_with(true).await;
+    let stack = Stack::start_with(true).await;
     let jwks = JwksServer::start().await;
-    let config = bookengine::http::ServeConfig {
-        addr: "127.0.0.1:0".into(),
-        webhook_secret: None,
-        supabase: stack.supabase_config(),
-        auth: bookengine::config::AuthConfig {
-            jwt_secret: None,
-            jwks_url: Some(jwks.url.clone()),
-        },
-        no_worker: true,
-        worker: Default::default(),
-        providers: Default::default(),
-        ops: Default::default(),
+    let mut config = serve_config(&stack);
+    config.auth = bookengine::config::AuthConfig {
+        jwt_secret: None,
+        jwks_url: Some(jwks.url.clone()),
     };
-    let app = bookengine::http::Application::build(&config).await.unwrap();
-    let base = format!("http://127.0.0.1:{}", app.port());
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(app.run_until(async move { s.cancelled().await }));
+    let service = Service::start(&config).await.expect("start the service");
+    let base = service.address.clone();
     assert_eq!(jwks.hits(), 1, "loaded once at start");
 
     let user = stack.user(Some("pro"), false).await;
@@ -177,7 +166,6 @@ async fn random_kids_neither_force_fetches_nor_stall_valid_tokens() {
         assert_eq!(status, 401);
     }
     assert_eq!(jwks.hits(), 2);
-    stop.cancel();
 }
 
 #[tokio::test]

@@ -1,15 +1,16 @@
 //! Operations endpoints (#13, item 7): `/metrics` behind an optional bearer token, and
 //! `/readyz` answered from a check at most a second old.
 
-use super::streams::{serve_ops, start_proxy, take};
-use crate::helpers::TestStack;
+use super::streams::{reads_proxy, take};
+use crate::kit::service::Service;
+use crate::kit::stack::Stack;
 use bookengine::http::OpsConfig;
 use bookengine::secret::Secret;
 use std::time::Duration;
 
 #[tokio::test]
 async fn metrics_take_a_bearer_token_when_one_is_set() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let http = reqwest::Client::new();
     let get = |base: String, auth: Option<&'static str>| {
         let http = http.clone();
@@ -26,13 +27,13 @@ async fn metrics_take_a_bearer_token_when_one_is_set() {
     };
 
     // Unset: open, as before.
-    let open = serve_ops(&stack, &stack.rest_url, OpsConfig::default()).await;
+    let open = Service::api_via(&stack, &stack.rest_url, OpsConfig::default()).await;
     let (status, _, text) = get(open.address.clone(), None).await;
     assert_eq!(status, 200);
     assert!(text.contains("bookengine_"), "{text}");
 
     let token = "metrics-token-0123456789abcdef";
-    let guarded = serve_ops(
+    let guarded = Service::api_via(
         &stack,
         &stack.rest_url,
         OpsConfig {
@@ -66,11 +67,11 @@ async fn metrics_take_a_bearer_token_when_one_is_set() {
 
 #[tokio::test]
 async fn readiness_is_checked_at_most_once_a_second() {
-    let mut stack = TestStack::start().await;
-    let (proxy, counts) = start_proxy(&stack.rest_url).await;
-    let app = serve_ops(&stack, &proxy, OpsConfig::default()).await;
+    let mut stack = Stack::start().await;
+    let proxy = reads_proxy(&stack).await;
+    let app = Service::api_via(&stack, &proxy.url, OpsConfig::default()).await;
     let url = format!("{}/readyz", app.address);
-    take(&counts);
+    take(&proxy);
     // Twice quickly, and 20 at once: one PostgREST call.
     let first = reqwest::get(&url).await.unwrap();
     assert_eq!(first.status().as_u16(), 200);
@@ -82,13 +83,13 @@ async fn readiness_is_checked_at_most_once_a_second() {
     for r in many {
         assert_eq!(r.await.unwrap().unwrap().status().as_u16(), 200);
     }
-    let calls: u64 = take(&counts).values().sum();
+    let calls: u64 = take(&proxy).values().sum();
     assert_eq!(calls, 1, "22 readiness probes within a second");
 
     // A second later the check is made again, and an outage shows within about a second.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(reqwest::get(&url).await.unwrap().status().as_u16(), 200);
-    assert_eq!(take(&counts).values().sum::<u64>(), 1);
+    assert_eq!(take(&proxy).values().sum::<u64>(), 1);
     stack.kill_postgrest();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let down = reqwest::get(&url).await.unwrap();

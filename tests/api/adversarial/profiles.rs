@@ -3,10 +3,11 @@
 //! projects grant by default), any user makes themselves an admin with one PATCH;
 //! the opt-in guard in supabase/hardening refuses it, on every path.
 
-use crate::helpers::TestStack;
-use reqwest::Method;
+use crate::kit::http::JsonCalls;
+use crate::kit::stack::Stack;
 use serde_json::json;
 use std::time::Duration;
+use uuid::Uuid;
 
 pub const GUARD_SQL: &str = include_str!("../../../supabase/hardening/profiles_role_guard.sql");
 
@@ -18,7 +19,7 @@ CREATE POLICY "Users can insert their own profile" ON public.profiles FOR INSERT
 GRANT SELECT, INSERT, UPDATE ON public.profiles TO authenticated;
 "#;
 
-async fn role_of(stack: &TestStack, id: uuid::Uuid) -> Option<String> {
+async fn role_of(stack: &Stack, id: Uuid) -> Option<String> {
     stack
         .pg
         .query_opt("SELECT role FROM public.profiles WHERE id = $1", &[&id])
@@ -29,7 +30,7 @@ async fn role_of(stack: &TestStack, id: uuid::Uuid) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profile_edit_makes_an_admin_until_the_guard_refuses_it() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     stack
         .pg
         .batch_execute(STARTER_POLICIES)
@@ -40,37 +41,21 @@ async fn a_profile_edit_makes_an_admin_until_the_guard_refuses_it() {
     let me = format!("profiles?id=eq.{}", user.id);
 
     // Before: an ordinary user sees no engine.
-    let (status, rows) = stack
-        .rest(Method::GET, "ai_engines?select=id", Some(&user.token), None)
-        .await;
+    let (status, rows) = stack.get("ai_engines?select=id", &user.token).await;
     assert_eq!((status, rows), (200, json!([])));
 
     // The reproduction: one PATCH and the user is an admin of every engine.
     let (status, body) = stack
-        .rest(
-            Method::PATCH,
-            &me,
-            Some(&user.token),
-            Some(json!({"role": "admin"})),
-        )
+        .patch(&me, &user.token, json!({"role": "admin"}))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(role_of(&stack, user.id).await.as_deref(), Some("admin"));
-    let (status, rows) = stack
-        .rest(Method::GET, "ai_engines?select=id", Some(&user.token), None)
-        .await;
+    let (status, rows) = stack.get("ai_engines?select=id", &user.token).await;
     assert_eq!((status, rows), (200, json!([{"id": engine}])));
 
     // The guard: the same PATCH is refused and changes nothing; the rest of the
     // profile stays editable.
-    stack
-        .pg
-        .execute(
-            "UPDATE public.profiles SET role = 'user' WHERE id = $1",
-            &[&user.id],
-        )
-        .await
-        .expect("demote");
+    demote(&stack, user.id).await.expect("demote");
     stack
         .pg
         .batch_execute(GUARD_SQL)
@@ -82,12 +67,7 @@ async fn a_profile_edit_makes_an_admin_until_the_guard_refuses_it() {
         .await
         .expect("apply the guard again (idempotent)");
     let (status, body) = stack
-        .rest(
-            Method::PATCH,
-            &me,
-            Some(&user.token),
-            Some(json!({"role": "admin"})),
-        )
+        .patch(&me, &user.token, json!({"role": "admin"}))
         .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["details"], "profile_role_change_refused", "{body}");
@@ -100,17 +80,10 @@ async fn a_profile_edit_makes_an_admin_until_the_guard_refuses_it() {
     );
     assert_eq!(role_of(&stack, user.id).await.as_deref(), Some("user"));
     let (status, body) = stack
-        .rest(
-            Method::PATCH,
-            &me,
-            Some(&user.token),
-            Some(json!({"full_name": "Still Editable"})),
-        )
+        .patch(&me, &user.token, json!({"full_name": "Still Editable"}))
         .await;
     assert_eq!(status, 200, "{body}");
-    let (status, rows) = stack
-        .rest(Method::GET, "ai_engines?select=id", Some(&user.token), None)
-        .await;
+    let (status, rows) = stack.get("ai_engines?select=id", &user.token).await;
     assert_eq!((status, rows), (200, json!([])));
 
     // A new user cannot insert their profile as an admin, but can as a user.
@@ -125,21 +98,11 @@ async fn a_profile_edit_makes_an_admin_until_the_guard_refuses_it() {
         .expect("auth user");
     let token = stack.token_for(newcomer);
     let (status, body) = stack
-        .rest(
-            Method::POST,
-            "profiles",
-            Some(&token),
-            Some(json!({"id": newcomer, "role": "admin"})),
-        )
+        .post("profiles", &token, json!({"id": newcomer, "role": "admin"}))
         .await;
     assert_eq!(status, 403, "{body}");
     let (status, body) = stack
-        .rest(
-            Method::POST,
-            "profiles",
-            Some(&token),
-            Some(json!({"id": newcomer, "role": "user"})),
-        )
+        .post("profiles", &token, json!({"id": newcomer, "role": "user"}))
         .await;
     assert_eq!(status, 201, "{body}");
 
@@ -158,12 +121,7 @@ async fn a_profile_edit_makes_an_admin_until_the_guard_refuses_it() {
     let mut answer = (404, json!(null));
     for _ in 0..100 {
         answer = stack
-            .rest(
-                Method::POST,
-                "rpc/set_my_role",
-                Some(&user.token),
-                Some(json!({"new_role": "admin"})),
-            )
+            .post("rpc/set_my_role", &user.token, json!({"new_role": "admin"}))
             .await;
         if answer.0 != 404 {
             break;
@@ -176,30 +134,31 @@ async fn a_profile_edit_makes_an_admin_until_the_guard_refuses_it() {
     // Who may still change roles: an existing admin, the service role, the database itself.
     let admin = stack.admin().await;
     let (status, body) = stack
-        .rest(
-            Method::PATCH,
+        .patch(
             &format!("profiles?id=eq.{}", admin.id),
-            Some(&admin.token),
-            Some(json!({"role": "editor"})),
+            &admin.token,
+            json!({"role": "editor"}),
         )
         .await;
     assert_eq!(status, 200, "an admin changes their own role: {body}");
     let (status, body) = stack
-        .rest(
-            Method::PATCH,
-            &me,
-            Some(stack.service_key.expose()),
-            Some(json!({"role": "admin"})),
-        )
+        .patch(&me, stack.service_key.expose(), json!({"role": "admin"}))
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(role_of(&stack, user.id).await.as_deref(), Some("admin"));
+    demote(&stack, user.id)
+        .await
+        .expect("a direct connection may");
+}
+
+/// Set the user's role back to `user` over the test's own connection (past RLS and
+/// PostgREST).
+async fn demote(stack: &Stack, user: Uuid) -> Result<u64, tokio_postgres::Error> {
     stack
         .pg
         .execute(
             "UPDATE public.profiles SET role = 'user' WHERE id = $1",
-            &[&user.id],
+            &[&user],
         )
         .await
-        .expect("a direct connection may");
 }

@@ -1,9 +1,10 @@
 //! Issue #13, items 1, 4 and 5: one user's input, one user's scan and one large row
 //! must not cost anyone else.
 
-use crate::generations::{book_setup, fast_worker, finished, wait_until};
-use crate::helpers::{spawn_app, TestApp, WEBHOOK_SECRET};
-use crate::mock_providers::Mocks;
+use crate::kit::app::{book_setup, fast_worker, spawn_app, TestApp, WEBHOOK_SECRET};
+use crate::kit::http::JsonCalls;
+use crate::kit::jobs::{finished, wait_until};
+use crate::kit::mock_llm::Mocks;
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -105,11 +106,10 @@ async fn a_200_deep_input_is_refused_at_admission_and_fails_alone_when_forced_in
     let deep = deep[0]["id"].as_str().unwrap().to_owned();
     let (s, ordinary) = app
         .stack
-        .rest(
-            Method::POST,
+        .post(
             "rpc/request_generation",
-            Some(&pro.token),
-            Some(json!({"input": {"topic": "ordinary"}})),
+            &pro.token,
+            json!({"input": {"topic": "ordinary"}}),
         )
         .await;
     assert_eq!(s, 200, "{ordinary}");
@@ -182,11 +182,9 @@ async fn a_user_lists_only_their_own_jobs_and_an_admin_every_job() {
     // The React app's natural query, without a filter, straight through PostgREST.
     let (s, rows) = app
         .stack
-        .rest(
-            Method::GET,
+        .get(
             "generation_jobs?select=id,user_id&order=created_at.desc&limit=50",
-            Some(&pro.token),
-            None,
+            &pro.token,
         )
         .await;
     assert_eq!(s, 200);
@@ -203,12 +201,7 @@ async fn a_user_lists_only_their_own_jobs_and_an_admin_every_job() {
         .unwrap();
     let (s, steps) = app
         .stack
-        .rest(
-            Method::GET,
-            "generation_steps?select=job_id",
-            Some(&other.token),
-            None,
-        )
+        .get("generation_steps?select=job_id", &other.token)
         .await;
     assert_eq!(
         (s, steps.as_array().map(Vec::len)),
@@ -236,7 +229,7 @@ async fn a_dashboard_webhook_carrying_the_largest_job_row_is_accepted() {
     let app = spawn_app().await;
     // 64 KiB of input, a snapshot of a flow near the API's 1 MiB limit, the rest.
     let input = json!({"topic": "big", "notes": "n".repeat(65_000)});
-    let mut flow = crate::helpers::example_flow();
+    let mut flow = crate::kit::flows::example_flow();
     flow["description"] = json!("d".repeat(1_000_000));
     let id = uuid::Uuid::new_v4();
     let record = json!({
@@ -248,15 +241,8 @@ async fn a_dashboard_webhook_carrying_the_largest_job_row_is_accepted() {
     let body = json!({"type": "INSERT", "table": "generation_jobs", "schema": "public", "record": record, "old_record": null})
         .to_string();
     assert!(body.len() > 1_050_000, "{}", body.len());
-    let r = app
-        .http
-        .post(format!("{}/webhooks/generation", app.address))
-        .bearer_auth(WEBHOOK_SECRET)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let signed = format!("Bearer {WEBHOOK_SECRET}");
+    let r = app.deliver_webhook(Some(&signed), body).await;
     assert_eq!(r.status().as_u16(), 202);
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["woken"], true, "{b}");
@@ -265,14 +251,6 @@ async fn a_dashboard_webhook_carrying_the_largest_job_row_is_accepted() {
         r#"{{"type":"INSERT","table":"generation_jobs","schema":"public","record":{{"input":{},"id":"{id}"}},"old_record":null}}"#,
         deep_input(10_000)
     );
-    let r = app
-        .http
-        .post(format!("{}/webhooks/generation", app.address))
-        .bearer_auth(WEBHOOK_SECRET)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = app.deliver_webhook(Some(&signed), body).await;
     assert_eq!(r.status().as_u16(), 202);
 }

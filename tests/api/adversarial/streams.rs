@@ -3,34 +3,26 @@
 //! job share one reader, so PostgREST reads do not grow with them (counted by a
 //! pass-through proxy in front of the real PostgREST).
 
-use crate::helpers::TestStack;
+use crate::kit::proxy::CountingProxy;
+use crate::kit::service::Service;
+use crate::kit::stack::Stack;
 use bookengine::auth::{mint, MintRequest};
-use bookengine::generations::watch::{StreamConfig, WatchHub};
-use reqwest::Url;
+use bookengine::generations::watch::StreamConfig;
+use reqwest::{Method, Url};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 // ------------------------------------------------------------------ a counting proxy
 
 /// PostgREST reads by kind: `join` (a viewer's authorisation), `light` (the shared
 /// reader's change check), `full` (job and steps, two calls, when something moved), `other`.
-pub(super) type Counts = Arc<Mutex<BTreeMap<&'static str, u64>>>;
-
-#[derive(Clone)]
-struct Proxy {
-    upstream: String,
-    http: reqwest::Client,
-    counts: Counts,
-}
-
-fn kind_of(path_and_query: &str) -> &'static str {
+fn kind_of(_: &Method, path_and_query: &str) -> String {
     let Ok(url) = Url::parse(&format!("http://proxy{path_and_query}")) else {
-        return "other";
+        return "other".into();
     };
     let select = url
         .query_pairs()
@@ -49,136 +41,38 @@ fn kind_of(path_and_query: &str) -> &'static str {
         "/generation_deltas" => "deltas",
         _ => "other",
     }
+    .into()
 }
 
-async fn proxy_handler(
-    axum::extract::State(p): axum::extract::State<Proxy>,
-    req: axum::extract::Request,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 << 20)
+/// A proxy in front of the stack's PostgREST counting reads by [`kind_of`].
+pub(super) async fn reads_proxy(stack: &Stack) -> CountingProxy {
+    CountingProxy::start(&stack.rest_url, kind_of)
         .await
-        .unwrap_or_default();
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|x| x.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    *p.counts.lock().unwrap().entry(kind_of(&pq)).or_default() += 1;
-    let mut rb = p
-        .http
-        .request(parts.method.clone(), format!("{}{pq}", p.upstream));
-    for (k, v) in parts.headers.iter() {
-        if k != axum::http::header::HOST && k != axum::http::header::CONTENT_LENGTH {
-            rb = rb.header(k, v);
-        }
-    }
-    let resp = match rb.body(bytes).send().await {
-        Ok(r) => r,
-        Err(e) => return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-    };
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.bytes().await.unwrap_or_default();
-    let mut out = axum::response::Response::builder().status(status);
-    for (k, v) in headers.iter() {
-        if k != axum::http::header::TRANSFER_ENCODING && k != axum::http::header::CONTENT_LENGTH {
-            out = out.header(k, v);
-        }
-    }
-    out.body(axum::body::Body::from(body))
-        .unwrap_or_else(|_| axum::http::StatusCode::BAD_GATEWAY.into_response())
+        .expect("start the counting proxy")
 }
 
-pub(super) async fn start_proxy(upstream: &str) -> (String, Counts) {
-    let counts: Counts = Arc::default();
-    let state = Proxy {
-        upstream: upstream.to_owned(),
-        http: reqwest::Client::new(),
-        counts: counts.clone(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = axum::Router::new()
-        .fallback(proxy_handler)
-        .with_state(state);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://127.0.0.1:{port}"), counts)
-}
-
-pub(super) fn take(counts: &Counts) -> BTreeMap<&'static str, u64> {
-    std::mem::take(&mut *counts.lock().unwrap())
+/// The reads since the last take, by kind.
+pub(super) fn take(proxy: &CountingProxy) -> BTreeMap<String, u64> {
+    proxy
+        .take()
+        .into_iter()
+        .map(|(kind, c)| (kind, c.count))
+        .collect()
 }
 
 // ------------------------------------------------------------------ the service
 
-pub(super) struct App {
-    pub(super) address: String,
-    streams: WatchHub,
-    http: reqwest::Client,
-    stop: CancellationToken,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// The service in front of `rest_url` (PostgREST or the proxy), with these stream limits.
-async fn serve(stack: &TestStack, rest_url: &str, streams: StreamConfig) -> App {
-    serve_ops(
-        stack,
-        rest_url,
-        bookengine::http::OpsConfig {
-            metrics_token: None,
-            streams,
-            ..Default::default()
-        },
-    )
-    .await
-}
-
-/// The service in front of `rest_url`, with these operations settings.
-pub(super) async fn serve_ops(
-    stack: &TestStack,
-    rest_url: &str,
-    ops: bookengine::http::OpsConfig,
-) -> App {
-    let mut supabase = stack.supabase_config();
-    supabase.postgrest_url = Some(Url::parse(rest_url).unwrap());
-    let config = bookengine::http::ServeConfig {
-        addr: "127.0.0.1:0".into(),
-        webhook_secret: None,
-        supabase,
-        auth: bookengine::config::AuthConfig {
-            jwt_secret: Some(stack.jwt_secret.clone()),
-            jwks_url: None,
-        },
-        no_worker: true,
-        worker: Default::default(),
-        providers: Default::default(),
-        ops,
-    };
-    let app = bookengine::http::Application::build(&config).await.unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let streams = app.state.streams.clone();
-    let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(app.run_until(async move { s.cancelled().await }));
-    App {
-        address,
+/// The API in front of `rest_url` (PostgREST or the proxy), with these stream limits.
+async fn serve(stack: &Stack, rest_url: &str, streams: StreamConfig) -> Service {
+    let ops = bookengine::http::OpsConfig {
         streams,
-        http: reqwest::Client::new(),
-        stop,
-    }
+        ..Default::default()
+    };
+    Service::api_via(stack, rest_url, ops).await
 }
 
 /// A queued job of `token`'s user (no worker runs: the test moves it by SQL).
-async fn job_of(app: &App, token: &str) -> Uuid {
+async fn job_of(app: &Service, token: &str) -> Uuid {
     let r = app
         .http
         .post(format!("{}/v1/generations", app.address))
@@ -193,7 +87,7 @@ async fn job_of(app: &App, token: &str) -> Uuid {
 }
 
 /// A user of tier `pro` with an engine assigned to that tier.
-async fn pro_user_with_engine(stack: &TestStack) -> crate::helpers::TestUser {
+async fn pro_user_with_engine(stack: &Stack) -> crate::kit::seed::TestUser {
     let engine = stack.engine_fixture("stream engine", true).await;
     stack
         .assign_fixture(engine, Some("pro"), None, 0, true)
@@ -201,7 +95,7 @@ async fn pro_user_with_engine(stack: &TestStack) -> crate::helpers::TestUser {
     stack.user(Some("pro"), false).await
 }
 
-async fn set_running(stack: &TestStack, job: Uuid) {
+async fn set_running(stack: &Stack, job: Uuid) {
     stack
         .pg
         .execute(
@@ -213,7 +107,7 @@ async fn set_running(stack: &TestStack, job: Uuid) {
         .unwrap();
 }
 
-async fn set_progress(stack: &TestStack, job: Uuid, done: i64) {
+async fn set_progress(stack: &Stack, job: Uuid, done: i64) {
     stack
         .pg
         .execute(
@@ -225,7 +119,7 @@ async fn set_progress(stack: &TestStack, job: Uuid, done: i64) {
         .unwrap();
 }
 
-fn short_token(stack: &TestStack, user: Uuid, ttl: Duration) -> (String, i64) {
+fn short_token(stack: &Stack, user: Uuid, ttl: Duration) -> (String, i64) {
     let token = mint(
         &stack.jwt_secret,
         &MintRequest {
@@ -254,7 +148,11 @@ struct Sse {
 }
 
 impl Sse {
-    async fn open(app: &App, job: Uuid, token: &str) -> Result<Sse, (u16, Option<String>, Value)> {
+    async fn open(
+        app: &Service,
+        job: Uuid,
+        token: &str,
+    ) -> Result<Sse, (u16, Option<String>, Value)> {
         let resp = app
             .http
             .get(format!("{}/v1/generations/{job}/events", app.address))
@@ -315,7 +213,7 @@ impl Sse {
 
 #[tokio::test]
 async fn a_stream_ends_when_its_token_expires_and_when_its_job_disappears() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let app = serve(&stack, &stack.rest_url, StreamConfig::default()).await;
     let user = pro_user_with_engine(&stack).await;
     let job = job_of(&app, &user.token).await;
@@ -393,7 +291,7 @@ async fn a_stream_ends_when_its_token_expires_and_when_its_job_disappears() {
 
 #[tokio::test]
 async fn open_streams_are_capped_per_user_and_per_job() {
-    let stack = TestStack::start().await;
+    let stack = Stack::start().await;
     let app = serve(
         &stack,
         &stack.rest_url,
@@ -459,12 +357,12 @@ async fn open_streams_are_capped_per_user_and_per_job() {
 async fn two_hundred_viewers_of_one_running_job_cost_the_reads_of_one() {
     const VIEWERS: usize = 200;
     const WINDOW: Duration = Duration::from_secs(4);
-    let stack = TestStack::start().await;
-    let (proxy, counts) = start_proxy(&stack.rest_url).await;
+    let stack = Stack::start().await;
+    let proxy = reads_proxy(&stack).await;
     let app = Arc::new(
         serve(
             &stack,
-            &proxy,
+            &proxy.url,
             StreamConfig {
                 streams_per_user: 1000,
                 streams_per_job: 1000,
@@ -481,19 +379,19 @@ async fn two_hundred_viewers_of_one_running_job_cost_the_reads_of_one() {
     // One viewer: what one shared reader costs over the window.
     let mut one = Sse::open(&app, job, &user.token).await.unwrap();
     one.next_within(Duration::from_secs(10)).await.unwrap();
-    take(&counts);
+    take(&proxy);
     tokio::time::sleep(WINDOW).await;
-    let single = take(&counts);
+    let single = take(&proxy);
     drop(one);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while app.streams.readers() > 0 {
+    while app.state.streams.readers() > 0 {
         assert!(
             Instant::now() < deadline,
             "the reader retires when its last viewer leaves"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    take(&counts);
+    take(&proxy);
 
     // 200 viewers of the same user.
     let received = Arc::new(AtomicUsize::new(0));
@@ -531,19 +429,19 @@ async fn two_hundred_viewers_of_one_running_job_cost_the_reads_of_one() {
         }
     };
     wait(VIEWERS).await;
-    let joining = take(&counts);
+    let joining = take(&proxy);
     assert_eq!(
-        app.streams.readers(),
+        app.state.streams.readers(),
         1,
         "one reader for all viewers of one user"
     );
     tokio::time::sleep(WINDOW).await;
-    let many = take(&counts);
+    let many = take(&proxy);
 
     // A change: read once, sent to all.
     set_progress(&stack, job, 5).await;
     wait(2 * VIEWERS).await;
-    let changed = take(&counts);
+    let changed = take(&proxy);
 
     // The end: every viewer gets `done`, and the reader goes.
     stack
@@ -566,7 +464,7 @@ async fn two_hundred_viewers_of_one_running_job_cost_the_reads_of_one() {
         "stream reads over {WINDOW:?} at 400 ms: 1 viewer {single:?}; {VIEWERS} viewers joining {joining:?}, \
          steady {many:?}, one change {changed:?}"
     );
-    let n = |m: &BTreeMap<&str, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+    let n = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
     assert!(n(&single, "light") >= 3, "the reader polls: {single:?}");
     assert!(
         n(&many, "light") <= n(&single, "light") + 2,

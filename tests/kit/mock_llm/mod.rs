@@ -1,7 +1,11 @@
 //! Local mock servers that speak each provider's real wire format (OpenAI chat
-//! completions, Anthropic messages, Gemini generateContent, and each one's
-//! streaming form), record what the client sent, and inject faults, including
-//! faults in the middle of a stream.
+//! completions, also what Ollama and compatible servers speak, Anthropic messages,
+//! Gemini generateContent, and each one's streaming form), record what the client
+//! sent, and inject faults, including faults in the middle of a stream.
+//!
+//! The benchmarks' provider is the same server in another mode
+//! ([`MockProvider::fixed_latency`]): the same answer for every call after a fixed
+//! latency, over which a stream's text is spread evenly, and only counts kept.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -10,10 +14,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use wire::{
+    answer_text, error_frame, even_pieces, frame, frames, prompt_of, whole_answer, words, Frames,
+};
+
+mod wire;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -87,20 +96,20 @@ impl Recorded {
 
     /// The user prompt, whatever the wire format.
     pub fn prompt(&self) -> String {
-        let b = &self.body;
-        if let Some(msgs) = b["messages"].as_array() {
-            return msgs
-                .iter()
-                .filter(|m| m["role"] == "user")
-                .filter_map(|m| m["content"].as_str())
-                .collect::<Vec<_>>()
-                .join("\n");
-        }
-        b["contents"][0]["parts"][0]["text"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        prompt_of(&self.body)
     }
+}
+
+/// What the mock writes.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Answers {
+    /// The outline "The Mock Book" (Alpha, Beta, Gamma), prose naming the prompt's
+    /// first line, and a stream's text marked with its call's number ([`streamed_text`]).
+    #[default]
+    Echo,
+    /// An outline of `chapters` chapters and one fixed paragraph: the same work for
+    /// every call of a benchmark.
+    Fixed { chapters: usize },
 }
 
 #[derive(Default)]
@@ -120,6 +129,15 @@ struct Behaviour {
     hold: Option<(usize, Gate)>,
     /// Answer whole even when a stream is asked for (as some compatible servers do).
     ignore_stream: bool,
+    answers: Answers,
+    /// Cut a stream's text into this many even pieces (fewer when they would be
+    /// empty) rather than one piece a word.
+    stream_pieces: Option<usize>,
+    /// A stream spends the latency sending its text, one piece every latency/pieces
+    /// from its start, instead of waiting the latency before its first piece.
+    spread_latency: bool,
+    /// Keep no copy of the calls (a benchmark makes tens of thousands): counts only.
+    forget_calls: bool,
 }
 
 #[derive(Clone)]
@@ -129,6 +147,33 @@ struct Shared {
     behaviour: Arc<Mutex<Behaviour>>,
     /// Streams whose body is still being sent (a closed connection drops it).
     open_streams: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    /// Calls made since the start (or the last reset), recorded or not.
+    calls: AtomicU64,
+    /// Calls not yet answered: a stream counts until its text is sent.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+/// Counts a call as in flight until dropped.
+struct InFlight(Arc<Counters>);
+
+impl InFlight {
+    fn new(counters: &Arc<Counters>) -> Self {
+        let now = counters.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        counters.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(counters.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Counts a stream as open for as long as its body lives.
@@ -159,6 +204,7 @@ impl MockProvider {
             calls: Default::default(),
             open_streams: Default::default(),
             behaviour: Default::default(),
+            counters: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -166,7 +212,7 @@ impl MockProvider {
         let port = listener.local_addr().expect("addr").port();
         let app = Router::new().fallback(handle).with_state(shared.clone());
         tokio::spawn(async move {
-            let _ = axum::serve(bookengine::http::nodelay(listener), app).await;
+            let _ = axum::serve(bookengine::net::nodelay(listener), app).await;
         });
         let prefix = match kind {
             Kind::OpenAi | Kind::Anthropic => "/v1",
@@ -176,6 +222,23 @@ impl MockProvider {
             base_url: format!("http://127.0.0.1:{port}{prefix}"),
             shared,
         }
+    }
+
+    /// The benchmarks' provider: OpenAI's format; every call answered after `latency`
+    /// with an outline of `chapters` chapters or a fixed paragraph, a stream's text in
+    /// [`BENCH_STREAM_PIECES`] pieces spread evenly over the latency (deadlines from the
+    /// stream's start: each sleep in a row would overshoot by up to a timer tick);
+    /// counts kept, calls not.
+    pub async fn fixed_latency(latency: Duration, chapters: usize) -> MockProvider {
+        let mock = MockProvider::start(Kind::OpenAi).await;
+        if let Ok(mut b) = mock.shared.behaviour.lock() {
+            b.latency = latency;
+            b.answers = Answers::Fixed { chapters };
+            b.stream_pieces = Some(BENCH_STREAM_PIECES);
+            b.spread_latency = true;
+            b.forget_calls = true;
+        }
+        mock
     }
 
     pub fn calls(&self) -> Vec<Recorded> {
@@ -219,6 +282,22 @@ impl MockProvider {
         }
     }
 
+    /// Calls made since the start or the last [`MockProvider::reset_counts`].
+    pub fn call_count(&self) -> u64 {
+        self.shared.counters.calls.load(Ordering::SeqCst)
+    }
+
+    /// The most calls in flight at once since the start or the last reset.
+    pub fn max_in_flight(&self) -> u64 {
+        self.shared.counters.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn reset_counts(&self) {
+        let c = &self.shared.counters;
+        c.calls.store(0, Ordering::SeqCst);
+        c.max_in_flight.store(0, Ordering::SeqCst);
+    }
+
     /// Streams this mock is still sending.
     pub fn open_streams(&self) -> usize {
         self.shared.open_streams.load(Ordering::SeqCst)
@@ -241,12 +320,6 @@ impl MockProvider {
     }
 }
 
-/// The text a streamed answer carries: marked with the call's number, so that
-/// the text of an attempt that was cut can be told from the one that finished.
-pub fn streamed_text(call: usize, text: &str) -> String {
-    format!("[call {call}] {text}")
-}
-
 fn recorded_key(s: &Shared) -> String {
     let last = s.calls.lock().ok().and_then(|c| c.last().cloned());
     last.map(|c| {
@@ -261,57 +334,51 @@ fn recorded_key(s: &Shared) -> String {
     .unwrap_or_default()
 }
 
-/// A JSON outline when JSON is asked for, a chapter-ish text otherwise.
-fn answer_text(prompt: &str, wants_json: bool) -> String {
-    if wants_json {
-        json!({"title": "The Mock Book", "chapters": [
-            {"title": "Alpha", "summary": "first"},
-            {"title": "Beta", "summary": "second"},
-            {"title": "Gamma", "summary": "third"},
-        ]})
-        .to_string()
-    } else {
-        let first = prompt.lines().next().unwrap_or_default();
-        format!("Text written for: {first}")
-    }
-}
-
 async fn handle(State(s): State<Shared>, req: Request) -> Response {
+    let in_flight = InFlight::new(&s.counters);
     let path = req.uri().path().to_owned();
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                v.to_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
+    let (ignore_stream, forget_calls) = s
+        .behaviour
+        .lock()
+        .map(|b| (b.ignore_stream, b.forget_calls))
+        .unwrap_or((false, false));
+    let headers: Vec<(String, String)> = if forget_calls {
+        Vec::new()
+    } else {
+        req.headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    v.to_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
     let bytes = axum::body::to_bytes(req.into_body(), 1 << 24)
         .await
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let recorded = Recorded {
-        path: path.clone(),
-        headers,
-        body: body.clone(),
-    };
-    let prompt = recorded.prompt();
+    let prompt = prompt_of(&body);
     // The call's number and its scripted fault are taken under one lock, so that
     // two calls arriving together cannot both read the later number, and the
     // call marked "[call 1]" is the one that got the first scripted fault.
-    let (call, streaming, fault, latency, interval, hold) = {
+    let (call, streaming, fault, latency, pace, hold, answers, pieces) = {
         let mut calls = s.calls.lock().expect("calls");
-        calls.push(recorded);
-        let call = calls.len();
-        let ignore_stream = s.behaviour.lock().map(|b| b.ignore_stream).unwrap_or(false);
+        let call = s.counters.calls.fetch_add(1, Ordering::SeqCst) as usize + 1;
+        if !forget_calls {
+            calls.push(Recorded {
+                path: path.clone(),
+                headers,
+                body: body.clone(),
+            });
+        }
         let streaming = !ignore_stream
             && match s.kind {
                 Kind::OpenAi | Kind::Anthropic => body["stream"] == true,
                 Kind::Gemini => path.contains(":streamGenerateContent"),
             };
-        let (fault, latency, interval, hold) = {
+        let (fault, latency, pace, hold, answers, pieces) = {
             let mut b = s.behaviour.lock().expect("behaviour");
             let mut f = b.script.pop_front().or_else(|| b.always.clone());
             if f.is_none() && b.fail_rate > 0.0 {
@@ -332,9 +399,14 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
                 }
             }
             let hold = if streaming { b.hold.take() } else { None };
-            (f, b.latency, b.chunk_interval, hold)
+            let pace = if b.spread_latency {
+                Pace::Spread(b.latency)
+            } else {
+                Pace::Interval(b.chunk_interval)
+            };
+            (f, b.latency, pace, hold, b.answers, b.stream_pieces)
         };
-        (call, streaming, fault, latency, interval, hold)
+        (call, streaming, fault, latency, pace, hold, answers, pieces)
     };
     // A stream's own faults come mid-stream; given a whole answer they cut it short.
     let (fault, stream_fault) = match fault {
@@ -387,7 +459,9 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         // Mid-stream faults were moved to `stream_fault` above.
         Some(_) | None => {}
     }
-    if !latency.is_zero() {
+    // A stream spreading its latency spends it sending.
+    let spent_sending = streaming && matches!(pace, Pace::Spread(_));
+    if !latency.is_zero() && !spent_sending {
         tokio::time::sleep(latency).await;
     }
     let wants_json = match s.kind {
@@ -395,199 +469,58 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
         Kind::Anthropic => prompt.contains("single JSON value"),
         Kind::Gemini => body["generationConfig"]["responseMimeType"] == "application/json",
     };
-    let text = answer_text(&prompt, wants_json);
+    let text = answer_text(answers, &prompt, wants_json);
     if streaming {
-        let text = streamed_text(call, &text);
+        let text = match answers {
+            Answers::Echo => streamed_text(call, &text),
+            Answers::Fixed { .. } => text,
+        };
+        let pieces = match pieces {
+            Some(n) => even_pieces(&text, n),
+            None => words(&text),
+        };
         let include_usage = body["stream_options"]["include_usage"] == true;
-        let frames = frames(s.kind, &body["model"], &text, include_usage);
+        let frames = frames(s.kind, &body["model"], &pieces, include_usage);
         let open = OpenStream::new(&s.open_streams);
-        return stream_response(s.kind, frames, interval, hold, stream_fault, open);
+        return stream_response(s.kind, frames, pace, hold, stream_fault, (open, in_flight));
     }
-    let out = match s.kind {
-        Kind::OpenAi => json!({
-            "id": "chatcmpl-mock", "object": "chat.completion", "model": body["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-        }),
-        Kind::Anthropic => json!({
-            "id": "msg_mock", "type": "message", "role": "assistant", "model": body["model"],
-            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
-            "usage": {"input_tokens": 13, "output_tokens": 5},
-        }),
-        Kind::Gemini => json!({
-            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP"}],
-            "usageMetadata": {"promptTokenCount": 17, "candidatesTokenCount": 3, "totalTokenCount": 20},
-        }),
-    };
-    axum::Json(out).into_response()
+    axum::Json(whole_answer(s.kind, &body["model"], &text)).into_response()
 }
 
-/// A streamed answer as SSE frames: before the text, one per text chunk, after.
-struct Frames {
-    head: Vec<String>,
-    text: Vec<String>,
-    tail: Vec<String>,
+/// The text a streamed answer carries: marked with the call's number, so that
+/// the text of an attempt that was cut can be told from the one that finished.
+pub fn streamed_text(call: usize, text: &str) -> String {
+    format!("[call {call}] {text}")
 }
 
-fn frame(event: Option<&str>, data: &Value) -> String {
-    match event {
-        Some(e) => format!("event: {e}\ndata: {data}\n\n"),
-        None => format!("data: {data}\n\n"),
-    }
-}
-
-/// The text cut after each run of whitespace: joined, the pieces are the text.
-fn words(text: &str) -> Vec<String> {
-    let mut pieces: Vec<String> = Vec::new();
-    for w in text.split_inclusive(char::is_whitespace) {
-        match pieces.last_mut() {
-            Some(last) if w.trim().is_empty() => last.push_str(w),
-            _ => pieces.push(w.to_owned()),
-        }
-    }
-    pieces
-}
-
-/// Usage a stream reports: the same numbers as each format's whole answer.
+/// Usage each format's answers report (whole or streamed).
 pub const OPENAI_USAGE: (u64, u64) = (11, 7);
 pub const ANTHROPIC_USAGE: (u64, u64) = (13, 5);
 pub const GEMINI_USAGE: (u64, u64) = (17, 3);
 
-fn frames(kind: Kind, model: &Value, text: &str, include_usage: bool) -> Frames {
-    let words = words(text);
-    match kind {
-        Kind::OpenAi => {
-            let chunk = |delta: Value, finish: Value| {
-                frame(
-                    None,
-                    &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], "usage": null}),
-                )
-            };
-            let (i, o) = OPENAI_USAGE;
-            let mut tail = vec![chunk(json!({}), json!("stop"))];
-            if include_usage {
-                tail.push(frame(
-                    None,
-                    &json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "model": model, "choices": [],
-                        "usage": {"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o}}),
-                ));
-            }
-            tail.push("data: [DONE]\n\n".to_owned());
-            Frames {
-                head: vec![chunk(
-                    json!({"role": "assistant", "content": ""}),
-                    Value::Null,
-                )],
-                text: words
-                    .iter()
-                    .map(|w| chunk(json!({ "content": w }), Value::Null))
-                    .collect(),
-                tail,
-            }
-        }
-        Kind::Anthropic => {
-            let (i, o) = ANTHROPIC_USAGE;
-            Frames {
-                head: vec![
-                    frame(
-                        Some("message_start"),
-                        &json!({"type": "message_start", "message": {
-                        "id": "msg_mock", "type": "message", "role": "assistant", "content": [], "model": model,
-                        "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": i, "output_tokens": 1}}}),
-                    ),
-                    frame(
-                        Some("content_block_start"),
-                        &json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-                    ),
-                    frame(Some("ping"), &json!({"type": "ping"})),
-                ],
-                text: words
-                    .iter()
-                    .map(|w| {
-                        frame(
-                            Some("content_block_delta"),
-                            &json!({"type": "content_block_delta", "index": 0,
-                            "delta": {"type": "text_delta", "text": w}}),
-                        )
-                    })
-                    .collect(),
-                tail: vec![
-                    frame(
-                        Some("content_block_stop"),
-                        &json!({"type": "content_block_stop", "index": 0}),
-                    ),
-                    frame(
-                        Some("message_delta"),
-                        &json!({"type": "message_delta",
-                        "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": o}}),
-                    ),
-                    frame(Some("message_stop"), &json!({"type": "message_stop"})),
-                ],
-            }
-        }
-        Kind::Gemini => {
-            let (i, o) = GEMINI_USAGE;
-            let chunk = |text: &str, finish: Option<&str>, usage: Value| {
-                let mut candidate =
-                    json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
-                if let Some(f) = finish {
-                    candidate["finishReason"] = json!(f);
-                }
-                frame(
-                    None,
-                    &json!({"candidates": [candidate], "usageMetadata": usage, "modelVersion": model}),
-                )
-            };
-            Frames {
-                head: vec![],
-                text: words
-                    .iter()
-                    .map(|w| {
-                        chunk(
-                            w,
-                            None,
-                            json!({"promptTokenCount": i, "totalTokenCount": i}),
-                        )
-                    })
-                    .collect(),
-                tail: vec![chunk(
-                    "",
-                    Some("STOP"),
-                    json!({"promptTokenCount": i, "candidatesTokenCount": o, "totalTokenCount": i + o}),
-                )],
-            }
-        }
-    }
-}
+/// Text pieces a benchmark's stream is cut into.
+pub const BENCH_STREAM_PIECES: usize = 40;
 
-/// What each format sends for `Fault::ErrorEventAfter` and `MalformedChunkAfter`.
-fn error_frame(kind: Kind) -> String {
-    match kind {
-        Kind::OpenAi => frame(
-            None,
-            &json!({"error": {"message": "injected mid-stream error", "type": "server_error", "param": null, "code": null}}),
-        ),
-        Kind::Anthropic => frame(
-            Some("error"),
-            &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
-        ),
-        Kind::Gemini => frame(
-            None,
-            &json!({"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}),
-        ),
-    }
+/// How a stream's text pieces are spaced.
+#[derive(Clone, Copy)]
+enum Pace {
+    /// This long between two pieces, the first at once.
+    Interval(Duration),
+    /// The pieces evenly over this long, the last at its end.
+    Spread(Duration),
 }
 
 fn stream_response(
     kind: Kind,
     frames: Frames,
-    interval: Duration,
+    pace: Pace,
     hold: Option<(usize, Gate)>,
     fault: Option<Fault>,
-    open: OpenStream,
+    (open, in_flight): (OpenStream, InFlight),
 ) -> Response {
     let at = fault.as_ref().and_then(Fault::in_stream);
+    let start = tokio::time::Instant::now();
+    let pieces = frames.text.len().max(1) as u32;
     let body = async_stream::stream! {
         let _open = open;
         for f in frames.head {
@@ -602,8 +535,12 @@ fn stream_response(
             if at == Some(i) {
                 break;
             }
-            if i > 0 && !interval.is_zero() {
-                tokio::time::sleep(interval).await;
+            match pace {
+                Pace::Interval(d) if i > 0 && !d.is_zero() => tokio::time::sleep(d).await,
+                Pace::Spread(d) if !d.is_zero() => {
+                    tokio::time::sleep_until(start + d / pieces * (i as u32 + 1)).await;
+                }
+                _ => {}
             }
             yield Ok(bytes::Bytes::from(f));
         }
@@ -636,6 +573,8 @@ fn stream_response(
             }
             return;
         }
+        // The text is all sent: the call is answered.
+        drop(in_flight);
         for f in frames.tail {
             yield Ok(bytes::Bytes::from(f));
         }
@@ -666,6 +605,11 @@ impl Mocks {
             anthropic: MockProvider::start(Kind::Anthropic).await,
             gemini: MockProvider::start(Kind::Gemini).await,
         }
+    }
+
+    /// Calls made to the three.
+    pub fn call_count(&self) -> u64 {
+        self.openai.call_count() + self.anthropic.call_count() + self.gemini.call_count()
     }
 
     pub fn providers(&self) -> bookengine::providers::ProvidersConfig {
