@@ -523,8 +523,10 @@ fn stream_response(
     let pieces = frames.text.len().max(1) as u32;
     let body = async_stream::stream! {
         let _open = open;
-        for f in frames.head {
-            yield Ok::<_, std::io::Error>(bytes::Bytes::from(f));
+        // Frames around the text go out as one write each side, as a provider's server
+        // sends them: a frame per write would cost the reader a read per frame.
+        if !frames.head.is_empty() {
+            yield Ok::<_, std::io::Error>(bytes::Bytes::from(frames.head.concat()));
         }
         for (i, f) in frames.text.into_iter().enumerate() {
             if let Some((n, gate)) = &hold {
@@ -575,9 +577,7 @@ fn stream_response(
         }
         // The text is all sent: the call is answered.
         drop(in_flight);
-        for f in frames.tail {
-            yield Ok(bytes::Bytes::from(f));
-        }
+        yield Ok(bytes::Bytes::from(frames.tail.concat()));
     };
     Response::builder()
         .status(200)
