@@ -577,7 +577,9 @@ fn stream_response(
         }
         // The text is all sent: the call is answered.
         drop(in_flight);
-        yield Ok(bytes::Bytes::from(frames.tail.concat()));
+        if !frames.tail.is_empty() {
+            yield Ok(bytes::Bytes::from(frames.tail.concat()));
+        }
     };
     Response::builder()
         .status(200)
