@@ -5,7 +5,14 @@
 //! PostgREST calls one job costs (counted by a pass-through proxy), and the
 //! webhook-to-claim latency of a `bookengine serve` whose polling is off (10 min).
 //!
+//! Streaming on against off, the ratio issue #14 sets a target for, is measured in
+//! interleaved rounds (each round runs every arm once, in an order that turns round
+//! by round), as the phases of one run drift by more than the difference itself.
+//! `BENCH_QUEUE_BASELINE_BIN=<another build of bookengine>` adds that build's worker
+//! as two more arms of the same rounds: an A/B between commits on one stack and mock.
+//!
 //! `cargo bench --bench queue` · `BENCH_QUICK=1 cargo bench --bench queue`
+//! · `BENCH_AB_ROUNDS=5` (default 3, QUICK 1)
 
 #[path = "common/mod.rs"]
 mod common;
@@ -13,7 +20,7 @@ mod common;
 use common::kit::{mock_llm::MockProvider, proxy::CountingProxy, stack::Stack};
 use common::*;
 use serde_json::{json, Value};
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -30,12 +37,32 @@ struct Ctx {
     http: reqwest::Client,
     engine: Uuid,
     users: Vec<Uuid>,
-    /// BOOKENGINE_STREAM_DELTAS of the worker processes (streamed calls, deltas stored).
-    stream: std::sync::atomic::AtomicBool,
+}
+
+/// What the worker processes of one throughput run are.
+#[derive(Clone)]
+struct Arm {
+    label: String,
+    bin: PathBuf,
+    /// BOOKENGINE_STREAM_DELTAS (streamed calls, deltas stored).
+    stream: bool,
+}
+
+impl Arm {
+    fn new(label: &str, bin: PathBuf, stream: bool) -> Self {
+        let label = format!("{label}, streaming {}", if stream { "on" } else { "off" });
+        Arm { label, bin, stream }
+    }
 }
 
 impl Ctx {
-    fn worker_env(&self, rest_url: &str, id: &str, poll_ms: u64) -> Vec<(String, String)> {
+    fn worker_env(
+        &self,
+        rest_url: &str,
+        id: &str,
+        poll_ms: u64,
+        stream: bool,
+    ) -> Vec<(String, String)> {
         let mut env = self.stack.child_env();
         env.retain(|(k, _)| k != "POSTGREST_URL");
         env.extend([
@@ -55,10 +82,7 @@ impl Ctx {
                 poll_ms.to_string(),
             ),
             ("BOOKENGINE_WORKER_ID".to_owned(), id.to_owned()),
-            (
-                "BOOKENGINE_STREAM_DELTAS".to_owned(),
-                self.stream.load(Ordering::SeqCst).to_string(),
-            ),
+            ("BOOKENGINE_STREAM_DELTAS".to_owned(), stream.to_string()),
         ]);
         env
     }
@@ -109,15 +133,17 @@ impl Ctx {
         n: usize,
         limit: Duration,
         rest_url: &str,
+        arm: &Arm,
     ) -> Res<Throughput> {
         self.reset_jobs().await?;
         let mut procs = Vec::new();
         for w in 0..workers {
             let id = format!("bench-w{w}");
             let log = log_dir().join(format!("queue-worker-{workers}-{w}.log"));
-            procs.push(spawn_bookengine(
+            procs.push(spawn_binary(
+                &arm.bin,
                 &["worker"],
-                &self.worker_env(rest_url, &id, 20),
+                &self.worker_env(rest_url, &id, 20, arm.stream),
                 &log,
             )?);
         }
@@ -211,6 +237,16 @@ impl Ctx {
     }
 }
 
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -299,7 +335,7 @@ async fn raw_rpc(ctx: &Ctx, n: usize, limit: Duration) -> (Stats, Stats) {
 async fn webhook_latency(ctx: &Ctx, samples: usize) -> Res<(Stats, Stats, f64)> {
     ctx.reset_jobs().await?;
     let port = bookengine::devstack::free_port()?;
-    let mut env = ctx.worker_env(&ctx.stack.rest_url, "bench-serve", 600_000);
+    let mut env = ctx.worker_env(&ctx.stack.rest_url, "bench-serve", 600_000, true);
     env.extend([
         ("BOOKENGINE_ADDR".to_owned(), format!("127.0.0.1:{port}")),
         ("WEBHOOK_SECRET".to_owned(), WEBHOOK_SECRET.to_owned()),
@@ -420,8 +456,8 @@ async fn run() -> Res<()> {
             .build()?,
         engine,
         users,
-        stream: std::sync::atomic::AtomicBool::new(true),
     };
+    let head = Arm::new("this build", bookengine_bin(), true);
 
     // 1. The ceiling: raw PostgREST RPC rate at concurrency 16.
     let busy = cpu_busy(Duration::from_millis(500)).await;
@@ -444,7 +480,7 @@ async fn run() -> Res<()> {
         format!("{method} {path}")
     })
     .await?;
-    let calib = ctx.throughput(1, n_calib, limit, &proxy.url).await?;
+    let calib = ctx.throughput(1, n_calib, limit, &proxy.url, &head).await?;
     let per_job: Vec<(String, f64, f64)> = proxy
         .take()
         .into_iter()
@@ -475,7 +511,7 @@ async fn run() -> Res<()> {
     let mut results = Vec::new();
     for workers in [1usize, 2, 4] {
         let r = ctx
-            .throughput(workers, n_jobs, limit, &ctx.stack.rest_url)
+            .throughput(workers, n_jobs, limit, &ctx.stack.rest_url, &head)
             .await?;
         println!(
             "\n{} worker process(es): {}/{} succeeded ({} failed) in {:.2} s -> {:.0} jobs/s (db span {:.2} s; inserts took {:.2} s; CPU s: workers {:.1}, PostgREST {:.1}, its Postgres backends {:.1}; machine busy before {:.0}%)",
@@ -504,25 +540,52 @@ async fn run() -> Res<()> {
         .await?
         .get(0);
 
-    // 3b. The same with streaming off (BOOKENGINE_STREAM_DELTAS=0), side by side.
-    ctx.stream.store(false, Ordering::SeqCst);
-    let mut off = Vec::new();
-    for workers in [1usize, 4] {
-        let r = ctx
-            .throughput(workers, n_jobs, limit, &ctx.stack.rest_url)
-            .await?;
-        println!(
-            "\n{} worker process(es), streaming OFF: {}/{} succeeded in {:.2} s -> {:.0} jobs/s ({})",
-            r.workers,
-            r.done,
-            r.n,
-            r.elapsed.as_secs_f64(),
-            r.jobs_per_s(),
-            r.cpu_per_job()
-        );
-        off.push(r);
+    // 3b. Streaming on against off (and this build against a baseline build), in
+    // interleaved rounds.
+    let mut arms = vec![
+        head.clone(),
+        Arm::new("this build", bookengine_bin(), false),
+    ];
+    if let Some(base) = std::env::var_os("BENCH_QUEUE_BASELINE_BIN") {
+        let base = PathBuf::from(base);
+        println!("\nbaseline build: {}", base.display());
+        arms.push(Arm::new("baseline", base.clone(), true));
+        arms.push(Arm::new("baseline", base, false));
     }
-    ctx.stream.store(true, Ordering::SeqCst);
+    let rounds: usize = std::env::var("BENCH_AB_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if q { 1 } else { 3 });
+    // ab[arm][workers index][round] = jobs/s
+    let ab_workers = [1usize, 4];
+    let mut ab = vec![vec![Vec::new(); ab_workers.len()]; arms.len()];
+    for round in 0..rounds {
+        // Each round starts one arm later, and every other round runs backwards, so no
+        // arm always runs first or right after the same one.
+        let mut order: Vec<usize> = (0..arms.len()).map(|k| (k + round) % arms.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (wi, &workers) in ab_workers.iter().enumerate() {
+            for &a in &order {
+                let r = ctx
+                    .throughput(workers, n_jobs, limit, &ctx.stack.rest_url, &arms[a])
+                    .await?;
+                println!(
+                    "\nround {}/{rounds}, {} worker process(es), {}: {}/{} succeeded in {:.2} s -> {:.0} jobs/s ({})",
+                    round + 1,
+                    r.workers,
+                    arms[a].label,
+                    r.done,
+                    r.n,
+                    r.elapsed.as_secs_f64(),
+                    r.jobs_per_s(),
+                    r.cpu_per_job()
+                );
+                ab[a][wi].push(r.jobs_per_s());
+            }
+        }
+    }
 
     // 4. Webhook -> claim latency, polling off.
     let (hook_db, hook_client, _) = webhook_latency(&ctx, hook_samples).await?;
@@ -544,16 +607,51 @@ async fn run() -> Res<()> {
             verdict_min(jps, 500.0, " jobs/s")
         );
     }
-    for o in &off {
-        if let Some(on) = results.iter().find(|r| r.workers == o.workers) {
-            let ratio = on.jobs_per_s() / o.jobs_per_s().max(1e-9);
+    // Ratios are taken within a round (the arms ran minutes apart, not a run apart),
+    // then the median over the rounds.
+    let ratio = |a: usize, b: usize, wi: usize| -> (f64, Vec<f64>) {
+        let per_round: Vec<f64> = ab[a][wi]
+            .iter()
+            .zip(&ab[b][wi])
+            .map(|(x, y)| x / y.max(1e-9))
+            .collect();
+        (median(&per_round), per_round)
+    };
+    let list = |v: &[f64], digits: usize| {
+        v.iter()
+            .map(|x| format!("{x:.digits$}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (wi, workers) in ab_workers.iter().enumerate() {
+        for (a, arm) in arms.iter().enumerate() {
             println!(
-                "  {} worker(s): streaming on {:.0} jobs/s vs off {:.0} jobs/s = {ratio:.3} -> {}",
-                o.workers,
-                on.jobs_per_s(),
-                o.jobs_per_s(),
-                verdict_min(ratio, 0.90, "x of off")
+                "  {workers} worker(s), {}: median {:.0} jobs/s (rounds: {})",
+                arm.label,
+                median(&ab[a][wi]),
+                list(&ab[a][wi], 0)
             );
+        }
+        for pair in arms.chunks(2).enumerate() {
+            let (on, off) = (2 * pair.0, 2 * pair.0 + 1);
+            let (m, per_round) = ratio(on, off, wi);
+            println!(
+                "  {workers} worker(s), {}: streaming on/off median {m:.3} (rounds: {}) -> {}",
+                pair.1[0].label.split(',').next().unwrap_or_default(),
+                list(&per_round, 3),
+                verdict_min(m, 0.90, "x of off")
+            );
+        }
+        if arms.len() == 4 {
+            for (a, b) in [(0, 2), (1, 3)] {
+                let (m, per_round) = ratio(a, b, wi);
+                println!(
+                    "  {workers} worker(s), {} / {}: median {m:.3} (rounds: {})",
+                    arms[a].label,
+                    arms[b].label,
+                    list(&per_round, 3)
+                );
+            }
         }
     }
     println!("  delta rows left by the last streaming run: {delta_rows}");

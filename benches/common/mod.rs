@@ -361,9 +361,19 @@ impl Drop for ChildGuard {
 
 /// Start `bookengine <args>` with exactly `env` (plus PATH and HOME), logging to `log`.
 pub fn spawn_bookengine(args: &[&str], env: &[(String, String)], log: &Path) -> Res<ChildGuard> {
+    spawn_binary(&bookengine_bin(), args, env, log)
+}
+
+/// As [`spawn_bookengine`], with another build of it (an A/B against an older commit).
+pub fn spawn_binary(
+    bin: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+    log: &Path,
+) -> Res<ChildGuard> {
     let out = std::fs::File::create(log)?;
     let err = out.try_clone()?;
-    let mut cmd = Command::new(bookengine_bin());
+    let mut cmd = Command::new(bin);
     cmd.env_clear();
     for k in ["PATH", "HOME"] {
         if let Some(v) = std::env::var_os(k) {
@@ -379,7 +389,7 @@ pub fn spawn_bookengine(args: &[&str], env: &[(String, String)], log: &Path) -> 
         .stdout(out)
         .stderr(err)
         .spawn()
-        .map_err(|e| format!("starting {}: {e}", bookengine_bin().display()))?;
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
     Ok(ChildGuard {
         child,
         log: log.to_owned(),
