@@ -1,10 +1,8 @@
 //! Anthropic Messages API.
 
-use super::sse::{self, StreamDecoder};
-use super::stream::DeltaSink;
-use super::{send, summarize, ChatProvider, ChatRequest, ChatResponse, ProviderError, Usage};
+use super::sse::{self, HttpApi, StreamDecoder};
+use super::{summarize, ChatRequest, ChatResponse, ProviderError, Usage};
 use crate::secret::Secret;
-use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -113,7 +111,7 @@ fn stream_error(error: &Value) -> ProviderError {
 }
 
 #[derive(Default)]
-struct Decoder {
+pub(crate) struct Decoder {
     stopped: bool,
     usage: Option<Usage>,
 }
@@ -173,41 +171,33 @@ impl StreamDecoder for Decoder {
     }
 }
 
-impl Anthropic {
-    fn request(&self, body: &Value, timeout: Duration) -> reqwest::RequestBuilder {
+impl HttpApi for Anthropic {
+    type Decoder = Decoder;
+
+    fn request(
+        &self,
+        req: &ChatRequest,
+        stream: bool,
+        timeout: Duration,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let body = match stream {
+            true => stream_body(req),
+            false => body(req),
+        };
         let mut request = self
             .http
             .post(format!("{}/messages", self.base_url))
             .timeout(timeout)
             .header("anthropic-version", API_VERSION)
-            .json(body);
+            .json(&body);
         if let Some(key) = &self.api_key {
             request = request.header("x-api-key", key.expose());
         }
-        request
-    }
-}
-
-#[async_trait]
-impl ChatProvider for Anthropic {
-    async fn chat(
-        &self,
-        req: &ChatRequest,
-        timeout: Duration,
-    ) -> Result<ChatResponse, ProviderError> {
-        let text = send(self.request(&body(req), timeout)).await?;
-        parse(&text)
+        Ok(request)
     }
 
-    async fn stream(
-        &self,
-        req: &ChatRequest,
-        timeout: Duration,
-        idle: Duration,
-        sink: &DeltaSink,
-    ) -> Result<ChatResponse, ProviderError> {
-        let request = self.request(&stream_body(req), timeout);
-        sse::call(request, idle, sink, Decoder::default(), parse).await
+    fn parse(body: &str) -> Result<ChatResponse, ProviderError> {
+        parse(body)
     }
 }
 

@@ -1,10 +1,8 @@
 //! Google Gemini generateContent.
 
-use super::sse::{self, StreamDecoder};
-use super::stream::DeltaSink;
-use super::{send, summarize, ChatProvider, ChatRequest, ChatResponse, ProviderError, Usage};
+use super::sse::{self, HttpApi, StreamDecoder};
+use super::{summarize, ChatRequest, ChatResponse, ProviderError, Usage};
 use crate::secret::Secret;
-use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -133,7 +131,7 @@ fn stream_error(error: &Value) -> ProviderError {
 /// Gemini's stream has no terminal event: it is finished when a candidate
 /// carries a `finishReason`, and over when the connection closes.
 #[derive(Default)]
-struct Decoder {
+pub(crate) struct Decoder {
     finished: bool,
     usage: Option<Usage>,
 }
@@ -172,12 +170,14 @@ impl StreamDecoder for Decoder {
     }
 }
 
-impl Gemini {
+impl HttpApi for Gemini {
+    type Decoder = Decoder;
+
     /// The model name goes in the path: refuse anything that could change the path.
     fn request(
         &self,
         req: &ChatRequest,
-        method: &str,
+        stream: bool,
         timeout: Duration,
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
         if req.model.is_empty()
@@ -191,6 +191,10 @@ impl Gemini {
                 message: "invalid Gemini model name".into(),
             });
         }
+        let method = match stream {
+            true => "streamGenerateContent?alt=sse",
+            false => "generateContent",
+        };
         let mut request = self
             .http
             .post(format!("{}/models/{}:{method}", self.base_url, req.model))
@@ -201,28 +205,9 @@ impl Gemini {
         }
         Ok(request)
     }
-}
 
-#[async_trait]
-impl ChatProvider for Gemini {
-    async fn chat(
-        &self,
-        req: &ChatRequest,
-        timeout: Duration,
-    ) -> Result<ChatResponse, ProviderError> {
-        let text = send(self.request(req, "generateContent", timeout)?).await?;
-        parse(&text)
-    }
-
-    async fn stream(
-        &self,
-        req: &ChatRequest,
-        timeout: Duration,
-        idle: Duration,
-        sink: &DeltaSink,
-    ) -> Result<ChatResponse, ProviderError> {
-        let request = self.request(req, "streamGenerateContent?alt=sse", timeout)?;
-        sse::call(request, idle, sink, Decoder::default(), parse).await
+    fn parse(body: &str) -> Result<ChatResponse, ProviderError> {
+        parse(body)
     }
 }
 

@@ -1,11 +1,9 @@
 //! OpenAI chat completions, and every OpenAI-compatible endpoint (Ollama,
 //! OpenRouter, Groq, vLLM, the offline provider) by base URL.
 
-use super::sse::{self, StreamDecoder};
-use super::stream::DeltaSink;
-use super::{send, summarize, ChatProvider, ChatRequest, ChatResponse, ProviderError, Usage};
+use super::sse::{self, HttpApi, StreamDecoder};
+use super::{summarize, ChatRequest, ChatResponse, ProviderError, Usage};
 use crate::secret::Secret;
-use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -132,7 +130,7 @@ pub(crate) fn stream_error(error: &Value) -> ProviderError {
 }
 
 #[derive(Default)]
-struct Decoder {
+pub(crate) struct Decoder {
     /// OpenAI itself always ends with `[DONE]` (after the usage chunk): a stream
     /// cut before it has lost its usage, so it is not complete without it.
     require_done: bool,
@@ -177,40 +175,32 @@ impl StreamDecoder for Decoder {
     }
 }
 
-impl OpenAi {
-    fn request(&self, body: &Value, timeout: Duration) -> reqwest::RequestBuilder {
+impl HttpApi for OpenAi {
+    type Decoder = Decoder;
+
+    fn request(
+        &self,
+        req: &ChatRequest,
+        stream: bool,
+        timeout: Duration,
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let body = match stream {
+            true => stream_body(req, self.native),
+            false => body(req, self.native),
+        };
         let mut request = self
             .http
             .post(format!("{}/chat/completions", self.base_url))
             .timeout(timeout)
-            .json(body);
+            .json(&body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key.expose());
         }
-        request
-    }
-}
-
-#[async_trait]
-impl ChatProvider for OpenAi {
-    async fn chat(
-        &self,
-        req: &ChatRequest,
-        timeout: Duration,
-    ) -> Result<ChatResponse, ProviderError> {
-        let text = send(self.request(&body(req, self.native), timeout)).await?;
-        parse(&text)
+        Ok(request)
     }
 
-    async fn stream(
-        &self,
-        req: &ChatRequest,
-        timeout: Duration,
-        idle: Duration,
-        sink: &DeltaSink,
-    ) -> Result<ChatResponse, ProviderError> {
-        let request = self.request(&stream_body(req, self.native), timeout);
-        sse::call(request, idle, sink, Decoder::default(), parse).await
+    fn parse(body: &str) -> Result<ChatResponse, ProviderError> {
+        parse(body)
     }
 }
 

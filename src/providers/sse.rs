@@ -4,11 +4,50 @@
 //! `eventsource-stream`'s; what each event means is the provider's.
 
 use super::stream::DeltaSink;
-use super::{retry_after, ChatResponse, ProviderError, Usage};
+use super::{retry_after, send, ChatProvider, ChatRequest, ChatResponse, ProviderError, Usage};
+use async_trait::async_trait;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use std::time::Duration;
+
+/// A provider spoken over HTTP: how its requests are built and its answers read.
+/// Each wire format (OpenAI, Anthropic, Gemini) says only that; sending, status
+/// classification and the event stream are the same for all of them (below).
+pub(crate) trait HttpApi: Send + Sync {
+    type Decoder: StreamDecoder + Default;
+    /// The request for a whole answer, or (`stream`) for an event stream.
+    fn request(
+        &self,
+        req: &ChatRequest,
+        stream: bool,
+        timeout: Duration,
+    ) -> Result<reqwest::RequestBuilder, ProviderError>;
+    /// A whole answer's body.
+    fn parse(body: &str) -> Result<ChatResponse, ProviderError>;
+}
+
+#[async_trait]
+impl<T: HttpApi> ChatProvider for T {
+    async fn chat(
+        &self,
+        req: &ChatRequest,
+        timeout: Duration,
+    ) -> Result<ChatResponse, ProviderError> {
+        T::parse(&send(self.request(req, false, timeout)?).await?)
+    }
+
+    async fn stream(
+        &self,
+        req: &ChatRequest,
+        timeout: Duration,
+        idle: Duration,
+        sink: &DeltaSink,
+    ) -> Result<ChatResponse, ProviderError> {
+        let request = self.request(req, true, timeout)?;
+        call(request, idle, sink, T::Decoder::default(), T::parse).await
+    }
+}
 
 /// What a provider's wire format says, event by event.
 pub(crate) trait StreamDecoder: Send {
