@@ -42,16 +42,17 @@ struct Ctx {
 /// What the worker processes of one throughput run are.
 #[derive(Clone)]
 struct Arm {
-    label: String,
+    /// Which build: "this build" or "baseline".
+    build: &'static str,
     bin: PathBuf,
     /// BOOKENGINE_STREAM_DELTAS (streamed calls, deltas stored).
     stream: bool,
 }
 
 impl Arm {
-    fn new(label: &str, bin: PathBuf, stream: bool) -> Self {
-        let label = format!("{label}, streaming {}", if stream { "on" } else { "off" });
-        Arm { label, bin, stream }
+    fn label(&self) -> String {
+        let state = if self.stream { "on" } else { "off" };
+        format!("{}, streaming {state}", self.build)
     }
 }
 
@@ -457,7 +458,11 @@ async fn run() -> Res<()> {
         engine,
         users,
     };
-    let head = Arm::new("this build", bookengine_bin(), true);
+    let head = Arm {
+        build: "this build",
+        bin: bookengine_bin(),
+        stream: true,
+    };
 
     // 1. The ceiling: raw PostgREST RPC rate at concurrency 16.
     let busy = cpu_busy(Duration::from_millis(500)).await;
@@ -542,15 +547,28 @@ async fn run() -> Res<()> {
 
     // 3b. Streaming on against off (and this build against a baseline build), in
     // interleaved rounds.
+    // Arms come in (on, off) pairs of one build.
     let mut arms = vec![
         head.clone(),
-        Arm::new("this build", bookengine_bin(), false),
+        Arm {
+            stream: false,
+            ..head.clone()
+        },
     ];
     if let Some(base) = std::env::var_os("BENCH_QUEUE_BASELINE_BIN") {
-        let base = PathBuf::from(base);
-        println!("\nbaseline build: {}", base.display());
-        arms.push(Arm::new("baseline", base.clone(), true));
-        arms.push(Arm::new("baseline", base, false));
+        let base = Arm {
+            build: "baseline",
+            bin: PathBuf::from(base),
+            stream: true,
+        };
+        println!("\nbaseline build: {}", base.bin.display());
+        arms.extend([
+            base.clone(),
+            Arm {
+                stream: false,
+                ..base
+            },
+        ]);
     }
     let rounds: usize = std::env::var("BENCH_AB_ROUNDS")
         .ok()
@@ -575,7 +593,7 @@ async fn run() -> Res<()> {
                     "\nround {}/{rounds}, {} worker process(es), {}: {}/{} succeeded in {:.2} s -> {:.0} jobs/s ({})",
                     round + 1,
                     r.workers,
-                    arms[a].label,
+                    arms[a].label(),
                     r.done,
                     r.n,
                     r.elapsed.as_secs_f64(),
@@ -627,17 +645,16 @@ async fn run() -> Res<()> {
         for (a, arm) in arms.iter().enumerate() {
             println!(
                 "  {workers} worker(s), {}: median {:.0} jobs/s (rounds: {})",
-                arm.label,
+                arm.label(),
                 median(&ab[a][wi]),
                 list(&ab[a][wi], 0)
             );
         }
-        for pair in arms.chunks(2).enumerate() {
-            let (on, off) = (2 * pair.0, 2 * pair.0 + 1);
-            let (m, per_round) = ratio(on, off, wi);
+        for on in (0..arms.len()).step_by(2) {
+            let (m, per_round) = ratio(on, on + 1, wi);
             println!(
                 "  {workers} worker(s), {}: streaming on/off median {m:.3} (rounds: {}) -> {}",
-                pair.1[0].label.split(',').next().unwrap_or_default(),
+                arms[on].build,
                 list(&per_round, 3),
                 verdict_min(m, 0.90, "x of off")
             );
@@ -647,8 +664,8 @@ async fn run() -> Res<()> {
                 let (m, per_round) = ratio(a, b, wi);
                 println!(
                     "  {workers} worker(s), {} / {}: median {m:.3} (rounds: {})",
-                    arms[a].label,
-                    arms[b].label,
+                    arms[a].label(),
+                    arms[b].label(),
                     list(&per_round, 3)
                 );
             }

@@ -1,6 +1,6 @@
 //! Anthropic Messages API.
 
-use super::sse::{self, HttpApi, StreamDecoder};
+use super::sse::{self, HttpApi, Parse, StreamDecoder};
 use super::{summarize, ChatRequest, ChatResponse, ProviderError, Usage};
 use crate::secret::Secret;
 use serde::Deserialize;
@@ -173,6 +173,7 @@ impl StreamDecoder for Decoder {
 
 impl HttpApi for Anthropic {
     type Decoder = Decoder;
+    const PARSE: Parse = parse;
 
     fn request(
         &self,
@@ -194,10 +195,6 @@ impl HttpApi for Anthropic {
             request = request.header("x-api-key", key.expose());
         }
         Ok(request)
-    }
-
-    fn parse(body: &str) -> Result<ChatResponse, ProviderError> {
-        parse(body)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Google Gemini generateContent.
 
-use super::sse::{self, HttpApi, StreamDecoder};
+use super::sse::{self, HttpApi, Parse, StreamDecoder};
 use super::{summarize, ChatRequest, ChatResponse, ProviderError, Usage};
 use crate::secret::Secret;
 use serde::Deserialize;
@@ -172,6 +172,7 @@ impl StreamDecoder for Decoder {
 
 impl HttpApi for Gemini {
     type Decoder = Decoder;
+    const PARSE: Parse = parse;
 
     /// The model name goes in the path: refuse anything that could change the path.
     fn request(
@@ -204,10 +205,6 @@ impl HttpApi for Gemini {
             request = request.header("x-goog-api-key", key.expose());
         }
         Ok(request)
-    }
-
-    fn parse(body: &str) -> Result<ChatResponse, ProviderError> {
-        parse(body)
     }
 }
 

@@ -1,7 +1,7 @@
 //! OpenAI chat completions, and every OpenAI-compatible endpoint (Ollama,
 //! OpenRouter, Groq, vLLM, the offline provider) by base URL.
 
-use super::sse::{self, HttpApi, StreamDecoder};
+use super::sse::{self, HttpApi, Parse, StreamDecoder};
 use super::{summarize, ChatRequest, ChatResponse, ProviderError, Usage};
 use crate::secret::Secret;
 use serde::Deserialize;
@@ -177,6 +177,7 @@ impl StreamDecoder for Decoder {
 
 impl HttpApi for OpenAi {
     type Decoder = Decoder;
+    const PARSE: Parse = parse;
 
     fn request(
         &self,
@@ -197,10 +198,6 @@ impl HttpApi for OpenAi {
             request = request.bearer_auth(key.expose());
         }
         Ok(request)
-    }
-
-    fn parse(body: &str) -> Result<ChatResponse, ProviderError> {
-        parse(body)
     }
 }
 

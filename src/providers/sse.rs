@@ -23,9 +23,12 @@ pub(crate) trait HttpApi: Send + Sync {
         stream: bool,
         timeout: Duration,
     ) -> Result<reqwest::RequestBuilder, ProviderError>;
-    /// A whole answer's body.
-    fn parse(body: &str) -> Result<ChatResponse, ProviderError>;
+    /// Reads a whole answer's body.
+    const PARSE: Parse;
 }
+
+/// How a wire format reads a whole answer's body.
+pub(crate) type Parse = fn(&str) -> Result<ChatResponse, ProviderError>;
 
 #[async_trait]
 impl<T: HttpApi> ChatProvider for T {
@@ -34,7 +37,7 @@ impl<T: HttpApi> ChatProvider for T {
         req: &ChatRequest,
         timeout: Duration,
     ) -> Result<ChatResponse, ProviderError> {
-        T::parse(&send(self.request(req, false, timeout)?).await?)
+        (T::PARSE)(&send(self.request(req, false, timeout)?).await?)
     }
 
     async fn stream(
@@ -45,7 +48,7 @@ impl<T: HttpApi> ChatProvider for T {
         sink: &DeltaSink,
     ) -> Result<ChatResponse, ProviderError> {
         let request = self.request(req, true, timeout)?;
-        call(request, idle, sink, T::Decoder::default(), T::parse).await
+        call(request, idle, sink, T::Decoder::default(), T::PARSE).await
     }
 }
 
