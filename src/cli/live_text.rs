@@ -48,7 +48,6 @@ impl LiveText {
                     .collect()
             }
             Some("attempt") => {
-                self.pending.insert(key, String::new());
                 let meta = &row["meta"];
                 let by = match (meta["provider"].as_str(), meta["model"].as_str()) {
                     (Some(p), Some(m)) => format!(" ({p}/{m})"),
@@ -60,7 +59,16 @@ impl LiveText {
                 } else {
                     String::new()
                 };
-                vec![format!("[{name}] -- writing{by}{retry} --")]
+                // The attempt's first text may ride on its row (sql/V15).
+                let buf = self.pending.entry(key).or_default();
+                *buf = row["text"].as_str().unwrap_or("").to_owned();
+                let mut out = vec![format!("[{name}] -- writing{by}{retry} --")];
+                out.extend(
+                    take_lines(buf, false)
+                        .into_iter()
+                        .map(|l| format!("[{name}] {l}")),
+                );
+                out
             }
             Some("discard") => {
                 self.pending.remove(&key);
@@ -162,6 +170,20 @@ mod tests {
         live.absorb(&row(7, 0, "delta", "Calm water"));
         assert_eq!(live.finish(), vec!["[chapters 1] Calm water"]);
         assert_eq!(live.last, 7);
+    }
+
+    #[test]
+    fn an_attempt_row_carrying_text_starts_the_call_with_it() {
+        let mut live = LiveText::default();
+        assert_eq!(
+            live.absorb(&row(1, 0, "attempt", "One line.\nAnd ")),
+            vec![
+                "[chapters 1] -- writing (local/smol) --",
+                "[chapters 1] One line."
+            ]
+        );
+        live.absorb(&row(2, 0, "delta", "more"));
+        assert_eq!(live.finish(), vec!["[chapters 1] And more"]);
     }
 
     #[test]

@@ -26,6 +26,37 @@ pub struct DeltaRow {
     pub meta: Option<Value>,
 }
 
+/// A row as `job_complete` takes it (sql/V15): the job and lease are the call's own,
+/// so each row leaves them out.
+#[derive(Debug, Serialize)]
+pub(super) struct CompletionRow<'a> {
+    seq: i64,
+    step_id: &'a str,
+    item_index: i32,
+    kind: &'static str,
+    attempt: u32,
+    run: i32,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<&'a Value>,
+}
+
+impl<'a> From<&'a DeltaRow> for CompletionRow<'a> {
+    fn from(r: &'a DeltaRow) -> Self {
+        Self {
+            seq: r.seq,
+            step_id: &r.step_id,
+            item_index: r.item_index,
+            kind: r.kind,
+            attempt: r.attempt,
+            run: r.run,
+            text: &r.text,
+            meta: r.meta.as_ref(),
+        }
+    }
+}
+
 /// What `delta_append` answers: the jobs whose lease no longer holds (their rows
 /// were refused) and the jobs whose user asked to cancel.
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -257,7 +257,15 @@ impl Queue {
         // Named only when there are some, so a job that did not stream calls the same
         // function the schema before V13 had.
         if !deltas.is_empty() {
-            params["deltas"] = json!(deltas);
+            // The rows go without their job and lease (sql/V15): they are this call's.
+            if deltas.iter().any(|r| r.job_id != job || r.lease != lease) {
+                return Err(crate::error::Error::invalid(
+                    crate::error::codes::INVALID_REQUEST,
+                    "every row must belong to the job being completed",
+                ));
+            }
+            let rows: Vec<deltas::CompletionRow> = deltas.iter().map(Into::into).collect();
+            params["deltas"] = json!(rows);
         }
         let builder = self
             .rest

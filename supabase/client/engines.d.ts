@@ -278,7 +278,7 @@ export interface DeltaRow {
   kind: "attempt" | "delta" | "discard" | "restart";
   attempt: number;
   run: number;
-  /** For `delta`: text of the current attempt; otherwise ''. */
+  /** For `delta`: more text of the current attempt; for `attempt`: its first text (may be ''); otherwise ''. */
   text: string;
   /** attempt: {provider, model, attempt, fallback}; discard: {reason}. */
   meta?: Json | null;

@@ -505,8 +505,8 @@ export function createEngineClient({ baseUrl, getAccessToken, fetch: fetchImpl }
    * exactly once, in order, whatever the connection does. Rows are
    * `{seq, step_id, item_index, kind, attempt, run, text, meta?}`; `onDelta(row, text)`
    * gets each with the text of its call (step, item) so far, reassembled by the rule
-   * of sql/V11: the `delta` texts after the call's last `attempt`/`discard`/`restart`
-   * (a retried or restarted call starts again from ''). Resolves with `{job, texts,
+   * of sql/V11 and V15: an `attempt` starts the call's text again from the row's text, a
+   * `delta` adds to it, a `discard` or `restart` empties it. Resolves with `{job, texts,
    * last}`: the finished job, the texts by `"step_id:item_index"`, the last seq.
    * `onOpen({after, reconnects})` is called each time the stream is open (a page can
    * say "live" then); `onDrop({error, after, failures, delayMs})` when it ended before
@@ -557,7 +557,10 @@ export function createEngineClient({ baseUrl, getAccessToken, fetch: fetchImpl }
               last = seq;
               progressed = true;
               const key = `${data.step_id}:${data.item_index}`;
-              texts[key] = type === "delta" ? (texts[key] ?? "") + String(data.text ?? "") : "";
+              // An attempt starts the call's text again from its own (its first text);
+              // a delta adds to it; a discard or restart voids it (sql/V11, V15).
+              const base = type === "delta" ? (texts[key] ?? "") : "";
+              texts[key] = base + String(data.text ?? "");
               if (typeof onDelta === "function") onDelta(data, texts[key]);
             } else if (type === "done") {
               final = data;

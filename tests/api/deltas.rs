@@ -28,8 +28,9 @@ async fn deltas(app: &TestApp, token: &str, job: &str) -> Vec<Value> {
     rows.as_array().cloned().unwrap_or_default()
 }
 
-/// The reassembly rule: per (step, item), the deltas after its last
-/// attempt/discard/restart row, joined in seq order.
+/// The reassembly rule (sql/V11, V15): per (step, item), in seq order, an attempt
+/// row starts the text again from its own text, a delta adds to it, a discard or a
+/// restart voids it.
 fn reassemble(rows: &[Value]) -> BTreeMap<(String, i64), String> {
     let mut texts: BTreeMap<(String, i64), String> = BTreeMap::new();
     for r in rows {
@@ -40,6 +41,7 @@ fn reassemble(rows: &[Value]) -> BTreeMap<(String, i64), String> {
         let text = texts.entry(key).or_default();
         match r["kind"].as_str() {
             Some("delta") => text.push_str(r["text"].as_str().unwrap_or_default()),
+            Some("attempt") => *text = r["text"].as_str().unwrap_or_default().to_owned(),
             _ => text.clear(),
         }
     }
@@ -133,8 +135,8 @@ async fn text_is_readable_before_its_step_ends_and_reassembles_to_every_output()
     assert!(
         rows.iter().any(|r| r["step_id"] == early.0.as_str()
             && r["item_index"] == early.1
-            && r["kind"] == "delta"),
-        "the early text's call has deltas"
+            && r["text"].as_str().is_some_and(|t| !t.is_empty())),
+        "the early text's call has text rows"
     );
     // Each call starts with an attempt row naming its provider and model.
     let first = rows
@@ -205,7 +207,7 @@ async fn a_cut_attempt_leaves_a_discard_row_and_none_of_its_text_in_the_book() {
     let voided: String = rows
         .iter()
         .filter(|r| {
-            r["kind"] == "delta"
+            (r["kind"] == "delta" || r["kind"] == "attempt")
                 && r["step_id"] == "chapters"
                 && r["item_index"] == discard["item_index"]
                 && r["attempt"] == discard["attempt"]
@@ -359,6 +361,20 @@ async fn delta_append_fences_leases_is_idempotent_and_retention_deletes_finished
         .await
         .expect_err("another job's rows");
     assert_eq!(e.code, "invalid_request");
+    // The same refused by the function itself (a worker of V13 names each row's job).
+    let service = app.stack.service_key.expose().to_owned();
+    let (s, body) = app
+        .stack
+        .post(
+            "rpc/job_complete",
+            &service,
+            json!({"job_id": j2.id, "lease_token": j2.lease_token, "result": {},
+                   "deltas": [{"job_id": j1.id, "lease": j1.lease_token, "seq": 9, "step_id": "s",
+                               "item_index": -1, "kind": "delta", "attempt": 1, "run": 1, "text": "x"}]}),
+        )
+        .await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["details"], "invalid_request", "{body}");
     queue
         .complete(
             j2.id,

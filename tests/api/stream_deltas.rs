@@ -198,8 +198,9 @@ pub(crate) fn script(job: Uuid, lease: Uuid, chunks_per_call: usize) -> Script {
     Script { rows, finals }
 }
 
-/// The reassembly rule (sql/V11): per (step, item), the `delta` texts after the last
-/// `attempt`/`discard`/`restart`, in seq order.
+/// The reassembly rule (sql/V11, V15): per (step, item), in seq order, an `attempt`
+/// starts the text again from its own text, a `delta` adds to it, a `discard` or a
+/// `restart` voids it.
 pub(crate) fn reassemble(events: &[Event]) -> BTreeMap<(String, i64), String> {
     let mut out: BTreeMap<(String, i64), String> = BTreeMap::new();
     for e in events {
@@ -213,7 +214,8 @@ pub(crate) fn reassemble(events: &[Event]) -> BTreeMap<(String, i64), String> {
         let text = out.entry(key).or_default();
         match e.event.as_str() {
             "delta" => text.push_str(e.data["text"].as_str().unwrap_or_default()),
-            "attempt" | "discard" | "restart" => text.clear(),
+            "attempt" => *text = e.data["text"].as_str().unwrap_or_default().to_owned(),
+            "discard" | "restart" => text.clear(),
             other => panic!("a row event named {other}"),
         }
     }
@@ -761,7 +763,8 @@ async fn a_real_book_streams_over_sse_and_reassembles_to_its_outputs() {
             match (e.event.as_str(), e.id) {
                 (_, Some(id)) => {
                     last = Some(id);
-                    if e.event == "delta" && e.data["step_id"] == "chapters" && early.is_none() {
+                    let text = e.data["text"].as_str().is_some_and(|t| !t.is_empty());
+                    if text && e.data["step_id"] == "chapters" && early.is_none() {
                         let item = e.data["item_index"].clone();
                         let finished = snapshot.as_ref().is_some_and(|j| {
                             j["steps"].as_array().into_iter().flatten().any(|s| {

@@ -130,7 +130,9 @@ test('a pro user resolves the engine and gets a book through rpc()', async () =>
   const texts = {}
   for (const r of rows) {
     const key = `${r.step_id}:${r.item_index}`
-    texts[key] = r.kind === 'delta' ? (texts[key] ?? '') + r.text : ''
+    // An attempt starts the call's text again from its own, a delta adds to it, a
+    // discard or restart empties it (sql/V11, V15).
+    texts[key] = (r.kind === 'delta' ? (texts[key] ?? '') : '') + r.text
   }
   const steps = await supabase.from('generation_steps').select('step_id,item_index,output').eq('job_id', job.id)
   assert.equal(steps.error, null, steps.error?.message)

@@ -234,7 +234,9 @@ impl JobState {
                     self.durable_if_idle();
                     return;
                 }
-                // The latest row of the same call, if it is text of the same attempt.
+                // The latest row of the same call, if it is text of the same attempt or
+                // that attempt's start: an `attempt` row carries the attempt's first text
+                // (sql/V15), so a call answered within one flush is one row, not two.
                 let last = self
                     .pending
                     .iter_mut()
@@ -242,7 +244,7 @@ impl JobState {
                     .take(16)
                     .find(|p| p.step_id == call.step_id && p.item_index == call.item_index);
                 if let Some(p) = last {
-                    if p.kind == "delta"
+                    if (p.kind == "delta" || p.kind == "attempt")
                         && p.attempt == attempt
                         && p.text.len() + text.len() <= MAX_ROW_TEXT
                     {
@@ -402,23 +404,32 @@ mod tests {
                 reason: "cut".into(),
             },
         );
+        s.push(
+            a.clone(),
+            Kind::Attempt {
+                attempt: 2,
+                meta: json!({}),
+            },
+        );
         s.push(a.clone(), delta(2, "Again"));
+        s.push(b.clone(), delta(2, "Not b's attempt 1"));
         let rows: Vec<(&str, i32, &str)> = s
             .pending
             .iter()
             .map(|p| (p.kind, p.item_index, p.text.as_str()))
             .collect();
+        // The text that comes before the attempt row is flushed rides on it (sql/V15).
         assert_eq!(
             rows,
             vec![
-                ("attempt", 0, ""),
-                ("delta", 0, "Once upon"),
+                ("attempt", 0, "Once upon"),
                 ("delta", 1, "Elsewhere"),
                 ("discard", 0, ""),
-                ("delta", 0, "Again"),
+                ("attempt", 0, "Again"),
+                ("delta", 1, "Not b's attempt 1"),
             ]
         );
-        assert_eq!(s.pending[1].upto, 4, "the merged row covers the later push");
+        assert_eq!(s.pending[0].upto, 4, "the merged row covers the later push");
     }
 
     #[test]

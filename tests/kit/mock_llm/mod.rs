@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -148,6 +148,32 @@ struct Shared {
     /// Streams whose body is still being sent (a closed connection drops it).
     open_streams: Arc<AtomicUsize>,
     counters: Arc<Counters>,
+    /// A fixed answer's stream, rendered once per (model, usage asked, text, pieces): a
+    /// benchmark's tens of thousands of calls then cost the mock what a whole answer
+    /// costs it, not 40 JSON encodings each (its CPU shares the machine being measured).
+    rendered: Arc<Mutex<HashMap<RenderKey, Rendered>>>,
+}
+
+/// (model, usage asked, text, pieces): what a fixed answer's stream depends on.
+type RenderKey = (String, bool, String, usize);
+
+/// A stream's frames as written: the head and the tail one write each, a write per
+/// text piece. Cloning shares the bytes.
+#[derive(Clone)]
+struct Rendered {
+    head: bytes::Bytes,
+    text: Vec<bytes::Bytes>,
+    tail: bytes::Bytes,
+}
+
+impl From<Frames> for Rendered {
+    fn from(f: Frames) -> Self {
+        Self {
+            head: f.head.concat().into(),
+            text: f.text.into_iter().map(Into::into).collect(),
+            tail: f.tail.concat().into(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -205,6 +231,7 @@ impl MockProvider {
             open_streams: Default::default(),
             behaviour: Default::default(),
             counters: Default::default(),
+            rendered: Default::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -480,7 +507,23 @@ async fn handle(State(s): State<Shared>, req: Request) -> Response {
             None => words(&text),
         };
         let include_usage = body["stream_options"]["include_usage"] == true;
-        let frames = frames(s.kind, &body["model"], &pieces, include_usage);
+        let render = || Rendered::from(frames(s.kind, &body["model"], &pieces, include_usage));
+        let frames = match answers {
+            Answers::Echo => render(),
+            Answers::Fixed { .. } => {
+                let key = (
+                    body["model"].to_string(),
+                    include_usage,
+                    text.clone(),
+                    pieces.len(),
+                );
+                let mut cache = s.rendered.lock().expect("rendered");
+                if cache.len() > 64 {
+                    cache.clear();
+                }
+                cache.entry(key).or_insert_with(render).clone()
+            }
+        };
         let open = OpenStream::new(&s.open_streams);
         return stream_response(s.kind, frames, pace, hold, stream_fault, (open, in_flight));
     }
@@ -512,7 +555,7 @@ enum Pace {
 
 fn stream_response(
     kind: Kind,
-    frames: Frames,
+    frames: Rendered,
     pace: Pace,
     hold: Option<(usize, Gate)>,
     fault: Option<Fault>,
@@ -526,7 +569,7 @@ fn stream_response(
         // Frames around the text go out as one write each side, as a provider's server
         // sends them: a frame per write would cost the reader a read per frame.
         if !frames.head.is_empty() {
-            yield Ok::<_, std::io::Error>(bytes::Bytes::from(frames.head.concat()));
+            yield Ok::<_, std::io::Error>(frames.head);
         }
         for (i, f) in frames.text.into_iter().enumerate() {
             if let Some((n, gate)) = &hold {
@@ -544,7 +587,7 @@ fn stream_response(
                 }
                 _ => {}
             }
-            yield Ok(bytes::Bytes::from(f));
+            yield Ok(f);
         }
         if let Some(fault) = &fault {
             // Let the chunks before the fault reach the client first (an aborted
@@ -578,7 +621,7 @@ fn stream_response(
         // The text is all sent: the call is answered.
         drop(in_flight);
         if !frames.tail.is_empty() {
-            yield Ok(bytes::Bytes::from(frames.tail.concat()));
+            yield Ok(frames.tail);
         }
     };
     Response::builder()
