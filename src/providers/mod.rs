@@ -3,7 +3,6 @@
 
 mod anthropic;
 mod config;
-mod event_stream;
 mod gemini;
 pub mod json_answer;
 #[cfg(feature = "local-model")]

@@ -1,12 +1,12 @@
 //! Reading a provider's server-sent events: the status check before the first
 //! byte (as for a whole answer), then each event through the provider's
 //! decoder, with a limit on how long the stream may go quiet. SSE framing is
-//! [`super::event_stream`]'s; what each event means is the provider's.
+//! `eventsource-stream`'s; what each event means is the provider's.
 
-use super::event_stream::{Event, EventStream};
 use super::stream::DeltaSink;
 use super::{retry_after, send, ChatProvider, ChatRequest, ChatResponse, ProviderError, Usage};
 use async_trait::async_trait;
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
 use std::time::Duration;
@@ -66,7 +66,7 @@ pub(crate) trait StreamDecoder: Send {
     fn usage(&self) -> Option<Usage>;
 }
 
-type Events = Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
+type Events = Pin<Box<dyn Stream<Item = Result<eventsource_stream::Event, String>> + Send>>;
 
 /// A 2xx answer: an event stream, or (from a server that ignored `stream: true`)
 /// a whole body.
@@ -103,10 +103,14 @@ pub(crate) async fn open(request: reqwest::RequestBuilder) -> Result<Opened, Pro
             .map_err(|e| ProviderError::transport(&e))?;
         return Ok(Opened::Whole(text));
     }
-    let body = response
-        .bytes_stream()
-        .map(|r| r.map_err(|e| ProviderError::transport(&e).to_string()));
-    Ok(Opened::Events(Box::pin(EventStream::new(Box::pin(body)))))
+    let events = response.bytes_stream().eventsource().map(|r| {
+        r.map_err(|e| match e {
+            EventStreamError::Transport(e) => ProviderError::transport(&e).to_string(),
+            EventStreamError::Utf8(_) => "malformed response: the event stream is not UTF-8".into(),
+            EventStreamError::Parser(_) => "malformed response: unreadable event stream".into(),
+        })
+    });
+    Ok(Opened::Events(Box::pin(events)))
 }
 
 fn transient(message: String) -> ProviderError {
@@ -257,12 +261,14 @@ mod tests {
         }
     }
 
-    fn events(data: &[&str]) -> Vec<Result<Event, String>> {
+    fn events(data: &[&str]) -> Vec<Result<eventsource_stream::Event, String>> {
         data.iter()
             .map(|d| {
-                Ok(Event {
+                Ok(eventsource_stream::Event {
                     event: "message".into(),
                     data: (*d).into(),
+                    id: String::new(),
+                    retry: None,
                 })
             })
             .collect()
@@ -342,9 +348,11 @@ mod tests {
         let sink = DeltaSink::new(1, tx);
         let pause = futures::stream::once(async {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            Ok(Event {
+            Ok(eventsource_stream::Event {
                 event: "message".into(),
                 data: "c".into(),
+                id: String::new(),
+                retry: None,
             })
         });
         let s = futures::stream::iter(events(&["a", "b"]))
