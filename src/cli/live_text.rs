@@ -1,8 +1,9 @@
 //! The demo's view of a book being written: `generation_deltas` rows (read as the
 //! requesting user through PostgREST, as the React app would with supabase-js) turned
 //! into whole lines, each labelled with its call, so parallel chapters interleave
-//! readably. A call's text follows the reassembly rule of sql/V11: a discarded attempt
-//! or a restarted call is said so, and its unprinted text is dropped.
+//! readably. A call's text follows the reassembly rule of sql/V11 as V15 amends it (an
+//! attempt row may carry the attempt's first text): a discarded attempt or a restarted
+//! call is said so, and its unprinted text is dropped.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
