@@ -3,8 +3,9 @@
 //! `delta_append` at a time so commit order is seq order, and retries a failed batch
 //! with the same rows and seqs.
 
+use super::inbox::Inbox;
 use super::{
-    DeltaFailure, DeltaSettings, JobState, Kind, Msg, Pending, FAILURES_BEFORE_GIVING_UP,
+    DeltaFailure, DeltaSettings, JobState, Msg, Pending, FAILURES_BEFORE_GIVING_UP,
     MAX_BYTES_PER_CALL, MAX_ROWS_PER_CALL,
 };
 use crate::queue::{AppendOutcome, DeltaRow, Queue};
@@ -12,8 +13,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -54,9 +55,24 @@ impl Writer {
         }
     }
 
-    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    pub(super) async fn run(mut self, inbox: Arc<Inbox>) {
         let far = || Instant::now() + Duration::from_secs(3600);
         loop {
+            let taken = inbox.take();
+            // A row is due one interval after it was pushed, not after the writer saw it.
+            let pushed = taken.first_row.unwrap_or_else(Instant::now);
+            for msg in taken.msgs {
+                self.handle(msg, pushed);
+            }
+            if taken.closed {
+                break;
+            }
+            self.maybe_send();
+            // Rows pushed from now on need not wake the writer while it will look by
+            // itself: a flush is due, in flight or waiting to be retried.
+            if !inbox.settle(self.due.is_some() || self.batch.is_some()) {
+                continue;
+            }
             let wake = match (&self.batch, self.retry_at, self.due) {
                 (Some(_), Some(at), _) => at,
                 (Some(_), None, _) => far(),
@@ -64,10 +80,7 @@ impl Writer {
                 (None, _, None) => far(),
             };
             tokio::select! {
-                msg = rx.recv() => match msg {
-                    Some(msg) => self.handle(msg),
-                    None => break,
-                },
+                _ = inbox.woken() => {}
                 r = async {
                     match self.flight.as_mut() {
                         Some(f) => f.await,
@@ -81,7 +94,6 @@ impl Writer {
                     self.retry_at = None;
                 }
             }
-            self.maybe_send();
         }
         // The worker is gone: one last try for what is waiting.
         self.due = Some(Instant::now());
@@ -97,7 +109,7 @@ impl Writer {
         }
     }
 
-    fn handle(&mut self, msg: Msg) {
+    fn handle(&mut self, msg: Msg, pushed: Instant) {
         match msg {
             Msg::Open {
                 job,
@@ -125,15 +137,12 @@ impl Writer {
                 let Some(state) = self.jobs.get_mut(&call.job) else {
                     return;
                 };
-                let added = match &kind {
-                    Kind::Delta { text, .. } => text.len(),
-                    _ => 64,
-                };
+                let added = kind.bytes();
                 state.push(call, kind);
                 state.resolve();
                 self.pending_bytes += added;
                 if self.due.is_none() {
-                    self.due = Some(Instant::now() + self.settings.flush);
+                    self.due = Some(pushed + self.settings.flush);
                 }
             }
             Msg::Barrier { job, done } => match self.jobs.get_mut(&job) {
