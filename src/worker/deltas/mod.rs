@@ -16,20 +16,17 @@
 //! refused: it is stopped. A job whose user asked to cancel is stopped at the next flush.
 //!
 //! Here: the handle the flow pushes to, and each job's waiting rows (`JobState`);
-//! `inbox.rs`: how pushes reach the writer (and when they wake it); `writer.rs`: the
-//! task that cuts batches, sends them one at a time and retries.
+//! `writer.rs`: the task that cuts batches, sends them one at a time and retries.
 
-mod inbox;
 mod writer;
 
 use crate::providers::StreamEvent;
 use crate::queue::{DeltaRow, Queue};
-use inbox::Wake;
 use serde_json::{json, Value};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -100,32 +97,10 @@ enum Kind {
     Restart,
 }
 
-impl Kind {
-    /// What the row weighs toward an early flush: its text, or a row's overhead.
-    fn bytes(&self) -> usize {
-        match self {
-            Kind::Delta { text, .. } => text.len(),
-            _ => 64,
-        }
-    }
-}
-
 /// A handle on the worker's delta writer.
 #[derive(Clone)]
 pub(super) struct Deltas {
-    handle: Arc<Handle>,
-}
-
-/// Shared by every clone of [`Deltas`]: when the last goes, the writer makes its last
-/// flush and stops.
-struct Handle {
-    inbox: Arc<inbox::Inbox>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.inbox.close();
-    }
+    tx: mpsc::UnboundedSender<Msg>,
 }
 
 /// Resolves when the deltas pushed before it are stored.
@@ -133,32 +108,25 @@ pub(super) type Barrier = oneshot::Receiver<Result<(), DeltaFailure>>;
 
 impl Deltas {
     pub fn start(queue: Queue, settings: DeltaSettings) -> Self {
-        let inbox = inbox::Inbox::new(settings.flush_bytes);
-        tokio::spawn(writer::Writer::new(queue, settings).run(inbox.clone()));
-        Self {
-            handle: Arc::new(Handle { inbox }),
-        }
-    }
-
-    fn push(&self, msg: Msg, wake: Wake) -> Result<(), Msg> {
-        self.handle.inbox.push(msg, wake)
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer::Writer::new(queue, settings).run(rx));
+        Self { tx }
     }
 
     /// Start streaming `job` (this run of it), continuing after `next_seq - 1`.
     pub fn open(&self, job: Uuid, lease: Uuid, run: i32, next_seq: i64, signals: JobSignals) {
-        let open = Msg::Open {
+        let _ = self.tx.send(Msg::Open {
             job,
             lease,
             run,
             next_seq,
             signals,
-        };
-        let _ = self.push(open, Wake::Later);
+        });
     }
 
     /// Forget `job` (its run ended); rows not yet stored are dropped.
     pub fn close(&self, job: Uuid) {
-        let _ = self.push(Msg::Close(job), Wake::Later);
+        let _ = self.tx.send(Msg::Close(job));
     }
 
     /// A provider's stream event for `call`.
@@ -175,14 +143,12 @@ impl Deltas {
             StreamEvent::Delta { attempt, text } => Kind::Delta { attempt, text },
             StreamEvent::Discard { attempt, reason } => Kind::Discard { attempt, reason },
         };
-        let bytes = kind.bytes();
-        let _ = self.push(Msg::Row(call.clone(), kind), Wake::Row(bytes));
+        let _ = self.tx.send(Msg::Row(call.clone(), kind));
     }
 
     /// This run runs `call` again after an earlier run streamed text for it.
     pub fn restart(&self, call: &CallKey) {
-        let restart = Msg::Row(call.clone(), Kind::Restart);
-        let _ = self.push(restart, Wake::Row(Kind::Restart.bytes()));
+        let _ = self.tx.send(Msg::Row(call.clone(), Kind::Restart));
     }
 
     /// The job's run is over: resolves with its rows not stored yet (seqs given), for
@@ -191,7 +157,9 @@ impl Deltas {
     /// forgotten. Too many rows to carry are flushed the usual way first.
     pub fn finish(&self, job: Uuid) -> Finishing {
         let (done, rx) = oneshot::channel();
-        if let Err(Msg::Finish { done, .. }) = self.push(Msg::Finish { job, done }, Wake::Now) {
+        if let Err(mpsc::error::SendError(Msg::Finish { done, .. })) =
+            self.tx.send(Msg::Finish { job, done })
+        {
             let _ = done.send(Err(writer_stopped()));
         }
         rx
@@ -200,7 +168,9 @@ impl Deltas {
     /// Resolves once everything pushed for `job` so far is stored.
     pub fn barrier(&self, job: Uuid) -> Barrier {
         let (done, rx) = oneshot::channel();
-        if let Err(Msg::Barrier { done, .. }) = self.push(Msg::Barrier { job, done }, Wake::Now) {
+        if let Err(mpsc::error::SendError(Msg::Barrier { done, .. })) =
+            self.tx.send(Msg::Barrier { job, done })
+        {
             let _ = done.send(Err(writer_stopped()));
         }
         rx

@@ -3,9 +3,8 @@
 //! `delta_append` at a time so commit order is seq order, and retries a failed batch
 //! with the same rows and seqs.
 
-use super::inbox::Inbox;
 use super::{
-    DeltaFailure, DeltaSettings, JobState, Msg, Pending, FAILURES_BEFORE_GIVING_UP,
+    DeltaFailure, DeltaSettings, JobState, Kind, Msg, Pending, FAILURES_BEFORE_GIVING_UP,
     MAX_BYTES_PER_CALL, MAX_ROWS_PER_CALL,
 };
 use crate::queue::{AppendOutcome, DeltaRow, Queue};
@@ -13,8 +12,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -55,24 +54,9 @@ impl Writer {
         }
     }
 
-    pub(super) async fn run(mut self, inbox: Arc<Inbox>) {
+    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let far = || Instant::now() + Duration::from_secs(3600);
         loop {
-            let taken = inbox.take();
-            // A row is due one interval after it was pushed, not after the writer saw it.
-            let pushed = taken.first_row.unwrap_or_else(Instant::now);
-            for msg in taken.msgs {
-                self.handle(msg, pushed);
-            }
-            if taken.closed {
-                break;
-            }
-            self.maybe_send();
-            // Rows pushed from now on need not wake the writer while it will look by
-            // itself: a flush is due, in flight or waiting to be retried.
-            if !inbox.settle(self.due.is_some() || self.batch.is_some()) {
-                continue;
-            }
             let wake = match (&self.batch, self.retry_at, self.due) {
                 (Some(_), Some(at), _) => at,
                 (Some(_), None, _) => far(),
@@ -80,7 +64,10 @@ impl Writer {
                 (None, _, None) => far(),
             };
             tokio::select! {
-                _ = inbox.woken() => {}
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
                 r = async {
                     match self.flight.as_mut() {
                         Some(f) => f.await,
@@ -94,6 +81,7 @@ impl Writer {
                     self.retry_at = None;
                 }
             }
+            self.maybe_send();
         }
         // The worker is gone: one last try for what is waiting.
         self.due = Some(Instant::now());
@@ -109,7 +97,7 @@ impl Writer {
         }
     }
 
-    fn handle(&mut self, msg: Msg, pushed: Instant) {
+    fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Open {
                 job,
@@ -137,12 +125,15 @@ impl Writer {
                 let Some(state) = self.jobs.get_mut(&call.job) else {
                     return;
                 };
-                let added = kind.bytes();
+                let added = match &kind {
+                    Kind::Delta { text, .. } => text.len(),
+                    _ => 64,
+                };
                 state.push(call, kind);
                 state.resolve();
                 self.pending_bytes += added;
                 if self.due.is_none() {
-                    self.due = Some(pushed + self.settings.flush);
+                    self.due = Some(Instant::now() + self.settings.flush);
                 }
             }
             Msg::Barrier { job, done } => match self.jobs.get_mut(&job) {
