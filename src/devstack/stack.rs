@@ -223,7 +223,7 @@ async fn ensure_gateway(
         .try_clone()
         .map_err(|e| Error::internal(format!("log handle: {e}")))?;
     use std::os::unix::process::CommandExt;
-    let child = std::process::Command::new(exe)
+    let mut child = std::process::Command::new(exe)
         .arg("local")
         .arg("--home")
         .arg(&home)
@@ -246,13 +246,26 @@ async fn ensure_gateway(
     // Generous: on a busy 2-core machine a debug binary can take seconds to start;
     // the wait ends as soon as it answers.
     if gateway_ready(url, Duration::from_secs(30)).await {
-        Ok(())
-    } else {
-        Err(Error::unavailable(format!(
-            "the local gateway did not answer at {url}; see {}",
-            log_path.display()
-        )))
+        return Ok(());
     }
+    // Say why where it can be known: whether it exited, and the end of its log (the
+    // caller's home may be a temporary directory that is gone by the time anyone looks).
+    let state = match child.try_wait() {
+        Ok(Some(status)) => format!("it exited ({status})"),
+        _ => "it is still starting".to_owned(),
+    };
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(10).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    Err(Error::unavailable(format!(
+        "the local gateway did not answer at {url} within 30 s: {state}; see {}{}",
+        log_path.display(),
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!("; its last lines:\n{}", tail.join("\n"))
+        }
+    )))
 }
 
 /// The foreground of `bookengine local gateway`: serve the front over the local
