@@ -192,6 +192,10 @@ async fn gateway_ready(url: &str, timeout: Duration) -> bool {
     }
 }
 
+/// How long a starting gateway may take to answer. Generous: on a busy 2-core machine a
+/// debug binary can take seconds to start; the wait ends as soon as it answers.
+const GATEWAY_START_WAIT: Duration = Duration::from_secs(30);
+
 /// Start the local development gateway as a background process (`bookengine local
 /// gateway`), or keep the running one when PostgREST was kept too.
 async fn ensure_gateway(
@@ -243,9 +247,7 @@ async fn ensure_gateway(
     std::fs::write(dir.join("gateway.pid"), child.id().to_string())
         .map_err(|e| Error::internal(format!("writing pid file: {e}")))?;
     ports::claim(gateway_port, dir);
-    // Generous: on a busy 2-core machine a debug binary can take seconds to start;
-    // the wait ends as soon as it answers.
-    if gateway_ready(url, Duration::from_secs(30)).await {
+    if gateway_ready(url, GATEWAY_START_WAIT).await {
         return Ok(());
     }
     // Say why where it can be known: whether it exited, and the end of its log (the
@@ -255,10 +257,11 @@ async fn ensure_gateway(
         _ => "it is still starting".to_owned(),
     };
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-    let tail: Vec<&str> = log.lines().rev().take(10).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(10)..];
     Err(Error::unavailable(format!(
-        "the local gateway did not answer at {url} within 30 s: {state}; see {}{}",
+        "the local gateway did not answer at {url} within {} s: {state}; see {}{}",
+        GATEWAY_START_WAIT.as_secs(),
         log_path.display(),
         if tail.is_empty() {
             String::new()
